@@ -1,0 +1,92 @@
+"""The ``imagegen`` command line: one sub-command per pipeline stage, as ``dvc.yaml`` calls them.
+
+Every command takes ``--params/-p`` (default ``params.yaml``) and ``-S key=value`` overrides spelled as for
+``dvc exp run -S``. Errors caused by input print one message naming the culprit and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from imagegen.config import Params, dump_params, load_params
+from imagegen.errors import ImagegenError
+
+app = typer.Typer(
+    name="imagegen",
+    help="Train, distill, evaluate, export and ship image generators (DVC + Prefect + MLflow).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+console = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", "-p", help="params file (default: ./params.yaml, or built-in defaults if absent)"),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", help="override a param, e.g. -S data.name=mnist (repeatable)"),
+]
+
+
+def user_errors(fn: F) -> F:
+    """Turn :class:`ImagegenError` into one red line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ImagegenError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(params: Path | None, overrides: list[str] | None) -> Params:
+    return load_params(params, overrides or [])
+
+
+@app.command("params")
+@user_errors
+def params_cmd(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved, validated parameters (params.yaml + defaults + -S overrides) as YAML."""
+    sys.stdout.write(dump_params(_load(params, set_)))
+
+
+@app.command("ingest")
+@user_errors
+def ingest_cmd(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default data.processed_dir/<name>)")] = None,
+) -> None:
+    """Fetch, verify and convert a dataset into the processed format."""
+    from imagegen.stages.ingest import run_ingest
+
+    cfg = _load(params, set_)
+    out_dir = run_ingest(cfg, out)
+    from imagegen.data.processed import ProcessedDataset
+
+    manifest = ProcessedDataset.open(out_dir).manifest
+    counts = ", ".join(f"{k}={v}" for k, v in manifest["counts"].items())
+    console.print(f"ingested [bold]{manifest['dataset']}[/] -> {out_dir} ({counts}; {manifest['content_hash']})")
+
+
+def main() -> None:  # pragma: no cover - thin wrapper for `python -m imagegen`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,265 @@
+"""Validated parameters: the schema of ``params.yaml`` and ``-S key=value`` overrides.
+
+Every knob of every stage lives in ``params.yaml`` and is checked here, once, at load time. An unknown
+key, a wrong type or an impossible value stops with one message that names the key, the value given
+and what was expected. Stages receive the resulting :class:`Params` object and never read YAML themselves.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from imagegen.errors import ConfigError
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder"]
+
+
+class DataConfig(Section):
+    """Which dataset to ingest and how to shape it."""
+
+    name: DatasetName = "digits"
+    path: Path | None = Field(
+        default=None,
+        description="Explicit location of the raw files (for `folder`: the image folder). Looked at first.",
+    )
+    image_size: int = Field(default=16, ge=4, le=512, description="Square side in pixels after resizing.")
+    channels: Literal[1, 3] | None = Field(
+        default=None, description="1 (grayscale) or 3 (RGB); null keeps the dataset's own."
+    )
+    test_fraction: float = Field(
+        default=0.15,
+        gt=0.0,
+        lt=1.0,
+        description="Held-out share for sources without an official test split (digits, folder).",
+    )
+    download: bool = Field(default=True, description="Fetch missing raw files from the official URL.")
+    mirror: str | None = Field(
+        default=None, description="Base URL used instead of the official one (same file names)."
+    )
+    processed_dir: Path = Path("data/processed")
+
+    @property
+    def output_dir(self) -> Path:
+        """Where the processed dataset of this config lives."""
+        return self.processed_dir / self.name
+
+
+class TrackingConfig(Section):
+    """MLflow tracking. ``uri: null`` means $MLFLOW_TRACKING_URI, else a SQLite file in the project."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = Field(default="imagegen", min_length=1)
+
+
+class TrainConfig(Section):
+    """Knobs of the training loop shared by all families."""
+
+    batch_size: int = Field(default=64, gt=0)
+    checkpoint_every: int = Field(default=200, gt=0, description="Steps between checkpoints.")
+    sample_every: int = Field(default=200, gt=0, description="Steps between sample grids.")
+    log_every: int = Field(default=25, gt=0, description="Steps between metric logs.")
+    keep_checkpoints: int = Field(default=2, gt=0)
+    mixed_precision: Literal["auto", "off", "bf16"] = Field(
+        default="auto", description="auto: bf16 on a GPU that supports it, float32 on CPU."
+    )
+    jit_compile: bool = True
+    grid_size: int = Field(default=64, gt=0, description="Images in each sample grid.")
+    models_dir: Path = Path("models")
+
+
+class DCGANConfig(Section):
+    latent_dim: int = Field(default=64, gt=0)
+    base_filters: int = Field(default=32, gt=0)
+    conditional: bool = False
+    steps: int = Field(default=1500, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    beta_1: float = Field(default=0.5, ge=0, lt=1)
+
+
+class VAEConfig(Section):
+    latent_dim: int = Field(default=16, gt=0)
+    base_filters: int = Field(default=32, gt=0)
+    beta: float = Field(default=1.0, ge=0)
+    steps: int = Field(default=1500, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+
+
+class DDPMConfig(Section):
+    base_channels: int = Field(default=32, gt=0)
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2])
+    num_res_blocks: int = Field(default=1, gt=0)
+    attention_resolutions: list[int] = Field(default_factory=lambda: [8])
+    groups: int = Field(default=8, gt=0, description="GroupNorm groups; must divide every width.")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    schedule: Literal["linear", "cosine"] = "linear"
+    timesteps: int = Field(default=1000, gt=1)
+    beta_start: float = Field(default=1e-4, gt=0, lt=1)
+    beta_end: float = Field(default=0.02, gt=0, lt=1)
+    conditional: bool = False
+    label_dropout: float = Field(default=0.1, ge=0, lt=1, description="For classifier-free guidance.")
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    steps: int = Field(default=3000, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
+
+    @field_validator("channel_mults")
+    @classmethod
+    def _mults_positive(cls, v: list[int]) -> list[int]:
+        if not v or any(m <= 0 for m in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+    @model_validator(mode="after")
+    def _check_widths(self) -> DDPMConfig:
+        for m in self.channel_mults:
+            if (self.base_channels * m) % self.groups:
+                raise ValueError(
+                    f"groups={self.groups} must divide every U-Net width "
+                    f"(base_channels*mult = {self.base_channels * m})"
+                )
+        if self.beta_end <= self.beta_start:
+            raise ValueError(f"beta_end={self.beta_end} must exceed beta_start={self.beta_start}")
+        return self
+
+
+class SampleConfig(Section):
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int = Field(default=50, gt=0)
+    eta: float = Field(default=0.0, ge=0)
+    n: int = Field(default=64, gt=0)
+    guidance_scale: float = Field(default=1.0, ge=0)
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    seed: int = Field(default=0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    dcgan: DCGANConfig = Field(default_factory=DCGANConfig)
+    vae: VAEConfig = Field(default_factory=VAEConfig)
+    ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Dotted keys -> values, e.g. for MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` as ``dvc exp run -S`` spells it (an optional ``params.yaml:`` prefix too).
+
+    The value is read as YAML, so ``-S train.batch_size=32`` gives an int and ``-S data.path=null`` None.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. -S data.name=mnist")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if ":" in key:  # dvc allows `params.yaml:key=value`
+        file_part, _, key = key.rpartition(":")
+        if Path(file_part).name != DEFAULT_PARAMS_FILE.name:
+            raise ConfigError(f"override {text!r}: only params.yaml keys can be overridden")
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "override") -> dict[str, Any]:
+    """Return a copy of ``tree`` with each ``key=value`` applied; unknown sections fail in validation."""
+    result = copy.deepcopy(tree)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source} {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {key!r} (value {err['input']!r}); check the spelling")
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            lines.append(f"{source}: {key} = {err['input']!r}: {msg}")
+    return "\n".join(lines)
+
+
+def validate(tree: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_params(path: Path | str | None = None, overrides: list[str] | None = None) -> Params:
+    """Load ``params.yaml`` (defaults if the file is absent and none was asked for), apply overrides, validate."""
+    explicit = path is not None
+    path = Path(path) if path is not None else DEFAULT_PARAMS_FILE
+    tree: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+    elif explicit:
+        raise ConfigError(f"{path}: params file not found")
+    source = str(path)
+    if overrides:
+        tree = apply_overrides(tree, overrides, source="-S")
+        source = f"{path} with -S {' '.join(overrides)}"
+    return validate(tree, source)
+
+
+def dump_params(params: Params) -> str:
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Datasets: raw sources, the processed on-disk format, and batches for training."""

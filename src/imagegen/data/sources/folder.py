@@ -1,0 +1,90 @@
+"""Any folder of PNG/JPEG images; one subfolder per class gives labels.
+
+Layouts accepted: images directly in the folder (one class, named after the folder), or only subfolders
+each holding images (class = subfolder name, sorted). Anything else in the tree (a text file, a truncated
+image) stops ingestion with an error naming the file: a silently skipped file is a silently wrong dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from imagegen.config import DataConfig
+from imagegen.data.processed import Dataset, Split
+from imagegen.data.transform import stratified_split
+from imagegen.errors import DataError, DataNotFoundError
+from imagegen.fileio import md5_file
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _list_images(folder: Path) -> list[Path]:
+    files = []
+    for path in sorted(p for p in folder.iterdir() if _visible(p)):
+        if path.is_dir():
+            raise DataError(f"{path}: nested folder inside a class folder; expected only PNG/JPEG images")
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{path}: not a PNG/JPEG image (expected {sorted(IMAGE_SUFFIXES)})")
+        files.append(path)
+    return files
+
+
+def _read_image(path: Path, mode: str, size: int) -> np.ndarray:
+    """Load one image, converted to ``mode`` and resized to ``size`` x ``size`` (bilinear, antialiased)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.format not in ("PNG", "JPEG", "MPO"):
+                raise DataError(f"{path}: file is {img.format}, expected PNG or JPEG")
+            img = img.convert(mode)
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable image ({exc})") from None
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def load_folder(cfg: DataConfig, seed: int) -> Dataset:
+    if cfg.path is None:
+        raise DataNotFoundError("data.path: the `folder` source needs data.path set to a folder of images")
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise DataNotFoundError(f"{root}: data.path is not a folder")
+    entries = sorted(p for p in root.iterdir() if _visible(p))
+    subdirs = [p for p in entries if p.is_dir()]
+    if subdirs:
+        stray = [p for p in entries if not p.is_dir()]
+        if stray:
+            raise DataError(f"{stray[0]}: file beside class subfolders; put every image inside a class folder")
+        classes = [(d.name, _list_images(d)) for d in subdirs]
+    else:
+        classes = [(root.name, _list_images(root))]
+    if not any(files for _, files in classes):
+        raise DataError(f"{root}: no PNG/JPEG images found")
+
+    mode = "L" if cfg.channels == 1 else "RGB"
+    images, labels, listing = [], [], hashlib.sha256()
+    for label, (_, files) in enumerate(classes):
+        for path in files:
+            images.append(_read_image(path, mode, cfg.image_size))
+            labels.append(label)
+            listing.update(f"{path.relative_to(root).as_posix()}:{md5_file(path)}\n".encode())
+    x = np.stack(images)
+    y = np.asarray(labels, dtype=np.int64)
+    train_idx, test_idx = stratified_split(y, cfg.test_fraction, seed)
+    return Dataset(
+        name="folder",
+        splits={"train": Split(x[train_idx], y[train_idx]), "test": Split(x[test_idx], y[test_idx])},
+        class_names=[name for name, _ in classes],
+        source=f"image folder {root}",
+        files=[{"name": f"{root.name}/ ({len(y)} images)", "sha256_of_listing": listing.hexdigest()}],
+    )
