@@ -91,16 +91,16 @@ def _fetch(dataset: str, raw: RawFile, looked_in: list[Path], download: bool, mi
         raise DataNotFoundError(f"{raw.filename} for {dataset} not found; looked in:\n{where}\n{howto}")
     dest = cache_root() / dataset / raw.filename
     try:
-        _download(url, dest)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        _download(url, dest, raw.md5, dataset)
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
         raise DataNotFoundError(
             f"{raw.filename} for {dataset} not found; looked in:\n{where}\nand downloading {url} failed ({exc}).\n{howto}"
         ) from None
     return dest
 
 
-def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
-    """Stream ``url`` to ``dest`` atomically with a progress bar (the md5 is checked by the caller)."""
+def _download(url: str, dest: Path, md5: str, dataset: str, timeout: float = 30.0) -> None:
+    """Stream ``url`` to ``dest`` atomically with a progress bar; bytes whose md5 is not ``md5`` never reach ``dest``."""
     with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(dest) as tmp:
         total = int(response.headers.get("Content-Length") or 0) or None
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -109,6 +109,12 @@ def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
             while block := response.read(1 << 16):
                 out.write(block)
                 progress.advance(task, len(block))
+        actual = md5_file(tmp)
+        if actual != md5:
+            raise ChecksumError(
+                f"{url}: downloaded md5 {actual} does not match the published {md5} for {dataset}; "
+                f"not saved to {dest}. The server sent a truncated or different file; check data.mirror or retry."
+            )
 
 
 def check_tar_members(archive: tarfile.TarFile, archive_path: Path, dest: Path) -> None:

@@ -58,6 +58,8 @@ def read_idx(path: Path) -> np.ndarray:
     if zero != 0 or dtype != _UBYTE or ndim < 1:
         raise DataError(f"{path}: not an idx file of unsigned bytes (magic {data[:4].hex()})")
     header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise DataError(f"{path}: idx header promises {ndim} dimensions ({header_len} header bytes), file has {len(data)}")
     dims = struct.unpack(f">{ndim}I", data[4:header_len])
     expected = int(np.prod(dims))
     if len(data) - header_len != expected:
