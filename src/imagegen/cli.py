@@ -84,6 +84,57 @@ def ingest_cmd(
     console.print(f"ingested [bold]{manifest['dataset']}[/] -> {out_dir} ({counts}; {manifest['content_hash']})")
 
 
+@app.command("train")
+@user_errors
+def train_cmd(
+    family: Annotated[str, typer.Argument(help="dcgan | vae | ddpm")],
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Path | None, typer.Option(help="processed dataset folder (default data.processed_dir/<name>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="model folder (default train.models_dir/<family>)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
+) -> None:
+    """Train one model family on the processed dataset."""
+    from imagegen.training.families import FAMILIES
+
+    if family not in FAMILIES:
+        raise ImagegenError(f"family {family!r}: expected one of {', '.join(FAMILIES)}")
+    from imagegen.stages.train import run_train
+
+    cfg = _load(params, set_)
+    out_dir = run_train(cfg, family, data_dir=data, out_dir=out, resume=resume)
+    console.print(f"trained [bold]{family}[/] -> {out_dir}")
+
+
+@app.command("sample")
+@user_errors
+def sample_cmd(
+    model: Annotated[Path, typer.Option(help="trained model folder (holds model.json)")],
+    out: Annotated[Path, typer.Option(help="folder for grid.png and samples.npz")],
+    n: Annotated[int, typer.Option(min=1, help="number of images")] = 64,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    steps: Annotated[int | None, typer.Option(min=1, help="DDIM steps (diffusion only)")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddim | ddpm (diffusion only)")] = None,
+    eta: Annotated[float | None, typer.Option(min=0.0, help="DDIM eta (diffusion only)")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Generate images from a trained model: a PNG grid and an .npz of uint8 (N,H,W,C)."""
+    from imagegen.stages.sample import run_sample
+
+    cfg = _load(params, set_).sample
+    kwargs = {
+        "sampler": sampler or cfg.sampler,
+        "steps": steps or cfg.steps,
+        "eta": cfg.eta if eta is None else eta,
+        "guidance_scale": cfg.guidance_scale,
+    }
+    if kwargs["sampler"] not in ("ddim", "ddpm"):
+        raise ImagegenError(f"--sampler {kwargs['sampler']!r}: expected ddim or ddpm")
+    out_dir = run_sample(model, out, n, seed, **kwargs)
+    console.print(f"wrote {out_dir / 'grid.png'} and {out_dir / 'samples.npz'}")
+
+
 def main() -> None:  # pragma: no cover - thin wrapper for `python -m imagegen`
     app()
 

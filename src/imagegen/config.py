@@ -80,6 +80,9 @@ class TrainConfig(Section):
     jit_compile: bool = True
     grid_size: int = Field(default=64, gt=0, description="Images in each sample grid.")
     models_dir: Path = Path("models")
+    checkpoints_dir: Path = Field(
+        default=Path("checkpoints"), description="Resume state; kept outside the DVC-tracked model folder."
+    )
 
 
 class DCGANConfig(Section):

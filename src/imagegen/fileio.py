@@ -32,10 +32,10 @@ def _chmod_default(path: Path, is_dir: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success rename it to ``dest``, on error delete it."""
+    """Yield a temporary path beside ``dest`` (ending in ``.tmp<suffix>``); rename it to ``dest`` on success."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + suffix, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     _chmod_default(tmp_path, is_dir=False)

@@ -67,8 +67,9 @@ def content_hash(splits: dict[str, Split], class_names: list[str]) -> str:
         images = np.ascontiguousarray(split.images)
         labels = np.ascontiguousarray(split.labels.astype(np.int64))
         digest.update(f"{name}:{images.shape}:{labels.shape}".encode())
-        digest.update(memoryview(images).cast("B"))
-        digest.update(memoryview(labels).cast("B"))
+        for array in (images, labels):
+            if array.size:  # memoryview cannot cast a zero-size array (an empty split); it adds no bytes anyway
+                digest.update(memoryview(array).cast("B"))
     return "sha256:" + digest.hexdigest()
 
 

@@ -1,0 +1,84 @@
+"""Training throughput per family: images/s and ms/step at given batch sizes, one JSON line each.
+
+Runs on whatever Keras backend (KERAS_BACKEND) and device is present, on random data of the given shape
+(throughput does not depend on pixel values). Examples::
+
+    python bench/train_throughput.py --family ddpm --batch-sizes 64 128 --image-size 16
+    KERAS_BACKEND=jax python bench/train_throughput.py --family all --batch-sizes 128 512 --image-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import keras
+import numpy as np
+
+from imagegen.config import load_params
+from imagegen.data.loader import BatchStream
+from imagegen.data.processed import Split
+from imagegen.training.families import FAMILIES, build_family
+from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
+from imagegen.training.steppers import make_stepper
+
+
+def measure(family_name: str, batch: int, size: int, channels: int, steps: int, warmup: int, overrides: list[str]) -> dict:
+    params = load_params(None, overrides)
+    keras.utils.set_random_seed(0)
+    policy = resolve_policy(params.train.mixed_precision)
+    with dtype_policy(policy):
+        family = build_family(family_name, params, (size, size, channels), 10)
+    stepper = make_stepper(family, jit_compile=params.train.jit_compile)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(max(batch * 4, 512), size, size, channels), dtype=np.uint8)
+    stream = BatchStream(Split(images, rng.integers(0, 10, len(images))), batch, seed=0)
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        metrics: dict = {}
+        for _ in range(n):
+            b = next(stream)
+            metrics = stepper.step({"images": b.images, "labels": b.labels, **family.noise(rng, b.labels)})
+        for v in metrics.values():
+            float(np.asarray(v))  # wait for the device
+        return time.perf_counter() - t0
+
+    compile_s = run(warmup)
+    seconds = run(steps)
+    return {
+        "family": family_name,
+        "backend": keras.backend.backend(),
+        "device": accelerator(),
+        "dtype_policy": policy,
+        "jit_compile": params.train.jit_compile,
+        "batch_size": batch,
+        "image_size": size,
+        "channels": channels,
+        "parameters": family.trainable_count(),
+        "steps": steps,
+        "images_per_sec": round(batch * steps / seconds, 1),
+        "ms_per_step": round(1000 * seconds / steps, 2),
+        "warmup_s": round(compile_s, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="all", choices=[*FAMILIES, "all"])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
+    ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="param override")
+    args = ap.parse_args()
+    families = FAMILIES if args.family == "all" else (args.family,)
+    for fam in families:
+        for batch in args.batch_sizes:
+            print(json.dumps(measure(fam, batch, args.image_size, args.channels, args.steps, args.warmup, args.overrides)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

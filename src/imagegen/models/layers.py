@@ -1,0 +1,220 @@
+"""Building blocks shared by the models: time embedding, residual / attention blocks, resampling.
+
+Everything here is Keras 3 with ``keras.ops`` only, so it runs on every backend, and every layer is
+registered and implements ``get_config`` so that ``model.save(...)`` / ``keras.models.load_model``
+round-trip without ``custom_objects``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+from imagegen.errors import ConfigError
+
+_PACKAGE = "imagegen"
+
+
+def conv_plan(image_size: int, family: str) -> tuple[int, int]:
+    """Seed side and number of 2x resamplings for the conv stacks of the DCGAN and the VAE.
+
+    The image side is halved while it stays even and the half is at least 4, so 16 -> (4, 2),
+    32 -> (4, 3), 64 -> (4, 4), 8 -> (4, 1), 28 -> (7, 2). Sides that are not a multiple of 4 (or
+    smaller than 8) are refused, naming the size.
+    """
+    if image_size < 8 or image_size % 4:
+        raise ConfigError(
+            f"{family}: image_size={image_size} is not supported; "
+            "expected a multiple of 4 of at least 8 (e.g. 8, 16, 28, 32, 64)"
+        )
+    seed, n = image_size, 0
+    while seed % 2 == 0 and seed // 2 >= 4:
+        seed //= 2
+        n += 1
+    return seed, n
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SinusoidalEmbedding(layers.Layer):
+    """Transformer-style sinusoidal embedding of a (possibly fractional) timestep, (B,) -> (B, dim).
+
+    Computed in float32 whatever the global dtype policy: with bfloat16 a timestep such as 999 would
+    be rounded to 1000 before the sines are even taken.
+    """
+
+    def __init__(self, dim: int, max_period: float = 10000.0, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if dim < 2:
+            raise ValueError(f"SinusoidalEmbedding: dim must be >= 2, got {dim}")
+        self.dim = int(dim)
+        self.max_period = float(max_period)
+
+    def call(self, t: Any) -> Any:
+        half = self.dim // 2
+        exponent = -math.log(self.max_period) * ops.arange(half, dtype="float32") / half
+        freqs = ops.exp(exponent)
+        args = ops.expand_dims(ops.cast(t, "float32"), -1) * ops.expand_dims(freqs, 0)
+        emb = ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
+        if self.dim % 2:
+            emb = ops.pad(emb, [[0, 0], [0, 1]])
+        return emb
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape, self.dim)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "dim": self.dim, "max_period": self.max_period}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResBlock(layers.Layer):
+    """Residual block of the DDPM U-Net: GN-SiLU-Conv, + projected time embedding, GN-SiLU-Dropout-Conv.
+
+    Called on ``[x, temb]`` with x (B, H, W, C_in) and temb (B, D); returns (B, H, W, channels). The
+    skip path is a 1x1 conv when C_in != channels.
+    """
+
+    def __init__(self, channels: int, groups: int = 8, dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.groups = int(groups)
+        self.dropout = float(dropout)
+        self.norm1 = layers.GroupNormalization(groups=self.groups, epsilon=1e-5, name="norm1")
+        self.conv1 = layers.Conv2D(self.channels, 3, padding="same", name="conv1")
+        self.temb_proj = layers.Dense(self.channels, name="temb_proj")
+        self.norm2 = layers.GroupNormalization(groups=self.groups, epsilon=1e-5, name="norm2")
+        self.drop = layers.Dropout(self.dropout, name="dropout")
+        self.conv2 = layers.Conv2D(self.channels, 3, padding="same", name="conv2")
+        self.skip: layers.Layer | None = None
+
+    def build(self, input_shape: list[tuple]) -> None:
+        x_shape, temb_shape = input_shape
+        in_channels = x_shape[-1]
+        if in_channels % self.groups:
+            raise ConfigError(f"ResBlock: groups={self.groups} does not divide {in_channels} channels")
+        out_shape = (*x_shape[:-1], self.channels)
+        self.norm1.build(x_shape)
+        self.conv1.build(x_shape)
+        self.temb_proj.build(temb_shape)
+        self.norm2.build(out_shape)
+        self.conv2.build(out_shape)
+        if in_channels != self.channels:
+            self.skip = layers.Conv2D(self.channels, 1, name="skip")
+            self.skip.build(x_shape)
+        self.built = True
+
+    def call(self, inputs: list[Any], training: bool | None = None) -> Any:
+        x, temb = inputs
+        h = self.conv1(ops.silu(self.norm1(x)))
+        t = self.temb_proj(ops.silu(temb))
+        h = h + ops.expand_dims(ops.expand_dims(t, 1), 1)
+        h = self.drop(ops.silu(self.norm2(h)), training=training)
+        h = self.conv2(h)
+        skip = self.skip(x) if self.skip is not None else x
+        return skip + h
+
+    def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
+        return (*input_shape[0][:-1], self.channels)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "groups": self.groups,
+            "dropout": self.dropout,
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AttentionBlock(layers.Layer):
+    """Single-head spatial self-attention with a residual connection, (B, H, W, C) -> same shape.
+
+    The attention logits and softmax are taken in float32 so that bf16 training stays stable.
+    """
+
+    def __init__(self, groups: int = 8, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.norm = layers.GroupNormalization(groups=self.groups, epsilon=1e-5, name="norm")
+        self.qkv: layers.Layer | None = None
+        self.proj: layers.Layer | None = None
+
+    def build(self, input_shape: tuple) -> None:
+        channels = input_shape[-1]
+        self.norm.build(input_shape)
+        self.qkv = layers.Dense(3 * channels, name="qkv")
+        self.qkv.build(input_shape)
+        self.proj = layers.Dense(channels, name="proj")
+        self.proj.build(input_shape)
+        self.built = True
+
+    def call(self, x: Any) -> Any:
+        _, height, width, channels = x.shape
+        qkv = self.qkv(self.norm(x))
+        qkv = ops.reshape(qkv, (-1, height * width, 3 * channels))
+        q, k, v = ops.split(qkv, 3, axis=-1)
+        logits = ops.einsum("bic,bjc->bij", ops.cast(q, "float32"), ops.cast(k, "float32"))
+        weights = ops.softmax(logits * (1.0 / math.sqrt(channels)), axis=-1)
+        h = ops.einsum("bij,bjc->bic", ops.cast(weights, v.dtype), v)
+        h = ops.reshape(h, (-1, height, width, channels))
+        return x + self.proj(h)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "groups": self.groups}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Downsample(layers.Layer):
+    """Halve the spatial side with a stride-2 3x3 conv."""
+
+    def __init__(self, channels: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.conv = layers.Conv2D(self.channels, 3, strides=2, padding="same", name="conv")
+
+    def build(self, input_shape: tuple) -> None:
+        self.conv.build(input_shape)
+        self.built = True
+
+    def call(self, x: Any) -> Any:
+        return self.conv(x)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "channels": self.channels}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Upsample(layers.Layer):
+    """Double the spatial side: nearest-neighbour upsampling then a 3x3 conv (no checkerboard)."""
+
+    def __init__(self, channels: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.up = layers.UpSampling2D(2, interpolation="nearest", name="up")
+        self.conv = layers.Conv2D(self.channels, 3, padding="same", name="conv")
+
+    def build(self, input_shape: tuple) -> None:
+        batch, height, width, channels = input_shape
+        up_shape = (batch, None if height is None else 2 * height, None if width is None else 2 * width, channels)
+        self.conv.build(up_shape)
+        self.built = True
+
+    def call(self, x: Any) -> Any:
+        return self.conv(self.up(x))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        batch, height, width, _ = input_shape
+        return (batch, None if height is None else 2 * height, None if width is None else 2 * width, self.channels)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "channels": self.channels}

@@ -1,0 +1,77 @@
+"""Convolutional VAE (Kingma & Welling 2014): encoder, decoder and the pure loss terms.
+
+Images are in [-1, 1]. The encoder halves the side with stride-2 convs down to a small seed (see
+:func:`imagegen.models.layers.conv_plan`) and outputs ``[z_mean, z_log_var]``; the decoder mirrors it
+with stride-2 transposed convs and a tanh output. The trainer minimises
+``reconstruction_loss + beta * kl_divergence``. The reconstruction term is the per-image *sum* of
+squared errors (a Gaussian likelihood with fixed variance 1/2, up to a constant), so it is on the
+same per-image scale as the KL sum; averaging over pixels instead would make the KL dominate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+from imagegen.config import VAEConfig
+from imagegen.models.layers import conv_plan
+
+MAX_WIDTH_MULT = 8
+
+
+def _width(cfg: VAEConfig, level: int) -> int:
+    """Filters of the conv at ``level`` (0 = the one next to the full-resolution image)."""
+    return cfg.base_filters * min(2**level, MAX_WIDTH_MULT)
+
+
+def build_encoder(cfg: VAEConfig, image_size: int, channels: int) -> keras.Model:
+    """image (image_size, image_size, channels) -> [z_mean, z_log_var], each (latent_dim,), float32."""
+    _, n_down = conv_plan(image_size, "vae")
+    image = keras.Input(shape=(image_size, image_size, channels), name="image")
+    h = image
+    for i in range(n_down):
+        h = layers.Conv2D(_width(cfg, i), 3, strides=2, padding="same", name=f"down{i}")(h)
+        h = layers.LeakyReLU(0.2, name=f"down{i}_lrelu")(h)
+    h = layers.Flatten(name="flatten")(h)
+    z_mean = layers.Dense(cfg.latent_dim, dtype="float32", name="z_mean")(h)
+    z_log_var = layers.Dense(cfg.latent_dim, dtype="float32", name="z_log_var")(h)
+    return keras.Model(image, [z_mean, z_log_var], name="vae_encoder")
+
+
+def build_decoder(cfg: VAEConfig, image_size: int, channels: int) -> keras.Model:
+    """z (latent_dim,) -> image (image_size, image_size, channels) in [-1, 1], float32."""
+    seed, n_up = conv_plan(image_size, "vae")
+    z = keras.Input(shape=(cfg.latent_dim,), name="z")
+    width = _width(cfg, n_up)
+    h = layers.Dense(seed * seed * width, name="project")(z)
+    h = layers.ReLU(name="project_relu")(h)
+    h = layers.Reshape((seed, seed, width), name="seed")(h)
+    for i in range(n_up):
+        level = n_up - 1 - i
+        h = layers.Conv2DTranspose(_width(cfg, level), 4, strides=2, padding="same", name=f"up{i}")(h)
+        h = layers.ReLU(name=f"up{i}_relu")(h)
+    h = layers.Conv2D(channels, 3, padding="same", name="to_image")(h)
+    image = layers.Activation("tanh", dtype="float32", name="image")(h)
+    return keras.Model(z, image, name="vae_decoder")
+
+
+def reparameterize(z_mean: Any, z_log_var: Any, eps: Any) -> Any:
+    """z = mean + exp(log_var / 2) * eps, with eps ~ N(0, I) drawn by the caller (same shape)."""
+    return z_mean + ops.exp(0.5 * z_log_var) * ops.cast(eps, z_mean.dtype)
+
+
+def reconstruction_loss(x: Any, x_hat: Any) -> Any:
+    """Sum of squared errors over each image's pixels and channels, mean over the batch; scalar."""
+    diff = ops.cast(x, "float32") - ops.cast(x_hat, "float32")
+    per_image = ops.sum(ops.square(diff), axis=tuple(range(1, len(diff.shape))))
+    return ops.mean(per_image)
+
+
+def kl_divergence(z_mean: Any, z_log_var: Any) -> Any:
+    """KL(N(mean, exp(log_var)) || N(0, I)), summed over latent dims, mean over the batch; scalar."""
+    z_mean = ops.cast(z_mean, "float32")
+    z_log_var = ops.cast(z_log_var, "float32")
+    per_dim = -0.5 * (1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var))
+    return ops.mean(ops.sum(per_dim, axis=-1))

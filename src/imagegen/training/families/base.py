@@ -1,0 +1,52 @@
+"""What a model family gives the training loop: its networks, its optimisation phases and host-side noise.
+
+A *phase* is one optimiser update: a loss written in ``keras.ops`` over a ``call(name, inputs)`` function,
+and the networks whose trainable weights it updates (a GAN has two phases, D then G; a VAE or DDPM one).
+The loss never touches variables directly, so the same loss runs under TensorFlow's GradientTape and
+under JAX's ``stateless_call`` + ``value_and_grad``.
+
+All randomness a step needs (latents, diffusion noise and timesteps) is drawn on the host from a numpy
+Generator and passed in the batch: identical on every backend, and checkpointed as one small state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+# call(model_name, inputs, training=True) -> outputs
+Caller = Callable[..., Any]
+# loss(call, batch) -> (scalar loss to minimise, {metric name: scalar})
+LossFn = Callable[[Caller, Mapping[str, Any]], tuple[Any, dict[str, Any]]]
+
+
+@dataclass
+class Phase:
+    name: str
+    trains: tuple[str, ...]  # networks whose trainable weights this phase updates
+    loss: LossFn
+    optimizer: keras.optimizers.Optimizer
+
+
+@dataclass
+class Family:
+    """A model family instantiated for one dataset shape; see the module docstring."""
+
+    name: str
+    networks: dict[str, keras.Model]
+    phases: list[Phase]
+    noise: Callable[[np.random.Generator, np.ndarray], dict[str, np.ndarray]]
+    # EMA copies: {ema network name: source network name}; updated after every step.
+    ema: dict[str, str] = field(default_factory=dict)
+    ema_decay: float = 0.999
+    # The config section (JSON) that rebuilds these networks, plus the data shape.
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def trainable_count(self) -> int:
+        return sum(
+            int(np.prod(v.shape)) for n, m in self.networks.items() if n not in self.ema for v in m.trainable_weights
+        )

@@ -1,0 +1,173 @@
+"""The training loop shared by every family and backend.
+
+It gives: host-side seeded noise and batches (so a resumed run continues exactly), EMA via the steppers,
+checkpoints every N steps with optimiser/RNG/data state, resume from the latest, a stop on a non-finite loss
+that keeps the last good checkpoint, a rich progress bar with loss and images/s, and sample grids.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from imagegen.config import TrainConfig
+from imagegen.data.loader import BatchStream, to_uint8
+from imagegen.errors import TrainingError
+from imagegen.images import save_grid
+from imagegen.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from imagegen.training.families.base import Family
+from imagegen.training.steppers import make_stepper
+
+# (step, {metric: value}) -> None, e.g. MLflow logging; (step, png path, uint8 images) -> None for grids.
+MetricsHook = Callable[[int, dict[str, float]], None]
+GridHook = Callable[[int, Path, np.ndarray], None]
+SampleFn = Callable[[Family, int, np.random.Generator], np.ndarray]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    metrics: dict[str, float]
+    images_per_sec: float
+    ms_per_step: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+class Trainer:
+    def __init__(
+        self,
+        family: Family,
+        stream: BatchStream,
+        cfg: TrainConfig,
+        seed: int,
+        checkpoint_dir: Path,
+        samples_dir: Path | None = None,
+        sample_fn: SampleFn | None = None,
+        on_metrics: MetricsHook | None = None,
+        on_grid: GridHook | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.family = family
+        self.stream = stream
+        self.cfg = cfg
+        self.seed = seed
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.samples_dir = samples_dir
+        self.sample_fn = sample_fn
+        self.on_metrics = on_metrics
+        self.on_grid = on_grid
+        self.show_progress = show_progress
+        self.stepper = make_stepper(family, jit_compile=cfg.jit_compile)
+        self.noise_rng = np.random.default_rng([seed, 1])
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # ---------------------------------------------------------------------------------------------
+    def loop_state(self) -> dict[str, Any]:
+        return {"step": self.step, "noise_rng": self.noise_rng.bit_generator.state, "stream": self.stream.state()}
+
+    def save(self) -> Path:
+        self.stepper.push()
+        return save_checkpoint(
+            self.checkpoint_dir, self.family, self.step, self.loop_state(), keep=self.cfg.keep_checkpoints
+        )
+
+    def resume(self, path: Path | None = None) -> Path | None:
+        """Restore the latest (or the given) checkpoint; returns it, or None if there is none."""
+        path = path or latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return None
+        state = load_checkpoint(path, self.family)
+        self.step = int(state["step"])
+        self.noise_rng.bit_generator.state = state["noise_rng"]
+        self.stream.restore(state["stream"])
+        self.stepper.pull()
+        return path
+
+    def clear_checkpoints(self) -> None:
+        for _, path in list_checkpoints(self.checkpoint_dir):
+            path.unlink()
+
+    # ---------------------------------------------------------------------------------------------
+    def _check_finite(self, values: dict[str, float]) -> None:
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            last = latest_checkpoint(self.checkpoint_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+            raise TrainingError(
+                f"non-finite loss at step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+                f"training stopped and {kept}. Lower the learning rate or check the data."
+            )
+
+    def _grid(self) -> None:
+        if self.sample_fn is None or self.samples_dir is None:
+            return
+        self.stepper.push()
+        images = to_uint8(self.sample_fn(self.family, self.cfg.grid_size, np.random.default_rng([self.seed, 2])))
+        path = save_grid(self.samples_dir / f"step-{self.step:06d}.png", images)
+        if self.on_grid:
+            self.on_grid(self.step, path, images)
+
+    def fit(self, total_steps: int) -> TrainResult:
+        """Train until ``total_steps`` (counting steps already done before a resume)."""
+        cfg = self.cfg
+        self.stepper.pull()
+        values: dict[str, float] = {}
+        timed_steps, timed_seconds = 0, 0.0
+        batch_size = self.stream.batch_size
+        last_ckpt: Path | None = None
+        columns = (
+            TextColumn(f"[bold]{self.family.name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, disable=not self.show_progress) as progress:
+            task = progress.add_task("train", total=total_steps, completed=self.step, status="")
+            window_start, window_steps = time.perf_counter(), 0
+            first = True
+            while self.step < total_steps:
+                batch = next(self.stream)
+                feed = {"images": batch.images, "labels": batch.labels, **self.family.noise(self.noise_rng, batch.labels)}
+                metrics = self.stepper.step(feed)
+                self.step += 1
+                window_steps += 1
+                progress.advance(task)
+                at_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == total_steps
+                at_grid = self.step % cfg.sample_every == 0 or self.step == total_steps
+                if first or self.step % cfg.log_every == 0 or at_ckpt or at_grid:
+                    values = {k: float(np.asarray(v)) for k, v in metrics.items()}  # syncs the device
+                    now = time.perf_counter()
+                    if first:  # the first step includes compilation: keep it out of the speed
+                        first = False
+                    else:
+                        timed_steps += window_steps
+                        timed_seconds += now - window_start
+                    rate = batch_size * timed_steps / timed_seconds if timed_seconds else float("nan")
+                    window_start, window_steps = now, 0
+                    self._check_finite(values)
+                    row = {"step": float(self.step), **values, "images_per_sec": rate}
+                    self.history.append(row)
+                    if self.on_metrics:
+                        self.on_metrics(self.step, {**values, "images_per_sec": rate})
+                    status = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+                    progress.update(task, status=f"{status} {rate:,.0f} img/s")
+                if at_ckpt:
+                    last_ckpt = self.save()
+                if at_grid:
+                    self._grid()
+                if at_ckpt or at_grid:  # keep checkpoint and sampling time out of images/s
+                    window_start = time.perf_counter()
+        self.stepper.push()
+        rate = batch_size * timed_steps / timed_seconds if timed_seconds else float("nan")
+        ms = 1000.0 * timed_seconds / timed_steps if timed_steps else float("nan")
+        return TrainResult(self.step, values, rate, ms, self.history, last_ckpt)

@@ -1,0 +1,42 @@
+"""A compiled inference call for the current backend (the samplers call a network hundreds of times)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+
+def compiled_predictor(model: keras.Model) -> Callable[..., Any]:
+    """``predict(*inputs)`` = ``model(list(inputs), training=False)``, jit-compiled where the backend can.
+
+    The compiled function reads the model's variables at call time (TensorFlow captures them; JAX gets
+    their current values passed in), so later weight updates are seen.
+    """
+    backend = keras.backend.backend()
+    single = len(model.inputs) == 1
+
+    def pack(inputs: tuple[Any, ...]) -> Any:
+        return inputs[0] if single else list(inputs)
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda *xs: model(pack(xs), training=False), jit_compile=True, reduce_retracing=True)
+        return lambda *xs: fn(*xs)
+    if backend == "jax":
+        import jax
+
+        @jax.jit
+        def fn(trainable: Any, non_trainable: Any, xs: tuple[Any, ...]) -> Any:
+            out, _ = model.stateless_call(trainable, non_trainable, pack(xs), training=False)
+            return out
+
+        def call(*xs: Any) -> Any:
+            trainable = [v.value for v in model.trainable_variables]
+            non_trainable = [v.value for v in model.non_trainable_variables]
+            return fn(trainable, non_trainable, tuple(xs))
+
+        return call
+    return lambda *xs: model(pack(xs), training=False)

@@ -1,0 +1,100 @@
+"""The train step on the JAX backend: ``stateless_call`` + ``jax.value_and_grad`` + ``jax.jit``.
+
+The step is a pure function of (state, batch) -> (state, metrics); the state holds every network's
+trainable and non-trainable values and every optimiser's variables. ``pull``/``push`` move it between
+the Keras variables (for checkpoints, sampling, saving) and the jitted loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from imagegen.training.families.base import Family, Phase
+
+
+class JaxStepper:
+    def __init__(self, family: Family, jit_compile: bool = True) -> None:
+        self.family = family
+        for phase in family.phases:
+            phase.optimizer.build(self._phase_vars(phase))
+        self.state: dict[str, Any] = {}
+        self._step_fn = jax.jit(self._step, donate_argnums=0) if jit_compile else self._step
+        self.pull()
+
+    def _phase_vars(self, phase: Phase) -> list[Any]:
+        return [v for name in phase.trains for v in self.family.networks[name].trainable_variables]
+
+    def pull(self) -> None:
+        nets = self.family.networks
+        self.state = {
+            "trainable": {n: [v.value for v in m.trainable_variables] for n, m in nets.items()},
+            "non_trainable": {n: [v.value for v in m.non_trainable_variables] for n, m in nets.items()},
+            "opt": {p.name: [v.value for v in p.optimizer.variables] for p in self.family.phases},
+        }
+
+    def push(self) -> None:
+        for n, m in self.family.networks.items():
+            for v, val in zip(m.trainable_variables, self.state["trainable"][n], strict=True):
+                v.assign(val)
+            for v, val in zip(m.non_trainable_variables, self.state["non_trainable"][n], strict=True):
+                v.assign(val)
+        for p in self.family.phases:
+            for v, val in zip(p.optimizer.variables, self.state["opt"][p.name], strict=True):
+                v.assign(val)
+
+    def _phase(self, phase: Phase, state: dict[str, Any], batch: Mapping[str, Any]) -> tuple[dict, dict]:
+        nets = self.family.networks
+
+        def loss_fn(train_sub: dict[str, list[Any]]) -> tuple[Any, tuple[dict, dict]]:
+            non_trainable = dict(state["non_trainable"])
+
+            def call(name: str, inputs: Any, training: bool = True) -> Any:
+                values = train_sub[name] if name in train_sub else state["trainable"][name]
+                out, non_trainable[name] = nets[name].stateless_call(
+                    values, non_trainable[name], inputs, training=training
+                )
+                return out
+
+            loss, metrics = phase.loss(call, batch)
+            return loss.astype("float32"), (metrics, non_trainable)
+
+        train_sub = {n: state["trainable"][n] for n in phase.trains}
+        (_, (metrics, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_sub)
+        flat_vars = [v for n in phase.trains for v in train_sub[n]]
+        flat_grads = [g for n in phase.trains for g in grads[n]]
+        new_vars, new_opt = phase.optimizer.stateless_apply(state["opt"][phase.name], flat_grads, flat_vars)
+        trainable = dict(state["trainable"])
+        i = 0
+        for n in phase.trains:
+            k = len(train_sub[n])
+            trainable[n] = list(new_vars[i : i + k])
+            i += k
+        opt = dict(state["opt"])
+        opt[phase.name] = list(new_opt)
+        return {"trainable": trainable, "non_trainable": non_trainable, "opt": opt}, metrics
+
+    def _step(self, state: dict[str, Any], batch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        metrics: dict[str, Any] = {}
+        for phase in self.family.phases:
+            state, phase_metrics = self._phase(phase, state, batch)
+            metrics.update(phase_metrics)
+        decay = self.family.ema_decay
+        if self.family.ema:
+            trainable = dict(state["trainable"])
+            non_trainable = dict(state["non_trainable"])
+            for ema_name, src_name in self.family.ema.items():
+                trainable[ema_name] = [
+                    decay * e + (1.0 - decay) * v
+                    for e, v in zip(trainable[ema_name], trainable[src_name], strict=True)
+                ]
+                non_trainable[ema_name] = list(non_trainable[src_name])
+            state = {**state, "trainable": trainable, "non_trainable": non_trainable}
+        return state, {k: v.astype("float32") for k, v in metrics.items()}
+
+    def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        self.state, metrics = self._step_fn(self.state, dict(batch))
+        return metrics
