@@ -128,6 +128,7 @@ def sample_cmd(
         "steps": steps or cfg.steps,
         "eta": cfg.eta if eta is None else eta,
         "guidance_scale": cfg.guidance_scale,
+        "clip_x0": cfg.clip_x0,
     }
     if kwargs["sampler"] not in ("ddim", "ddpm"):
         raise ImagegenError(f"--sampler {kwargs['sampler']!r}: expected ddim or ddpm")

@@ -103,10 +103,12 @@ class VAEConfig(Section):
 
 
 class DDPMConfig(Section):
-    base_channels: int = Field(default=32, gt=0)
+    base_channels: int = Field(default=16, gt=0)
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2])
     num_res_blocks: int = Field(default=1, gt=0)
-    attention_resolutions: list[int] = Field(default_factory=lambda: [8])
+    attention_resolutions: list[int] = Field(
+        default_factory=list, description="Extra attention at these sides (the middle block always has one)."
+    )
     groups: int = Field(default=8, gt=0, description="GroupNorm groups; must divide every width.")
     dropout: float = Field(default=0.0, ge=0, lt=1)
     schedule: Literal["linear", "cosine"] = "linear"
@@ -115,8 +117,8 @@ class DDPMConfig(Section):
     beta_end: float = Field(default=0.02, gt=0, lt=1)
     conditional: bool = False
     label_dropout: float = Field(default=0.1, ge=0, lt=1, description="For classifier-free guidance.")
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)
-    steps: int = Field(default=3000, gt=0)
+    ema_decay: float = Field(default=0.995, ge=0, lt=1)
+    steps: int = Field(default=1500, gt=0)
     learning_rate: float = Field(default=2e-3, gt=0)
 
     @field_validator("channel_mults")
@@ -145,6 +147,7 @@ class SampleConfig(Section):
     eta: float = Field(default=0.0, ge=0)
     n: int = Field(default=64, gt=0)
     guidance_scale: float = Field(default=1.0, ge=0)
+    clip_x0: bool = Field(default=True, description="Clip each predicted x0 to [-1, 1] (diffusion samplers).")
 
 
 class Params(Section):

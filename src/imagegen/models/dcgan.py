@@ -29,7 +29,9 @@ def _width(cfg: DCGANConfig, level: int) -> int:
     return cfg.base_filters * min(2**level, MAX_WIDTH_MULT)
 
 
-def build_generator(cfg: DCGANConfig, image_size: int, channels: int, num_classes: int) -> keras.Model:
+def build_generator(
+    cfg: DCGANConfig, image_size: int, channels: int, num_classes: int
+) -> keras.Model:
     """z (latent_dim,) [+ label ()] -> image (image_size, image_size, channels) in [-1, 1], float32."""
     seed, n_up = conv_plan(image_size, "dcgan")
     z = keras.Input(shape=(cfg.latent_dim,), name="z")
@@ -58,7 +60,9 @@ def build_generator(cfg: DCGANConfig, image_size: int, channels: int, num_classe
     return keras.Model(inputs if cfg.conditional else z, image, name="dcgan_generator")
 
 
-def build_discriminator(cfg: DCGANConfig, image_size: int, channels: int, num_classes: int) -> keras.Model:
+def build_discriminator(
+    cfg: DCGANConfig, image_size: int, channels: int, num_classes: int
+) -> keras.Model:
     """image [+ label ()] -> one real/fake logit per image, shape (1,), float32."""
     _, n_down = conv_plan(image_size, "dcgan")
     image = keras.Input(shape=(image_size, image_size, channels), name="image")

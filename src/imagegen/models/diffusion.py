@@ -71,7 +71,9 @@ def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> np.ndarr
     return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
 
 
-def cosine_betas(timesteps: int, s: float = COSINE_S, max_beta: float = COSINE_MAX_BETA) -> np.ndarray:
+def cosine_betas(
+    timesteps: int, s: float = COSINE_S, max_beta: float = COSINE_MAX_BETA
+) -> np.ndarray:
     """Nichol & Dhariwal 2021, eq. 17: abar(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) pi/2).
 
     beta_t = 1 - abar(t+1) / abar(t), clipped at ``max_beta`` to avoid the singularity at t = T.
@@ -221,10 +223,15 @@ def ddpm_sample(
         eps = _eps(eps_fn, x, t)
         if clip_x0:
             x0 = ops.clip(predict_x0(schedule, x, t, eps), -1.0, 1.0)
-            x_next = float(schedule.posterior_mean_coef1[t]) * x0 + float(schedule.posterior_mean_coef2[t]) * x
+            x_next = (
+                float(schedule.posterior_mean_coef1[t]) * x0
+                + float(schedule.posterior_mean_coef2[t]) * x
+            )
         else:
             a = 1.0 / math.sqrt(schedule.alphas[t])
-            b = schedule.betas[t] / (math.sqrt(schedule.alphas[t]) * schedule.sqrt_one_minus_alphas_cumprod[t])
+            b = schedule.betas[t] / (
+                math.sqrt(schedule.alphas[t]) * schedule.sqrt_one_minus_alphas_cumprod[t]
+            )
             x_next = a * x - float(b) * eps
         if t > 0:
             var = schedule.betas[t] if variance == "beta" else schedule.posterior_variance[t]
@@ -248,7 +255,11 @@ def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
 
 def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
     """Song et al. 2021 eq. 16: eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
-    return eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * math.sqrt(max(1.0 - abar_t / abar_prev, 0.0))
+    return (
+        eta
+        * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t))
+        * math.sqrt(max(1.0 - abar_t / abar_prev, 0.0))
+    )
 
 
 def ddim_sample(
@@ -320,7 +331,11 @@ def classifier_free_eps(
         return ops.cast(model([x_t, t, null], training=False), "float32")
     batch = x_t.shape[0]
     both = model(
-        [ops.concatenate([x_t, x_t], 0), ops.concatenate([t, t], 0), ops.concatenate([label, null], 0)],
+        [
+            ops.concatenate([x_t, x_t], 0),
+            ops.concatenate([t, t], 0),
+            ops.concatenate([label, null], 0),
+        ],
         training=False,
     )
     both = ops.cast(both, "float32")

@@ -95,7 +95,9 @@ class ResBlock(layers.Layer):
         x_shape, temb_shape = input_shape
         in_channels = x_shape[-1]
         if in_channels % self.groups:
-            raise ConfigError(f"ResBlock: groups={self.groups} does not divide {in_channels} channels")
+            raise ConfigError(
+                f"ResBlock: groups={self.groups} does not divide {in_channels} channels"
+            )
         out_shape = (*x_shape[:-1], self.channels)
         self.norm1.build(x_shape)
         self.conv1.build(x_shape)
@@ -205,7 +207,12 @@ class Upsample(layers.Layer):
 
     def build(self, input_shape: tuple) -> None:
         batch, height, width, channels = input_shape
-        up_shape = (batch, None if height is None else 2 * height, None if width is None else 2 * width, channels)
+        up_shape = (
+            batch,
+            None if height is None else 2 * height,
+            None if width is None else 2 * width,
+            channels,
+        )
         self.conv.build(up_shape)
         self.built = True
 
@@ -214,7 +221,12 @@ class Upsample(layers.Layer):
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         batch, height, width, _ = input_shape
-        return (batch, None if height is None else 2 * height, None if width is None else 2 * width, self.channels)
+        return (
+            batch,
+            None if height is None else 2 * height,
+            None if width is None else 2 * width,
+            self.channels,
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "channels": self.channels}

@@ -29,7 +29,13 @@ from keras import layers
 
 from imagegen.config import DDPMConfig
 from imagegen.errors import ConfigError
-from imagegen.models.layers import AttentionBlock, Downsample, ResBlock, SinusoidalEmbedding, Upsample
+from imagegen.models.layers import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    SinusoidalEmbedding,
+    Upsample,
+)
 
 
 def check_image_size(cfg: DDPMConfig, image_size: int) -> None:

@@ -33,7 +33,13 @@ def seed_everything(seed: int) -> None:
 
 def sampler_kwargs(params: Params) -> dict[str, Any]:
     s = params.sample
-    return {"sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance_scale": s.guidance_scale}
+    return {
+        "sampler": s.sampler,
+        "steps": s.steps,
+        "eta": s.eta,
+        "guidance_scale": s.guidance_scale,
+        "clip_x0": s.clip_x0,
+    }
 
 
 def history_csv(history: list[dict[str, float]]) -> str:

@@ -21,6 +21,9 @@ class JaxStepper:
         self.family = family
         for phase in family.phases:
             phase.optimizer.build(self._phase_vars(phase))
+        first = family.phases[0].optimizer
+        # Position of the first optimiser's update counter in its variables (drives the EMA warm-up).
+        self._iterations_index = next(i for i, v in enumerate(first.variables) if v is first.iterations)
         self.state: dict[str, Any] = {}
         self._step_fn = jax.jit(self._step, donate_argnums=0) if jit_compile else self._step
         self.pull()
@@ -82,8 +85,8 @@ class JaxStepper:
         for phase in self.family.phases:
             state, phase_metrics = self._phase(phase, state, batch)
             metrics.update(phase_metrics)
-        decay = self.family.ema_decay
         if self.family.ema:
+            decay = self.family.ema_decay_at(state["opt"][self.family.phases[0].name][self._iterations_index])
             trainable = dict(state["trainable"])
             non_trainable = dict(state["non_trainable"])
             for ema_name, src_name in self.family.ema.items():

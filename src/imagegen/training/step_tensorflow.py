@@ -18,7 +18,7 @@ class TensorFlowStepper:
         self.family = family
         for phase in family.phases:
             phase.optimizer.build(self._phase_vars(phase))
-        self._step_fn = tf.function(self._step, jit_compile=jit_compile, reduce_retracing=True)
+        self._step_fn = tf.function(self._step, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
 
     def _phase_vars(self, phase: Any) -> list[Any]:
         return [v for name in phase.trains for v in self.family.networks[name].trainable_variables]
@@ -36,7 +36,7 @@ class TensorFlowStepper:
             grads = tape.gradient(loss, variables)
             phase.optimizer.apply(grads, variables)
             metrics.update(phase_metrics)
-        decay = self.family.ema_decay
+        decay = self.family.ema_decay_at(self.family.phases[0].optimizer.iterations)
         for ema_name, src_name in self.family.ema.items():
             ema, src = self.family.networks[ema_name], self.family.networks[src_name]
             for e, v in zip(ema.trainable_variables, src.trainable_variables, strict=True):

@@ -46,6 +46,12 @@ class Family:
     # The config section (JSON) that rebuilds these networks, plus the data shape.
     spec: dict[str, Any] = field(default_factory=dict)
 
+    def ema_decay_at(self, updates: Any) -> Any:
+        """EMA decay with warm-up, min(decay, (1 + n) / (10 + n)) after n updates (as tf.train.ExponentialMovingAverage
+        with num_updates): early averages follow the fast-moving weights instead of staying near the initialisation."""
+        n = keras.ops.cast(updates, "float32")
+        return keras.ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
+
     def trainable_count(self) -> int:
         return sum(
             int(np.prod(v.shape)) for n, m in self.networks.items() if n not in self.ema for v in m.trainable_weights

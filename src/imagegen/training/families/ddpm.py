@@ -72,6 +72,7 @@ def generate(
     steps: int = 50,
     eta: float = 0.0,
     guidance_scale: float = 1.0,
+    clip_x0: bool = True,
     use_ema: bool = True,
     predict: Callable[..., Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -106,9 +107,11 @@ def generate(
             return ops.cast(predict(x, ops.cast(t, "float32")), "float32")
 
     if sampler == "ddpm":
-        x0 = ddpm_sample(eps_fn, schedule, shape, rng, progress=progress, x_T=x_T)
+        x0 = ddpm_sample(eps_fn, schedule, shape, rng, progress=progress, clip_x0=clip_x0, x_T=x_T)
     elif sampler == "ddim":
-        x0 = ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, progress=progress, x_T=x_T)
+        x0 = ddim_sample(
+            eps_fn, schedule, shape, rng, steps=steps, eta=eta, clip_x0=clip_x0, progress=progress, x_T=x_T
+        )
     else:
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
     return np.clip(np.asarray(ops.convert_to_numpy(x0), dtype=np.float32), -1.0, 1.0)

@@ -1,0 +1,187 @@
+"""The training loop, on whatever Keras backend this process runs (TensorFlow by default).
+
+`test_training_jax.py` runs this same file again under KERAS_BACKEND=jax in a subprocess, so every
+specification here holds on both backends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from imagegen.artifact import load_model, save_model
+from imagegen.config import Params, load_params
+from imagegen.data.loader import BatchStream
+from imagegen.data.processed import ProcessedDataset
+from imagegen.errors import TrainingError
+from imagegen.stages.ingest import run_ingest
+from imagegen.stages.sample import generate_images, run_sample
+from imagegen.training.checkpoint import list_checkpoints
+from imagegen.training.families import build_family, family_module
+from imagegen.training.loop import Trainer
+
+TINY = [
+    "tracking.enabled=false",
+    "dcgan.base_filters=8",
+    "dcgan.latent_dim=16",
+    "vae.base_filters=8",
+    "vae.latent_dim=8",
+    "ddpm.base_channels=8",
+    "ddpm.groups=4",
+    "ddpm.timesteps=50",
+    "ddpm.attention_resolutions=[4]",
+    "train.batch_size=32",
+    "train.jit_compile=false",
+    "train.log_every=1",
+    "train.checkpoint_every=6",
+    "train.sample_every=1000",
+    "train.grid_size=4",
+    "sample.steps=5",
+]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded dataset at 8x8 (its native size), ingested once for this module."""
+    root = tmp_path_factory.mktemp("digits")
+    return run_ingest(load_params(None, [*TINY, "data.image_size=8"]), root / "digits")
+
+
+def params_for(tmp_path: Path, *extra: str) -> Params:
+    return load_params(None, [*TINY, f"train.checkpoints_dir={tmp_path / 'ckpt'}", *extra])
+
+
+def make_trainer(params: Params, family_name: str, data: Path, ckpt: Path) -> Trainer:
+    keras.utils.set_random_seed(params.seed)
+    ds = ProcessedDataset.open(data)
+    family = build_family(family_name, params, ds.image_shape, ds.num_classes)
+    stream = BatchStream(ds.split("train"), params.train.batch_size, params.seed)
+    module = family_module(family_name)
+    return Trainer(
+        family,
+        stream,
+        params.train,
+        seed=params.seed,
+        checkpoint_dir=ckpt,
+        sample_fn=lambda fam, n, rng: module.generate(fam, n, rng, steps=params.sample.steps),
+        show_progress=False,
+    )
+
+
+def all_weights(trainer: Trainer) -> dict[str, list[np.ndarray]]:
+    trainer.stepper.push()
+    return {n: [np.asarray(keras.ops.convert_to_numpy(w)) for w in m.weights] for n, m in trainer.family.networks.items()}
+
+
+@pytest.mark.parametrize(
+    ("family_name", "metric", "steps", "factor", "extra"),
+    [
+        ("vae", "loss", 30, 0.9, []),
+        ("ddpm", "loss", 40, 0.8, []),
+        # A GAN has no single falling loss; early on the generator learns to fool the discriminator,
+        # so its (non-saturating) loss falls while the discriminator's hovers near log(4).
+        ("dcgan", "g_loss", 30, 0.9, ["dcgan.learning_rate=1e-3"]),
+    ],
+)
+def test_loss_falls_over_a_few_dozen_steps_on_real_digits(
+    digits, tmp_path, family_name, metric, steps, factor, extra
+) -> None:
+    """The last five steps' mean loss is below ``factor`` times the first three steps' mean."""
+    trainer = make_trainer(params_for(tmp_path, *extra), family_name, digits, tmp_path / "ckpt")
+    result = trainer.fit(steps)
+    losses = [row[metric] for row in result.history]
+    assert len(losses) == steps
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < factor * np.mean(losses[:3]), losses
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(digits, tmp_path) -> None:
+    params = params_for(tmp_path)
+    straight = make_trainer(params, "ddpm", digits, tmp_path / "a")
+    straight.fit(12)
+
+    first = make_trainer(params, "ddpm", digits, tmp_path / "b")
+    first.fit(6)
+    resumed = make_trainer(params, "ddpm", digits, tmp_path / "b")
+    restored = resumed.resume()
+    assert restored is not None and restored.name == "ckpt-000006.h5"
+    assert resumed.step == 6
+    result = resumed.fit(12)
+
+    assert result.step == 12
+    assert resumed.history[0]["step"] == 7  # the next step after the checkpoint, not a repeat
+    np.testing.assert_allclose(resumed.history[-1]["loss"], straight.history[-1]["loss"], rtol=1e-5)
+    a, b = all_weights(straight), all_weights(resumed)
+    assert a.keys() == b.keys() == {"unet", "unet_ema"}  # EMA weights are checkpointed too
+    for name in a:
+        for wa, wb in zip(a[name], b[name], strict=True):
+            np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+
+
+def test_a_planted_nan_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path) -> None:
+    trainer = make_trainer(params_for(tmp_path), "vae", digits, tmp_path / "ckpt")
+    trainer.fit(6)
+    (step, good), = list_checkpoints(tmp_path / "ckpt")
+    before = good.read_bytes()
+
+    trainer.stepper.push()
+    kernel = trainer.family.networks["encoder"].trainable_variables[0]
+    kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 7.*ckpt-000006\.h5"):
+        trainer.fit(12)
+
+    assert list_checkpoints(tmp_path / "ckpt") == [(6, good)]
+    assert good.read_bytes() == before
+    fresh = make_trainer(params_for(tmp_path), "vae", digits, tmp_path / "ckpt")
+    fresh.resume()
+    assert all(np.isfinite(w).all() for ws in all_weights(fresh).values() for w in ws)
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(digits, tmp_path) -> None:
+    make_trainer(params_for(tmp_path), "vae", digits, tmp_path / "ckpt").fit(6)
+    other = make_trainer(params_for(tmp_path, "vae.latent_dim=4"), "vae", digits, tmp_path / "ckpt")
+    with pytest.raises(TrainingError, match="different model"):
+        other.resume()
+
+
+@pytest.mark.parametrize("family_name", ["dcgan", "vae", "ddpm"])
+def test_a_saved_model_samples_the_same_images_for_the_same_seed(digits, tmp_path, family_name) -> None:
+    trainer = make_trainer(params_for(tmp_path), family_name, digits, tmp_path / "ckpt")
+    trainer.fit(2)
+    model_dir = save_model(trainer.family, tmp_path / "model", {"step": 2})
+
+    loaded = load_model(model_dir)
+    assert loaded.name == family_name
+    kwargs = {"sampler": "ddim", "steps": 4, "eta": 0.0} if family_name == "ddpm" else {}
+    a, _ = generate_images(model_dir, 6, seed=3, show_progress=False, **kwargs)
+    b, _ = generate_images(model_dir, 6, seed=3, show_progress=False, **kwargs)
+    c, _ = generate_images(model_dir, 6, seed=4, show_progress=False, **kwargs)
+    assert a.dtype == np.uint8 and a.shape == (6, 8, 8, 1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_run_sample_writes_a_grid_and_an_npz(digits, tmp_path) -> None:
+    trainer = make_trainer(params_for(tmp_path), "vae", digits, tmp_path / "ckpt")
+    trainer.fit(1)
+    model_dir = save_model(trainer.family, tmp_path / "model", {"step": 1})
+    out = run_sample(model_dir, tmp_path / "samples", n=10, seed=0, show_progress=False)
+    with np.load(out / "samples.npz") as npz:
+        assert npz["images"].shape == (10, 8, 8, 1) and npz["images"].dtype == np.uint8
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_train_writes_model_metrics_log_and_samples(digits, tmp_path) -> None:
+    from imagegen.stages.train import run_train
+
+    params = params_for(tmp_path, "vae.steps=6", "train.sample_every=3", f"train.models_dir={tmp_path / 'models'}")
+    out = run_train(params, "vae", data_dir=digits, show_progress=False)
+    assert out == tmp_path / "models" / "vae"
+    for name in ("model.json", "encoder.weights.h5", "decoder.weights.h5", "metrics.json", "train_log.csv"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000003.png", "step-000006.png"]
+    lines = (out / "train_log.csv").read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["step", "images_per_sec"] and len(lines) == 7
