@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from imagegen.config import load_params
+from pipelines.isolation import call_in_fresh_process
 
 # DVC already decides what is stale; Prefect caching would be a second, disagreeing opinion.
 STAGE_TASK_OPTIONS = {"cache_policy": NO_CACHE, "retries": 0}
@@ -29,14 +30,41 @@ def ingest_task(params_path: str | None, overrides: list[str]) -> str:
     return str(out)
 
 
+@task(name="train", task_run_name="train_{family}", **STAGE_TASK_OPTIONS)
+def train_task(family: str, params_path: str | None, overrides: list[str], data_dir: str) -> str:
+    """Stage ``train_<family>``, in its own process (TensorFlow keeps GPU memory until its process exits)."""
+    from imagegen.stages.train import run_train
+
+    params = load_params(params_path, overrides)
+    out = call_in_fresh_process(run_train, params, family, data_dir=Path(data_dir), show_progress=False)
+    get_run_logger().info("trained %s -> %s", family, out)
+    return str(out)
+
+
+ALL_FAMILIES = ("dcgan", "vae", "ddpm")
+
+
 @flow(name="imagegen-pipeline", log_prints=True)
-def imagegen_pipeline(params_path: str | None = "params.yaml", overrides: list[str] | None = None) -> dict[str, str]:
-    """Run the pipeline's stages in order; returns ``{stage: output path}``."""
+def imagegen_pipeline(
+    params_path: str | None = "params.yaml",
+    overrides: list[str] | None = None,
+    families: list[str] | None = None,
+) -> dict[str, str]:
+    """Run the pipeline's stages in dvc.yaml's order; returns ``{stage: output path}``.
+
+    ``families`` picks which ``train_<family>`` stages run (default: all three).
+    """
     overrides = list(overrides or [])
+    families = list(ALL_FAMILIES if families is None else families)
+    unknown = sorted(set(families) - set(ALL_FAMILIES))
+    if unknown:
+        raise ValueError(f"families: unknown {unknown}; expected a subset of {list(ALL_FAMILIES)}")
     if params_path is not None and not Path(params_path).exists():
         params_path = None  # fall back to built-in defaults, like the CLI
     outputs: dict[str, str] = {}
     outputs["ingest"] = ingest_task(params_path, overrides)
+    for family in families:  # one at a time: each may use the whole machine
+        outputs[f"train_{family}"] = train_task(family, params_path, overrides, outputs["ingest"])
     return outputs
 
 

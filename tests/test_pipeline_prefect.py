@@ -23,13 +23,15 @@ def prefect_server():
         yield
 
 
-def test_flow_ingests_the_default_dataset(prefect_server, tmp_path: Path, monkeypatch) -> None:
+def test_flow_ingests_then_trains_in_a_separate_process(prefect_server, tmp_path: Path, monkeypatch) -> None:
     from pipelines.flow import imagegen_pipeline
 
     monkeypatch.chdir(tmp_path)
+    tiny = ["data.image_size=8", "vae.steps=3", "vae.base_filters=4", "train.batch_size=16", "train.jit_compile=false"]
     state = imagegen_pipeline(
         params_path=None,
-        overrides=["tracking.enabled=false", f"data.processed_dir={tmp_path / 'processed'}"],
+        overrides=["tracking.enabled=false", f"data.processed_dir={tmp_path / 'processed'}", *tiny],
+        families=["vae"],
         return_state=True,
     )
     assert state.is_completed(), state
@@ -37,6 +39,9 @@ def test_flow_ingests_the_default_dataset(prefect_server, tmp_path: Path, monkey
     manifest = json.loads((Path(outputs["ingest"]) / "manifest.json").read_text())
     assert manifest["dataset"] == "digits"
     assert sum(manifest["counts"].values()) == 1797
+    model = json.loads((Path(outputs["train_vae"]) / "model.json").read_text())
+    assert model["family"] == "vae" and model["step"] == 3
+    assert model["dataset"]["content_hash"] == manifest["content_hash"]
 
 
 def test_flow_fails_with_the_params_message(prefect_server, tmp_path: Path, monkeypatch) -> None:
@@ -44,7 +49,7 @@ def test_flow_fails_with_the_params_message(prefect_server, tmp_path: Path, monk
     from pipelines.flow import imagegen_pipeline
 
     monkeypatch.chdir(tmp_path)
-    state = imagegen_pipeline(params_path=None, overrides=["train.batch_size=-3"], return_state=True)
+    state = imagegen_pipeline(params_path=None, overrides=["train.batch_size=-3"], families=[], return_state=True)
     assert state.is_failed()
     with pytest.raises(ConfigError, match="train.batch_size"):
         state.result()

@@ -6,6 +6,7 @@ specification here holds on both backends.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -177,11 +178,20 @@ def test_run_sample_writes_a_grid_and_an_npz(digits, tmp_path) -> None:
 def test_run_train_writes_model_metrics_log_and_samples(digits, tmp_path) -> None:
     from imagegen.stages.train import run_train
 
-    params = params_for(tmp_path, "vae.steps=6", "train.sample_every=3", f"train.models_dir={tmp_path / 'models'}")
+    params = params_for(
+        tmp_path,
+        "vae.steps=6",
+        "train.sample_every=3",
+        f"train.models_dir={tmp_path / 'models'}",
+        f"train.reports_dir={tmp_path / 'reports'}",
+    )
     out = run_train(params, "vae", data_dir=digits, show_progress=False)
     assert out == tmp_path / "models" / "vae"
-    for name in ("model.json", "encoder.weights.h5", "decoder.weights.h5", "metrics.json", "train_log.csv"):
+    for name in ("model.json", "encoder.weights.h5", "decoder.weights.h5"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000003.png", "step-000006.png"]
-    lines = (out / "train_log.csv").read_text().splitlines()
+    report = tmp_path / "reports" / "train_vae"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["step"] == 6 and np.isfinite(metrics["final.loss"])
+    lines = (report / "train_log.csv").read_text().splitlines()
     assert lines[0].split(",")[:2] == ["step", "images_per_sec"] and len(lines) == 7

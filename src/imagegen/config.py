@@ -71,7 +71,7 @@ class TrainConfig(Section):
 
     batch_size: int = Field(default=64, gt=0)
     checkpoint_every: int = Field(default=200, gt=0, description="Steps between checkpoints.")
-    sample_every: int = Field(default=200, gt=0, description="Steps between sample grids.")
+    sample_every: int = Field(default=500, gt=0, description="Steps between sample grids.")
     log_every: int = Field(default=25, gt=0, description="Steps between metric logs.")
     keep_checkpoints: int = Field(default=2, gt=0)
     mixed_precision: Literal["auto", "off", "bf16"] = Field(
@@ -80,6 +80,7 @@ class TrainConfig(Section):
     jit_compile: bool = True
     grid_size: int = Field(default=64, gt=0, description="Images in each sample grid.")
     models_dir: Path = Path("models")
+    reports_dir: Path = Field(default=Path("reports"), description="metrics.json and train_log.csv per stage.")
     checkpoints_dir: Path = Field(
         default=Path("checkpoints"), description="Resume state; kept outside the DVC-tracked model folder."
     )
@@ -89,7 +90,7 @@ class DCGANConfig(Section):
     latent_dim: int = Field(default=64, gt=0)
     base_filters: int = Field(default=32, gt=0)
     conditional: bool = False
-    steps: int = Field(default=1500, gt=0)
+    steps: int = Field(default=3000, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)
     beta_1: float = Field(default=0.5, ge=0, lt=1)
 

@@ -1,4 +1,5 @@
-"""Stage ``train_<family>``: processed dataset -> trained model folder (weights, samples, metrics, log)."""
+"""Stage ``train_<family>``: processed dataset -> trained model folder (weights and sample grids), plus
+``<reports_dir>/train_<family>/metrics.json`` and ``train_log.csv`` (the loss curve) for dvc metrics/plots."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def run_train(
     data_dir = Path(data_dir) if data_dir is not None else params.data.output_dir
     out_dir = Path(out_dir) if out_dir is not None else params.train.models_dir / family_name
     ckpt_dir = params.train.checkpoints_dir / family_name
+    report_dir = params.train.reports_dir / f"train_{family_name}"
     cfg = params.train
     family_cfg = getattr(params, family_name)
     dataset = ProcessedDataset.open(data_dir)
@@ -120,10 +122,10 @@ def run_train(
             "ms_per_step": result.ms_per_step,
             "parameters": family.trainable_count(),
         }
-        write_json(out_dir / "metrics.json", metrics)
-        write_text(out_dir / "train_log.csv", history_csv(result.history))
+        write_json(report_dir / "metrics.json", metrics)
+        write_text(report_dir / "train_log.csv", history_csv(result.history))
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)})
         for item in [out_dir / "model.json", *(out_dir / f for f in os.listdir(out_dir) if f.endswith(".weights.h5"))]:
             run.log_artifact(item, "model")
-        run.log_artifact(out_dir / "train_log.csv")
+        run.log_artifact(report_dir / "train_log.csv")
     return out_dir

@@ -4,6 +4,12 @@ mlflow is imported only when a run actually starts, so training code can run whe
 installed (a GPU box with Keras and JAX only) as long as tracking is disabled there.
 """
 
-from imagegen.tracking.runs import NullRun, Run, default_tracking_uri, resolve_tracking_uri, start_run
+from imagegen.tracking.runs import (
+    NullRun,
+    Run,
+    default_tracking_uri,
+    resolve_tracking_uri,
+    start_run,
+)
 
 __all__ = ["NullRun", "Run", "default_tracking_uri", "resolve_tracking_uri", "start_run"]

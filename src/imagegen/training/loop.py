@@ -21,7 +21,12 @@ from imagegen.config import TrainConfig
 from imagegen.data.loader import BatchStream, to_uint8
 from imagegen.errors import TrainingError
 from imagegen.images import save_grid
-from imagegen.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from imagegen.training.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from imagegen.training.families.base import Family
 from imagegen.training.steppers import make_stepper
 

@@ -9,7 +9,12 @@ import keras
 import numpy as np
 
 from imagegen.config import DCGANConfig, Params
-from imagegen.models.dcgan import build_discriminator, build_generator, discriminator_loss, generator_loss
+from imagegen.models.dcgan import (
+    build_discriminator,
+    build_generator,
+    discriminator_loss,
+    generator_loss,
+)
 from imagegen.training.families.base import Caller, Family, Phase
 
 

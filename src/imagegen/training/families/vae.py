@@ -9,7 +9,13 @@ import keras
 import numpy as np
 
 from imagegen.config import Params, VAEConfig
-from imagegen.models.vae import build_decoder, build_encoder, kl_divergence, reconstruction_loss, reparameterize
+from imagegen.models.vae import (
+    build_decoder,
+    build_encoder,
+    kl_divergence,
+    reconstruction_loss,
+    reparameterize,
+)
 from imagegen.training.families.base import Caller, Family, Phase
 
 
