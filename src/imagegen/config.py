@@ -151,6 +151,25 @@ class SampleConfig(Section):
     clip_x0: bool = Field(default=True, description="Clip each predicted x0 to [-1, 1] (diffusion samplers).")
 
 
+class EvaluateConfig(Section):
+    """Feature extractor training and sample-quality metrics."""
+
+    n_samples: int = Field(default=1000, gt=1, description="Generated images per evaluation.")
+    max_real: int = Field(default=10000, gt=1, description="Held-out real images used (the whole test split if fewer).")
+    feature_epochs: int = Field(default=8, gt=0)
+    feature_width: int = Field(default=32, gt=0, description="Filters of the feature classifier's first conv.")
+    feature_dim: int = Field(default=128, gt=1, description="Width of the penultimate (feature) layer.")
+    feature_learning_rate: float = Field(default=1e-3, gt=0)
+    features_dir: Path = Path("models/features")
+    kid_subsets: int = Field(default=50, gt=0)
+    kid_subset_size: int = Field(default=500, gt=1)
+    knn_k: int = Field(default=3, gt=0, description="k of the k-NN manifolds for precision/recall.")
+    batch_size: int = Field(default=256, gt=0)
+    inception_weights: Path | None = Field(
+        default=None, description="Local InceptionV3 ImageNet weights (.h5) for extra FID; never downloaded."
+    )
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -162,6 +181,7 @@ class Params(Section):
     vae: VAEConfig = Field(default_factory=VAEConfig)
     ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Dotted keys -> values, e.g. for MLflow params."""

@@ -1,0 +1,209 @@
+"""Stage ``evaluate``: generated images (from a model or an ``.npz``) vs the held-out split, on learned features.
+
+Writes ``metrics.json`` (for ``dvc metrics``), ``class_histogram.csv`` (for ``dvc plots``: the share of each
+class among real and generated images, where mode collapse shows), ``grid.png`` and ``report.md``, and logs
+them to MLflow. Every metric is reported beside its *floor*: the same metric between two disjoint halves of
+the real held-out images, i.e. what a perfect generator would score at that sample size.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagegen.config import Params
+from imagegen.data.loader import to_uint8
+from imagegen.data.processed import ProcessedDataset
+from imagegen.data.raw import cache_root
+from imagegen.errors import DataError
+from imagegen.evaluation import metrics as M
+from imagegen.evaluation.features import FeatureExtractor, load_extractor
+from imagegen.fileio import atomic_path, write_json, write_text
+from imagegen.images import save_grid
+from imagegen.tracking import start_run
+
+
+def load_samples_npz(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz:
+                raise DataError(f"{path}: no 'images' array (found {sorted(npz.files)}); expected uint8 (N,H,W,C)")
+            images = npz["images"]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({exc})") from None
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise DataError(f"{path}: 'images' must be uint8 (N,H,W,C), got {images.dtype} {images.shape}")
+    return images
+
+
+def real_features(
+    extractor: FeatureExtractor, dataset: ProcessedDataset, max_real: int, seed: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, probs and labels of (a seeded subset of) the test split, cached per dataset content hash
+    and feature-extractor weights (outside any DVC output), so repeated evaluations embed them once."""
+    split = dataset.split("test")
+    n = min(max_real, split.images.shape[0])
+    key = hashlib.sha256(f"{dataset.content_hash}|{extractor.fingerprint}|{n}|{seed}".encode()).hexdigest()[:24]
+    cache = cache_root() / "eval-features" / f"{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as npz:
+            return npz["features"], npz["probs"], npz["labels"]
+    idx = np.sort(np.random.default_rng(seed).permutation(split.images.shape[0])[:n])
+    feats, probs = extractor.embed(np.asarray(split.images[idx]), batch_size)
+    labels = np.asarray(split.labels[idx])
+    with atomic_path(cache, suffix=".npz") as tmp:
+        np.savez(tmp, features=feats, probs=probs, labels=labels)
+    return feats, probs, labels
+
+
+def quality_metrics(
+    real_f: np.ndarray, real_p: np.ndarray, fake_f: np.ndarray, fake_p: np.ndarray, params: Params
+) -> dict[str, float]:
+    cfg = params.evaluate
+    kid_mean, kid_std = M.kid(
+        real_f, fake_f, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=params.seed
+    )
+    precision, recall = M.precision_recall(real_f, fake_f, k=cfg.knn_k)
+    cover = M.class_coverage(fake_p, real_p.shape[1])
+    return {
+        "fid": M.fid(real_f, fake_f),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
+        "coverage": cover["coverage"],
+        "class_entropy": cover["entropy"],
+        "mean_confidence": cover["mean_confidence"],
+        "classifier_score": cover["inception_score"],
+    }
+
+
+def class_histogram_csv(real_p: np.ndarray, fake_p: np.ndarray, class_names: list[str]) -> str:
+    c = len(class_names)
+    real = np.bincount(real_p.argmax(1), minlength=c) / len(real_p)
+    fake = np.bincount(fake_p.argmax(1), minlength=c) / len(fake_p)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "real_share", "generated_share"])
+    for name, r, f in zip(class_names, real, fake, strict=True):
+        w.writerow([name, f"{r:.4f}", f"{f:.4f}"])
+    return buf.getvalue()
+
+
+def report_markdown(title: str, result: dict[str, Any]) -> str:
+    rows = [
+        ("FID (lower is better)", "fid"),
+        ("KID mean", "kid_mean"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("class coverage", "coverage"),
+        ("class entropy (1 = uniform)", "class_entropy"),
+        ("mean classifier confidence", "mean_confidence"),
+    ]
+    lines = [
+        f"# Evaluation: {title}",
+        "",
+        f"{result['n_generated']} generated vs {result['n_real']} held-out real images, on the features of the "
+        f"pipeline's classifier (test accuracy {result['feature_test_accuracy']:.3f}). The floor is the same "
+        "metric between two disjoint halves of the real images.",
+        "",
+        "| metric | generated | real-vs-real floor |",
+        "|---|---|---|",
+    ]
+    for label, key in rows:
+        lines.append(f"| {label} | {result[key]:.4f} | {result['floor'][key]:.4f} |")
+    for key in ("ssim", "psnr"):
+        if key in result:
+            lines.append(f"| reconstruction {key.upper()} | {result[key]:.4f} | |")
+    lines += ["", "![samples](grid.png)", ""]
+    return "\n".join(lines)
+
+
+def run_evaluate(
+    params: Params,
+    out_dir: Path,
+    model_dir: Path | None = None,
+    samples: Path | None = None,
+    data_dir: Path | None = None,
+    features_dir: Path | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Evaluate ``model_dir`` (sampling ``evaluate.n_samples`` images) or the images in ``samples``."""
+    if (model_dir is None) == (samples is None):
+        raise DataError("evaluate: give exactly one of --model DIR or --samples FILE.npz")
+    cfg = params.evaluate
+    dataset = ProcessedDataset.open(Path(data_dir) if data_dir is not None else params.data.output_dir)
+    extractor = load_extractor(Path(features_dir) if features_dir is not None else cfg.features_dir)
+    if extractor.meta["dataset"]["content_hash"] != dataset.content_hash:
+        raise DataError(
+            f"{extractor.path}: feature extractor was trained on dataset {extractor.meta['dataset']['content_hash']}, "
+            f"not {dataset.content_hash} ({dataset.path}); re-run `imagegen train-features`"
+        )
+
+    extra: dict[str, float] = {}
+    model_meta: dict[str, Any] = {}
+    if model_dir is not None:
+        from imagegen.stages.sample import generate_images
+        from imagegen.stages.train import sampler_kwargs
+
+        model_meta = json.loads((Path(model_dir) / "model.json").read_text()) if (Path(model_dir) / "model.json").is_file() else {}
+        images, _ = generate_images(
+            Path(model_dir), cfg.n_samples, seed=params.seed, show_progress=show_progress, **sampler_kwargs(params)
+        )
+        title = f"{model_meta.get('family', 'model')} ({model_dir})"
+        if model_meta.get("family") == "vae":
+            extra = vae_reconstruction(Path(model_dir), dataset, n=min(500, cfg.max_real))
+    else:
+        images = load_samples_npz(Path(samples))
+        title = str(samples)
+
+    real_f, real_p, _ = real_features(extractor, dataset, cfg.max_real, params.seed, cfg.batch_size)
+    fake_f, fake_p = extractor.embed(images, cfg.batch_size)
+    result: dict[str, Any] = quality_metrics(real_f, real_p, fake_f, fake_p, params)
+    half_a, half_b = M.split_halves(len(real_f), params.seed)
+    result["floor"] = quality_metrics(real_f[half_a], real_p[half_a], real_f[half_b], real_p[half_b], params)
+    result.update(extra)
+    result.update(
+        n_generated=int(len(images)),
+        n_real=int(len(real_f)),
+        feature_test_accuracy=float(extractor.meta["scores"]["test_accuracy"]),
+    )
+
+    out_dir = Path(out_dir)
+    write_json(out_dir / "metrics.json", result)
+    write_text(out_dir / "class_histogram.csv", class_histogram_csv(real_p, fake_p, dataset.class_names))
+    save_grid(out_dir / "grid.png", images[:64])
+    write_text(out_dir / "report.md", report_markdown(title, result))
+
+    flat = {k: v for k, v in result.items() if isinstance(v, float | int) and np.isfinite(v)}
+    flat.update({f"floor.{k}": v for k, v in result["floor"].items() if np.isfinite(v)})
+    with start_run(
+        params.tracking,
+        run_name=f"evaluate-{model_meta.get('family', 'samples')}",
+        stage="evaluate",
+        dataset_hash=dataset.content_hash,
+        params={"model": str(model_dir or ""), "samples": str(samples or ""), "n_samples": cfg.n_samples},
+    ) as run:
+        run.log_metrics(flat)
+        for name in ("metrics.json", "class_histogram.csv", "grid.png", "report.md"):
+            run.log_artifact(out_dir / name, "evaluation")
+    return out_dir
+
+
+def vae_reconstruction(model_dir: Path, dataset: ProcessedDataset, n: int) -> dict[str, float]:
+    """SSIM and PSNR (scikit-image) of the VAE's reconstructions of held-out images."""
+    from imagegen.artifact import load_model
+    from imagegen.data.loader import to_unit_range
+    from imagegen.training.families import vae
+
+    loaded = load_model(model_dir)
+    real = np.asarray(dataset.split("test").images[:n])
+    recon = to_uint8(vae.reconstruct(loaded.family, to_unit_range(real)))
+    sim = M.image_similarity(real, recon)
+    return {"ssim": float(sim["ssim"]), "psnr": float(sim["psnr"])}
