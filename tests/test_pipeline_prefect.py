@@ -27,7 +27,10 @@ def test_flow_ingests_then_trains_in_a_separate_process(prefect_server, tmp_path
     from pipelines.flow import imagegen_pipeline
 
     monkeypatch.chdir(tmp_path)
-    tiny = ["data.image_size=8", "vae.steps=3", "vae.base_filters=4", "train.batch_size=16", "train.jit_compile=false"]
+    monkeypatch.setenv("IMAGEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = ["data.image_size=8", "vae.steps=3", "vae.base_filters=4", "train.batch_size=16", "train.jit_compile=false",
+            "evaluate.feature_epochs=1", "evaluate.feature_width=8", "evaluate.n_samples=64",
+            "evaluate.kid_subset_size=32", "evaluate.kid_subsets=5"]
     state = imagegen_pipeline(
         params_path=None,
         overrides=["tracking.enabled=false", f"data.processed_dir={tmp_path / 'processed'}", *tiny],
@@ -42,6 +45,8 @@ def test_flow_ingests_then_trains_in_a_separate_process(prefect_server, tmp_path
     model = json.loads((Path(outputs["train_vae"]) / "model.json").read_text())
     assert model["family"] == "vae" and model["step"] == 3
     assert model["dataset"]["content_hash"] == manifest["content_hash"]
+    evaluation = json.loads((Path(outputs["evaluate_vae"]) / "metrics.json").read_text())
+    assert evaluation["n_generated"] == 64 and "fid" in evaluation["floor"]
 
 
 def test_flow_fails_with_the_params_message(prefect_server, tmp_path: Path, monkeypatch) -> None:

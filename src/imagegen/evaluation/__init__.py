@@ -1,0 +1,1 @@
+"""Evaluation: the feature extractor and sample-quality metrics."""
