@@ -195,3 +195,14 @@ def test_run_train_writes_model_metrics_log_and_samples(digits, tmp_path) -> Non
     assert metrics["step"] == 6 and np.isfinite(metrics["final.loss"])
     lines = (report / "train_log.csv").read_text().splitlines()
     assert lines[0].split(",")[:2] == ["step", "images_per_sec"] and len(lines) == 7
+
+
+def test_a_time_budget_stops_with_a_checkpoint_that_resume_continues(digits, tmp_path) -> None:
+    params = params_for(tmp_path, "train.max_minutes=1e-6", "train.log_every=3")
+    trainer = make_trainer(params, "vae", digits, tmp_path / "ckpt")
+    result = trainer.fit(30)
+    assert trainer.stopped_early and result.step == 3
+    assert [s for s, _ in list_checkpoints(tmp_path / "ckpt")] == [3]
+    later = make_trainer(params_for(tmp_path), "vae", digits, tmp_path / "ckpt")
+    later.resume()
+    assert later.fit(8).step == 8 and not later.stopped_early

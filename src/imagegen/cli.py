@@ -172,6 +172,43 @@ def evaluate_cmd(
     sys.stdout.write((out_dir / "report.md").read_text())
 
 
+@app.command("register")
+@user_errors
+def register_cmd(
+    model: Annotated[Path, typer.Option(help="trained model folder")],
+    evaluation: Annotated[Path, typer.Option(help="metrics.json written by `imagegen evaluate` for that model")],
+    export_report: Annotated[Path | None, typer.Option("--export", help="metrics.json written by `imagegen export`")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Register the model in MLflow as a new version with the alias `challenger`."""
+    from imagegen.stages.register import run_register
+
+    out = run_register(_load(params, set_), model, evaluation, export_report)
+    console.print(out.read_text())
+
+
+@app.command("promote")
+@user_errors
+def promote_cmd(
+    name: Annotated[str, typer.Argument(help="registered model name, e.g. imagegen-ddpm-digits")],
+    force: Annotated[bool, typer.Option("--force", help="promote even if the gate refuses (needs --reason)")] = False,
+    reason: Annotated[str | None, typer.Option(help="why the gate is overridden (recorded on the version)")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Move `champion` to the `challenger` version if evaluation says it is better; exit 3 if refused."""
+    from imagegen.registry import promote
+
+    if force and not reason:
+        raise ImagegenError("--force needs --reason TEXT: the override is recorded on the model version")
+    decision = promote(_load(params, set_), name, force_reason=reason if force else None)
+    verdict = "[bold green]promoted[/]" if decision.promoted else "[bold yellow]refused[/]"
+    console.print(f"{name} v{decision.version}: {verdict}: {decision.reason}")
+    if not decision.promoted:
+        raise typer.Exit(code=3)
+
+
 def main() -> None:  # pragma: no cover - thin wrapper for `python -m imagegen`
     app()
 

@@ -79,6 +79,9 @@ class TrainConfig(Section):
     )
     jit_compile: bool = True
     grid_size: int = Field(default=64, gt=0, description="Images in each sample grid.")
+    max_minutes: float | None = Field(
+        default=None, gt=0, description="Wall-clock budget; stop with a checkpoint at the first log step past it."
+    )
     models_dir: Path = Path("models")
     reports_dir: Path = Field(default=Path("reports"), description="metrics.json and train_log.csv per stage.")
     checkpoints_dir: Path = Field(
@@ -170,6 +173,36 @@ class EvaluateConfig(Section):
     )
 
 
+class ExportConfig(Section):
+    """SavedModel and TFLite export, with parity thresholds against the Keras model."""
+
+    export_dir: Path = Path("exports")
+    tflite_variants: list[Literal["float32", "float16", "int8"]] = Field(
+        default_factory=lambda: ["float32", "float16", "int8"]
+    )
+    ddpm_steps: int = Field(default=4, gt=0, description="DDIM steps unrolled inside the exported diffusion graph.")
+    parity_n: int = Field(default=16, gt=0, description="Fixed inputs compared between Keras and each artifact.")
+    max_abs_error: dict[str, float] = Field(
+        default_factory=lambda: {"savedmodel": 2.0, "float32": 2.0, "float16": 8.0, "int8": 48.0},
+        description="Largest allowed |uint8 difference| to the Keras images, per artifact.",
+    )
+    min_ssim: dict[str, float] = Field(
+        default_factory=lambda: {"savedmodel": 0.99, "float32": 0.99, "float16": 0.95, "int8": 0.6},
+        description="Smallest allowed mean SSIM to the Keras images, per artifact.",
+    )
+    latency_repeats: int = Field(default=20, gt=0)
+
+
+class RegistryConfig(Section):
+    """MLflow model registry: one registered model per family and dataset; aliases champion/challenger."""
+
+    name_template: str = Field(default="imagegen-{family}-{dataset}", min_length=1)
+    gate_metric: Literal["fid", "kid_mean"] = "fid"
+    min_improvement: float = Field(
+        default=0.02, ge=0, lt=1, description="Relative improvement of the gate metric needed to replace the champion."
+    )
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -182,6 +215,8 @@ class Params(Section):
     ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Dotted keys -> values, e.g. for MLflow params."""

@@ -113,6 +113,7 @@ def run_train(
             "step": result.step,
             "trained_with": {"backend": keras.backend.backend(), "device": accelerator(), "dtype_policy": policy},
             "resumed_from": str(resumed) if resumed else None,
+            "stopped_early": trainer.stopped_early,
         }
         save_model(family, out_dir, meta)
         metrics = {

@@ -73,6 +73,7 @@ class Trainer:
         self.stepper = make_stepper(family, jit_compile=cfg.jit_compile)
         self.noise_rng = np.random.default_rng([seed, 1])
         self.step = 0
+        self.stopped_early = False
         self.history: list[dict[str, float]] = []
 
     # ---------------------------------------------------------------------------------------------
@@ -122,8 +123,14 @@ class Trainer:
             self.on_grid(self.step, path, images)
 
     def fit(self, total_steps: int) -> TrainResult:
-        """Train until ``total_steps`` (counting steps already done before a resume)."""
+        """Train until ``total_steps`` (counting steps already done before a resume).
+
+        With ``train.max_minutes`` set, training also stops at the first log step past that wall-clock budget,
+        writing a checkpoint there, so a time-limited run can be continued with ``--resume``.
+        """
         cfg = self.cfg
+        deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes else None
+        self.stopped_early = False
         self.stepper.pull()
         values: dict[str, float] = {}
         timed_steps, timed_seconds = 0, 0.0
@@ -147,9 +154,11 @@ class Trainer:
                 self.step += 1
                 window_steps += 1
                 progress.advance(task)
-                at_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == total_steps
-                at_grid = self.step % cfg.sample_every == 0 or self.step == total_steps
-                if first or self.step % cfg.log_every == 0 or at_ckpt or at_grid:
+                at_log = self.step % cfg.log_every == 0
+                out_of_time = deadline is not None and at_log and time.perf_counter() > deadline
+                at_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == total_steps or out_of_time
+                at_grid = self.step % cfg.sample_every == 0 or self.step == total_steps or out_of_time
+                if first or at_log or at_ckpt or at_grid:
                     values = {k: float(np.asarray(v)) for k, v in metrics.items()}  # syncs the device
                     now = time.perf_counter()
                     if first:  # the first step includes compilation: keep it out of the speed
@@ -172,6 +181,9 @@ class Trainer:
                     self._grid()
                 if at_ckpt or at_grid:  # keep checkpoint and sampling time out of images/s
                     window_start = time.perf_counter()
+                if out_of_time:
+                    self.stopped_early = True
+                    break
         self.stepper.push()
         rate = batch_size * timed_steps / timed_seconds if timed_seconds else float("nan")
         ms = 1000.0 * timed_seconds / timed_steps if timed_steps else float("nan")
