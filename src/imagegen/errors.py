@@ -29,3 +29,7 @@ class DataNotFoundError(DataError):
 
 class TrainingError(ImagegenError):
     """Training cannot continue (e.g. a non-finite loss)."""
+
+
+class ExportError(ImagegenError):
+    """A model cannot be exported (an op without a TFLite builtin) or an export misses its parity thresholds."""

@@ -35,6 +35,12 @@ def registered_name(params: Params, family: str, dataset: str) -> str:
     return params.registry.name_template.format(family=family, dataset=dataset)
 
 
+def registry_family(meta: dict[str, Any]) -> str:
+    """``ddpm``, or ``ddpm-student`` for a distilled model: a student competes with earlier students, not with
+    its teacher (it trades some quality for speed by design)."""
+    return f"{meta['family']}-student" if meta.get("distillation") else str(meta["family"])
+
+
 def git_commit(cwd: Path | None = None) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
@@ -55,6 +61,7 @@ def register(
     evaluation: dict[str, Any],
     export_report: dict[str, Any] | None = None,
     run_id: str | None = None,
+    export_dir: Path | None = None,
 ) -> tuple[str, str]:
     """Log ``model_dir`` as a pyfunc in a run, register a new version, alias it ``challenger``; return (name, version)."""
     import json
@@ -69,7 +76,7 @@ def register(
 
     meta = json.loads((Path(model_dir) / "model.json").read_text())
     family, dataset = meta["family"], meta["dataset"]["name"]
-    name = registered_name(params, family, dataset)
+    name = registered_name(params, registry_family(meta), dataset)
     uri = resolve_tracking_uri(params.tracking)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -87,6 +94,17 @@ def register(
             pip_requirements=["imagegen", "keras>=3.8", "numpy", "pandas"],
         )
         mlflow.set_tags({"imagegen.stage": "register", "dataset.content_hash": meta["dataset"]["content_hash"]})
+        if export_dir is not None:  # the deployable files travel with the version's run
+            mlflow.log_artifacts(str(export_dir), artifact_path="export")
+        if export_report is not None:
+            mlflow.log_metrics(
+                {
+                    f"export.{variant}.{key}": float(value)
+                    for variant, entry in export_report.get("artifacts", {}).items()
+                    for key, value in entry.items()
+                    if isinstance(value, int | float) and not isinstance(value, bool)
+                }
+            )
         version = mlflow.register_model(info.model_uri, name).version
     client = client_for(params)
     tags = {

@@ -1,0 +1,130 @@
+"""Stage ``export``: a trained model folder -> SavedModel + TFLite files, checked against the Keras model.
+
+Output folder (default ``export.export_dir / <family>``)::
+
+    savedmodel/              serving_default: noise (+ label) -> uint8 images, dynamic batch
+    model_float32.tflite     one per entry of export.tflite_variants
+    model_float16.tflite
+    model_int8.tflite
+    metrics.json             {"family", "ddpm_steps" (ddpm), "artifacts": {name: {"bytes",
+                              "latency_ms_per_image", "max_abs_error", "ssim", "passed"}}}
+
+A copy of ``metrics.json`` and a markdown table (``report.md``) also go to ``report_dir`` (default
+``<train.reports_dir>/export_<folder name>``), outside the DVC-tracked export folder, for ``dvc metrics``; the
+figures are logged to an MLflow run of the ``export`` stage.
+
+The folder is built in a temporary sibling (:func:`imagegen.fileio.atomic_dir`) and swapped in only when every
+artifact was written and passed its thresholds, so a failed export leaves the previous output (or nothing)
+in place, never a half-written folder. When an artifact misses a threshold, the report that failed is kept
+readable beside the output as ``<out_dir>.failed-metrics.json`` (same content as ``metrics.json``) and the
+:class:`~imagegen.errors.ExportError` names its path; that file is removed by the next run of the stage.
+
+Needs the TensorFlow backend of Keras (see :mod:`imagegen.export`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from imagegen.artifact import load_model
+from imagegen.config import Params
+from imagegen.errors import ExportError
+from imagegen.fileio import atomic_dir, write_json, write_text
+from imagegen.tracking import start_run
+
+
+def failed_report_path(out_dir: Path) -> Path:
+    """Where a failing export's metrics are kept: ``<out_dir>.failed-metrics.json``, beside the output folder."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.failed-metrics.json")
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """The variants as a markdown table: size, latency per image on this machine, max abs error, SSIM vs Keras."""
+    steps = f", {report['ddpm_steps']} DDIM steps in the graph" if "ddpm_steps" in report else ""
+    lines = [
+        f"# Export of {report['family']}{steps}",
+        "",
+        "| artifact | size (KiB) | latency (ms/image) | max abs error (uint8) | SSIM vs Keras | parity |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, a in report["artifacts"].items():
+        lines.append(
+            f"| {name} | {a['bytes'] / 1024:.1f} | {a['latency_ms_per_image']:.3f} | {a['max_abs_error']} | "
+            f"{a['ssim']:.4f} | {'passed' if a['passed'] else 'FAILED'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    return {
+        f"{name}.{key}": float(value)
+        for name, entry in report["artifacts"].items()
+        for key, value in entry.items()
+        if isinstance(value, int | float)
+    }
+
+
+def run_export(
+    params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None
+) -> Path:
+    """Export the model in ``model_dir``; write the folder described above and return its path."""
+    from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
+    from imagegen.export.parity import parity_report, threshold_failures
+    from imagegen.export.tflite import write_tflite
+
+    require_tensorflow()
+    cfg = params.export
+    loaded = load_model(model_dir)
+    out_dir = Path(out_dir) if out_dir is not None else cfg.export_dir / loaded.name
+    report_dir = Path(report_dir) if report_dir is not None else params.train.reports_dir / f"export_{out_dir.name}"
+    failed = failed_report_path(out_dir)
+    failed.unlink(missing_ok=True)
+    serving = build_serving(
+        loaded,
+        ddpm_steps=cfg.ddpm_steps,
+        clip_x0=params.sample.clip_x0,
+        guidance_scale=params.sample.guidance_scale,
+    )
+    with atomic_dir(out_dir) as tmp:
+        saved = export_savedmodel(serving, tmp / "savedmodel")
+        artifacts = {"savedmodel": saved}
+        for variant in dict.fromkeys(cfg.tflite_variants):
+            artifacts[variant] = write_tflite(saved, tmp / f"model_{variant}.tflite", variant)
+        report = parity_report(
+            loaded,
+            serving,
+            artifacts,
+            cfg,
+            seed=params.seed,
+            clip_x0=params.sample.clip_x0,
+            guidance_scale=params.sample.guidance_scale,
+        )
+        write_json(tmp / "metrics.json", report)
+        problems = threshold_failures(report, cfg)
+        if problems:
+            write_json(failed, report)
+            raise ExportError(
+                f"export of {model_dir} failed its parity thresholds: {'; '.join(problems)} "
+                f"(report: {failed}; {out_dir} left unchanged)"
+            )
+    write_json(report_dir / "metrics.json", report)
+    write_text(report_dir / "report.md", report_table(report))
+    dataset = loaded.meta.get("dataset") or {}
+    with start_run(
+        params.tracking,
+        run_name=f"export-{loaded.name}",
+        stage="export",
+        dataset_hash=dataset.get("content_hash"),
+        params={
+            "model": str(model_dir),
+            "family": loaded.name,
+            "tflite_variants": ",".join(cfg.tflite_variants),
+            **({"ddpm_steps": report["ddpm_steps"]} if "ddpm_steps" in report else {}),
+        },
+    ) as run:
+        run.log_metrics(flat_metrics(report))
+        run.log_artifact(report_dir / "metrics.json", "export")
+        run.log_artifact(report_dir / "report.md", "export")
+    return out_dir
