@@ -1,4 +1,4 @@
-"""Training runs where only Keras and a backend exist: nothing it imports needs mlflow, prefect or dvc."""
+"""Training (and distillation) run where only Keras and a backend exist: nothing they import needs mlflow, prefect or dvc."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ sys.meta_path.insert(0, Block())
 import imagegen.data.loader, imagegen.models.unet, imagegen.models.dcgan, imagegen.models.vae
 import imagegen.training.loop, imagegen.training.families, imagegen.artifact
 import imagegen.stages.train, imagegen.stages.sample, imagegen.stages.ingest, imagegen.cli
+import imagegen.sampling, imagegen.distill, imagegen.distill.progressive, imagegen.distill.architecture
+import imagegen.distill.cost, imagegen.distill.agreement, imagegen.distill.setup, imagegen.stages.distill
 from imagegen.config import load_params
 from imagegen.stages.ingest import run_ingest
 from imagegen.stages.train import run_train
@@ -25,6 +27,12 @@ p = load_params(None, ["tracking.enabled=false", "data.image_size=8", "vae.steps
                        "train.batch_size=8", "train.jit_compile=false", f"data.processed_dir={sys.argv[1]}/d",
                        f"train.checkpoints_dir={sys.argv[1]}/c"])
 run_train(p, "vae", data_dir=run_ingest(p), out_dir=sys.argv[1] + "/m", show_progress=False)
+from imagegen.stages.distill import run_distill
+q = load_params(None, ["tracking.enabled=false", "data.image_size=8", "vae.base_filters=4", "train.batch_size=8",
+                       "train.jit_compile=false", f"data.processed_dir={sys.argv[1]}/d", f"train.checkpoints_dir={sys.argv[1]}/c",
+                       f"train.reports_dir={sys.argv[1]}/r", f"evaluate.features_dir={sys.argv[1]}/none",
+                       "distill.architecture_steps=2", "distill.compare_n=4", "distill.speed_n=4"])
+run_distill(q, sys.argv[1] + "/m", "architecture", out_dir=sys.argv[1] + "/s", show_progress=False)
 print("trained without", sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "prefect", "dvc")))
 """
 

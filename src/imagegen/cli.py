@@ -54,8 +54,23 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+StepsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="DDIM steps (diffusion only; default: the model's own grid, else sample.steps)"),
+]
+SamplerOpt = Annotated[str | None, typer.Option(help="ddim | ddpm (diffusion only; default sample.sampler)")]
+EtaOpt = Annotated[float | None, typer.Option(min=0.0, help="DDIM eta (diffusion only; default sample.eta)")]
+
+
 def _load(params: Path | None, overrides: list[str] | None) -> Params:
     return load_params(params, overrides or [])
+
+
+def _sampler_overrides(sampler: str | None, steps: int | None, eta: float | None) -> dict[str, Any]:
+    """The sampler flags the user actually gave (None = not given; see imagegen.sampling.sampler_kwargs)."""
+    if sampler is not None and sampler not in ("ddim", "ddpm"):
+        raise ImagegenError(f"--sampler {sampler!r}: expected ddim or ddpm")
+    return {k: v for k, v in {"sampler": sampler, "steps": steps, "eta": eta}.items() if v is not None}
 
 
 @app.command("params")
@@ -113,26 +128,19 @@ def sample_cmd(
     out: Annotated[Path, typer.Option(help="folder for grid.png and samples.npz")],
     n: Annotated[int, typer.Option(min=1, help="number of images")] = 64,
     seed: Annotated[int, typer.Option(min=0)] = 0,
-    steps: Annotated[int | None, typer.Option(min=1, help="DDIM steps (diffusion only)")] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddim | ddpm (diffusion only)")] = None,
-    eta: Annotated[float | None, typer.Option(min=0.0, help="DDIM eta (diffusion only)")] = None,
+    steps: StepsOpt = None,
+    sampler: SamplerOpt = None,
+    eta: EtaOpt = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Generate images from a trained model: a PNG grid and an .npz of uint8 (N,H,W,C)."""
+    """Generate images from a trained model: a PNG grid and an .npz of uint8 (N,H,W,C).
+
+    A distilled student samples on its own DDIM grid (from its model.json) unless --steps/--sampler is given.
+    """
     from imagegen.stages.sample import run_sample
 
-    cfg = _load(params, set_).sample
-    kwargs = {
-        "sampler": sampler or cfg.sampler,
-        "steps": steps or cfg.steps,
-        "eta": cfg.eta if eta is None else eta,
-        "guidance_scale": cfg.guidance_scale,
-        "clip_x0": cfg.clip_x0,
-    }
-    if kwargs["sampler"] not in ("ddim", "ddpm"):
-        raise ImagegenError(f"--sampler {kwargs['sampler']!r}: expected ddim or ddpm")
-    out_dir = run_sample(model, out, n, seed, **kwargs)
+    out_dir = run_sample(model, out, n, seed, params=_load(params, set_), **_sampler_overrides(sampler, steps, eta))
     console.print(f"wrote {out_dir / 'grid.png'} and {out_dir / 'samples.npz'}")
 
 
@@ -164,12 +172,62 @@ def evaluate_cmd(
     set_: SetOpt = None,
     data: Annotated[Path | None, typer.Option(help="processed dataset folder (the held-out split is used)")] = None,
     features: Annotated[Path | None, typer.Option(help="feature extractor folder (default evaluate.features_dir)")] = None,
+    steps: StepsOpt = None,
+    sampler: SamplerOpt = None,
+    eta: EtaOpt = None,
 ) -> None:
     """FID, KID, precision/recall and class coverage of generated images, beside the real-vs-real floor."""
     from imagegen.stages.evaluate import run_evaluate
 
-    out_dir = run_evaluate(_load(params, set_), out, model_dir=model, samples=samples, data_dir=data, features_dir=features)
+    out_dir = run_evaluate(
+        _load(params, set_), out, model_dir=model, samples=samples, data_dir=data, features_dir=features,
+        sampler=_sampler_overrides(sampler, steps, eta),
+    )
     sys.stdout.write((out_dir / "report.md").read_text())
+
+
+@app.command("distill")
+@user_errors
+def distill_cmd(
+    teacher: Annotated[Path, typer.Option(help="trained teacher model folder (holds model.json)")],
+    method: Annotated[str, typer.Option(help="progressive (DDPM: halve the sampling steps per round) | architecture (a narrower network, any family)")],
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="student folder (default train.models_dir/<family>_student_<method>)")] = None,
+    data: Annotated[Path | None, typer.Option(help="processed dataset folder (default data.processed_dir/<name>)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="keep finished rounds and continue from the latest checkpoint")] = False,
+) -> None:
+    """Distil a teacher into a student: fewer sampling steps (progressive) or a narrower network (architecture)."""
+    from imagegen.distill import METHODS
+
+    if method not in METHODS:
+        raise ImagegenError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    from imagegen.stages.distill import run_distill
+
+    student = run_distill(_load(params, set_), teacher, method, out_dir=out, data_dir=data, resume=resume)
+    console.print(f"distilled [bold]{teacher}[/] ({method}) -> {student}")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    model: Annotated[Path, typer.Option(help="trained (or distilled) model folder")],
+    out: Annotated[Path | None, typer.Option(help="export folder (default export.export_dir/<family>)")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="folder for the metrics.json copy and report.md (default reports/export_<out>)")
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """SavedModel + TFLite (float32/float16/int8), each checked for parity with Keras and timed."""
+    from imagegen.stages.export import report_table, run_export
+
+    cfg = _load(params, set_)
+    out_dir = run_export(cfg, model, out, report)
+    import json
+
+    sys.stdout.write(report_table(json.loads((out_dir / "metrics.json").read_text())))
+    console.print(f"exported -> {out_dir}")
 
 
 @app.command("register")
@@ -177,14 +235,17 @@ def evaluate_cmd(
 def register_cmd(
     model: Annotated[Path, typer.Option(help="trained model folder")],
     evaluation: Annotated[Path, typer.Option(help="metrics.json written by `imagegen evaluate` for that model")],
-    export_report: Annotated[Path | None, typer.Option("--export", help="metrics.json written by `imagegen export`")] = None,
+    export_dir: Annotated[
+        Path | None, typer.Option("--export", help="export folder written by `imagegen export` (holds metrics.json)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="record of what was registered (default reports/register_<family>.json)")] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Register the model in MLflow as a new version with the alias `challenger`."""
     from imagegen.stages.register import run_register
 
-    out = run_register(_load(params, set_), model, evaluation, export_report)
+    out = run_register(_load(params, set_), model, evaluation, export_dir, out)
     console.print(out.read_text())
 
 

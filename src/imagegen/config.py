@@ -173,6 +173,50 @@ class EvaluateConfig(Section):
     )
 
 
+class DistillConfig(Section):
+    """Teacher-student distillation (``imagegen distill``): progressive (DDPM) and architecture (every family)."""
+
+    start_steps: int = Field(
+        default=16, gt=1, description="Progressive: the teacher's DDIM steps that the first round halves."
+    )
+    target_steps: int = Field(default=4, ge=1, description="Progressive: rounds halve the steps down to this.")
+    steps_per_round: int = Field(default=300, gt=0, description="Progressive: training steps per round.")
+    learning_rate: float = Field(default=1e-4, gt=0, description="Progressive: Adam learning rate (student starts as the teacher).")
+    weighting: Literal["snr", "truncated_snr"] = Field(
+        default="snr",
+        description=(
+            "Progressive loss weight on the x0 error: SNR (= the eps MSE; steady for our eps-prediction U-Net) "
+            "or max(SNR, 1) (Salimans & Ho 2022's truncated SNR, meant for x/v-prediction)."
+        ),
+    )
+    width_factor: float = Field(
+        default=0.5, gt=0, le=1, description="Architecture: student width as a fraction of the teacher's."
+    )
+    architecture_steps: int = Field(default=1500, gt=0, description="Architecture: training steps.")
+    architecture_learning_rate: float = Field(default=2e-3, gt=0, description="Architecture: Adam learning rate.")
+    feature_weight: float = Field(
+        default=0.1, ge=0, description="Architecture, DCGAN: weight of matching the evaluation features (0: off)."
+    )
+    ema_decay: float = Field(default=0.995, ge=0, lt=1, description="EMA of the DDPM student's weights.")
+    batch_size: int | None = Field(default=None, gt=0, description="null: train.batch_size.")
+    compare_n: int = Field(
+        default=256, gt=0, description="Images on the same noise for student-vs-teacher SSIM/PSNR."
+    )
+    speed_n: int = Field(default=128, gt=0, description="Images per timed batch for images/s.")
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> DistillConfig:
+        if self.target_steps > self.start_steps:
+            raise ValueError(f"target_steps={self.target_steps} must not exceed start_steps={self.start_steps}")
+        ratio = self.start_steps // self.target_steps
+        if self.start_steps % self.target_steps or ratio & (ratio - 1):
+            raise ValueError(
+                f"start_steps={self.start_steps} must be target_steps={self.target_steps} times a power of two "
+                "(each progressive round halves the steps)"
+            )
+        return self
+
+
 class ExportConfig(Section):
     """SavedModel and TFLite export, with parity thresholds against the Keras model."""
 
@@ -191,6 +235,15 @@ class ExportConfig(Section):
         description="Smallest allowed mean SSIM to the Keras images, per artifact.",
     )
     latency_repeats: int = Field(default=20, gt=0)
+    ship: dict[str, Path] = Field(
+        default_factory=lambda: {
+            "dcgan": Path("models/dcgan"),
+            "vae": Path("models/vae"),
+            "ddpm_student": Path("models/ddpm_student_progressive/final"),
+        },
+        description="Models the pipeline exports, registers and promotes: name -> model folder (dvc.yaml's "
+        "export/register foreach over it; the Prefect flow ships the names it built).",
+    )
 
 
 class RegistryConfig(Section):
@@ -214,6 +267,7 @@ class Params(Section):
     vae: VAEConfig = Field(default_factory=VAEConfig)
     ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

@@ -19,7 +19,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -253,6 +253,28 @@ def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
     return np.linspace(timesteps - 1, 0, steps).round().astype(np.int64)
 
 
+def check_timesteps(timesteps: Sequence[int], schedule_timesteps: int) -> np.ndarray:
+    """Validate an explicit DDIM grid and return it as int64: non-empty, integers, strictly descending, in [0, T).
+
+    Raises :class:`ConfigError` naming what is wrong. Any such grid is a valid DDIM sampler; the step after its
+    last entry goes to the clean image. A progressive-distillation student samples on such a grid
+    (every other timestep of its teacher's grid, see :mod:`imagegen.distill.progressive`).
+    """
+    raw = np.asarray(list(timesteps) if not isinstance(timesteps, np.ndarray) else timesteps)
+    if raw.ndim != 1 or raw.size == 0:
+        raise ConfigError(f"ddim: timesteps must be a non-empty list of integers, got {np.asarray(raw).tolist()!r}")
+    if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw)))):
+        raise ConfigError(f"ddim: timesteps must be integers, got {raw.tolist()!r}")
+    ts = raw.astype(np.int64)
+    if ts.min() < 0 or ts.max() >= schedule_timesteps:
+        raise ConfigError(
+            f"ddim: timesteps {ts.tolist()} must lie in [0, {schedule_timesteps}) (the schedule's T={schedule_timesteps})"
+        )
+    if np.any(np.diff(ts) >= 0):
+        raise ConfigError(f"ddim: timesteps {ts.tolist()} must be strictly decreasing (from noisy to clean)")
+    return ts
+
+
 def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
     """Song et al. 2021 eq. 16: eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
     return (
@@ -267,13 +289,17 @@ def ddim_sample(
     schedule: NoiseSchedule,
     shape: tuple[int, ...],
     rng: np.random.Generator,
-    steps: int,
+    steps: int | None = None,
     eta: float = 0.0,
     clip_x0: bool = False,
     progress: ProgressFn | None = None,
     x_T: Any = None,
+    timesteps: Sequence[int] | None = None,
 ) -> Any:
-    """DDIM (Song et al. 2021, eq. 12) over :func:`ddim_timesteps`; returns x_0 (float32).
+    """DDIM (Song et al. 2021, eq. 12) over :func:`ddim_timesteps` (or an explicit grid); returns x_0 (float32).
+
+    The grid is ``timesteps`` when given (descending ints in [0, T), checked by :func:`check_timesteps`; it
+    overrides ``steps``), else ``ddim_timesteps(T, steps)``.
 
     x_prev = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma^2) eps + sigma z, with sigma from
     :func:`ddim_sigma`; the step after the last visited timestep goes to abar_prev = 1 (the clean image).
@@ -283,7 +309,12 @@ def ddim_sample(
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    ts = ddim_timesteps(schedule.timesteps, steps)
+    if timesteps is not None:
+        ts = check_timesteps(timesteps, schedule.timesteps)
+    elif steps is not None:
+        ts = ddim_timesteps(schedule.timesteps, steps)
+    else:
+        raise ConfigError("ddim: give the number of steps or an explicit list of timesteps")
     x = _start(rng, shape, x_T)
     for i, t in enumerate(ts):
         last = i == len(ts) - 1

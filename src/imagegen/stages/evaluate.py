@@ -133,8 +133,13 @@ def run_evaluate(
     data_dir: Path | None = None,
     features_dir: Path | None = None,
     show_progress: bool = True,
+    sampler: dict[str, Any] | None = None,
 ) -> Path:
-    """Evaluate ``model_dir`` (sampling ``evaluate.n_samples`` images) or the images in ``samples``."""
+    """Evaluate ``model_dir`` (sampling ``evaluate.n_samples`` images) or the images in ``samples``.
+
+    A model is sampled as :func:`imagegen.sampling.sampler_kwargs` decides: ``params.sample``, then the model's
+    own ``sampling`` record (a distilled student's grid), then the explicit ``sampler`` overrides.
+    """
     if (model_dir is None) == (samples is None):
         raise DataError("evaluate: give exactly one of --model DIR or --samples FILE.npz")
     cfg = params.evaluate
@@ -150,11 +155,11 @@ def run_evaluate(
     model_meta: dict[str, Any] = {}
     if model_dir is not None:
         from imagegen.stages.sample import generate_images
-        from imagegen.stages.train import sampler_kwargs
 
         model_meta = json.loads((Path(model_dir) / "model.json").read_text()) if (Path(model_dir) / "model.json").is_file() else {}
         images, _ = generate_images(
-            Path(model_dir), cfg.n_samples, seed=params.seed, show_progress=show_progress, **sampler_kwargs(params)
+            Path(model_dir), cfg.n_samples, seed=params.seed, show_progress=show_progress, params=params,
+            **(sampler or {}),
         )
         title = f"{model_meta.get('family', 'model')} ({model_dir})"
         if model_meta.get("family") == "vae":

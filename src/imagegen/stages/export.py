@@ -49,7 +49,8 @@ def report_table(report: dict[str, Any]) -> str:
         "| artifact | size (KiB) | latency (ms/image) | max abs error (uint8) | SSIM vs Keras | parity |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    for name, a in report["artifacts"].items():
+    order = {name: i for i, name in enumerate(("savedmodel", "float32", "float16", "int8"))}
+    for name, a in sorted(report["artifacts"].items(), key=lambda kv: order.get(kv[0], len(order))):
         lines.append(
             f"| {name} | {a['bytes'] / 1024:.1f} | {a['latency_ms_per_image']:.3f} | {a['max_abs_error']} | "
             f"{a['ssim']:.4f} | {'passed' if a['passed'] else 'FAILED'} |"

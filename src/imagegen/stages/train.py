@@ -17,10 +17,13 @@ from imagegen.config import Params
 from imagegen.data.loader import BatchStream
 from imagegen.data.processed import ProcessedDataset
 from imagegen.fileio import write_json, write_text
+from imagegen.sampling import sampler_kwargs
 from imagegen.tracking import start_run
 from imagegen.training.families import build_family, family_module
 from imagegen.training.loop import Trainer
 from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
+
+__all__ = ["history_csv", "run_train", "sampler_kwargs", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -30,17 +33,6 @@ def seed_everything(seed: int) -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-
-
-def sampler_kwargs(params: Params) -> dict[str, Any]:
-    s = params.sample
-    return {
-        "sampler": s.sampler,
-        "steps": s.steps,
-        "eta": s.eta,
-        "guidance_scale": s.guidance_scale,
-        "clip_x0": s.clip_x0,
-    }
 
 
 def history_csv(history: list[dict[str, float]]) -> str:
@@ -114,6 +106,7 @@ def run_train(
             "trained_with": {"backend": keras.backend.backend(), "device": accelerator(), "dtype_policy": policy},
             "resumed_from": str(resumed) if resumed else None,
             "stopped_early": trainer.stopped_early,
+            "mlflow_run_id": run.run_id,  # None when tracking is off; lets a distillation link back to this run
         }
         save_model(family, out_dir, meta)
         metrics = {

@@ -6,7 +6,7 @@ Samples come from the EMA network with DDPM ancestral or DDIM sampling.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -77,8 +77,13 @@ def generate(
     predict: Callable[..., Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     x_T: np.ndarray | None = None,
+    timesteps: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Sample ``n`` images (float32 in [-1, 1], clipped) with DDIM (``steps``, ``eta``) or DDPM (all T)."""
+    """Sample ``n`` images (float32 in [-1, 1], clipped) with DDIM (``steps``, ``eta``) or DDPM (all T).
+
+    ``timesteps`` is an explicit descending DDIM grid (e.g. a distilled student's own, from its model.json
+    ``sampling``); it overrides ``steps``. DDPM ancestral sampling ignores it.
+    """
     cfg = DDPMConfig(**family.spec["ddpm"])
     schedule = schedule_for(cfg)
     model = family.networks["unet_ema" if use_ema else "unet"]
@@ -110,7 +115,16 @@ def generate(
         x0 = ddpm_sample(eps_fn, schedule, shape, rng, progress=progress, clip_x0=clip_x0, x_T=x_T)
     elif sampler == "ddim":
         x0 = ddim_sample(
-            eps_fn, schedule, shape, rng, steps=steps, eta=eta, clip_x0=clip_x0, progress=progress, x_T=x_T
+            eps_fn,
+            schedule,
+            shape,
+            rng,
+            steps=steps,
+            eta=eta,
+            clip_x0=clip_x0,
+            progress=progress,
+            x_T=x_T,
+            timesteps=timesteps,
         )
     else:
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")

@@ -1,0 +1,21 @@
+"""Teacher-student distillation: a student that samples in fewer steps or with a narrower network.
+
+* :mod:`imagegen.distill.progressive`: progressive distillation of a DDPM (Salimans & Ho 2022): each round's
+  student learns to take one DDIM step where its teacher takes two, halving the sampling steps.
+* :mod:`imagegen.distill.architecture`: a student of ``distill.width_factor`` times the teacher's width trained
+  to match the teacher's outputs on the same inputs (DDPM, DCGAN, VAE).
+* :mod:`imagegen.distill.setup`: what both give the training loop (a :class:`Distillation`: the family the
+  :class:`~imagegen.training.loop.Trainer` runs, plus the student as a normal model family).
+* :mod:`imagegen.distill.cost`: parameters, multiply-accumulates and sampling speed of a model.
+* :mod:`imagegen.distill.agreement`: student vs teacher on the same noise (SSIM/PSNR) and side-by-side grids.
+
+Nothing here imports mlflow, prefect or dvc; ``imagegen.stages.distill`` adds tracking and reports.
+"""
+
+from __future__ import annotations
+
+from imagegen.distill.setup import Distillation
+
+METHODS = ("progressive", "architecture")
+
+__all__ = ["METHODS", "Distillation"]

@@ -1,0 +1,59 @@
+"""What a distillation method hands the training loop, and helpers shared by the methods.
+
+A distillation is an ordinary :class:`~imagegen.training.families.base.Family` to the
+:class:`~imagegen.training.loop.Trainer`: its networks are the frozen teacher network(s) (used in the loss but
+in no phase's ``trains``, so neither stepper updates them) plus the student's networks, and its one phase
+trains the student. Checkpoints, resume, EMA and the progress bar therefore come for free on both backends.
+The student also exists as a normal model family sharing the same network objects, which is what
+:func:`imagegen.artifact.save_model` writes and ``imagegen sample``/``evaluate`` later rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from imagegen.config import Params
+from imagegen.training.families.base import Family
+
+
+@dataclass
+class Distillation:
+    """``family``: what the Trainer runs (teacher frozen, student trained); ``student``: the student as a model."""
+
+    family: Family
+    student: Family
+
+
+def family_params(spec: Mapping[str, Any], **changes: Any) -> Params:
+    """Params whose family section is the one recorded in a model's ``spec``, with ``changes`` applied to it."""
+    name = spec["family"]
+    return Params.model_validate({name: {**spec[name], **changes}})
+
+
+def copy_network(source: keras.Model, dest: keras.Model) -> None:
+    """Copy every weight (trainable and not) of ``source`` into ``dest`` of the same architecture."""
+    dest.set_weights(source.get_weights())
+
+
+def evaluate_loss(family: Family, feed: Mapping[str, np.ndarray], phase: int = 0) -> dict[str, float]:
+    """The metrics a phase's loss reports on ``feed``, computed in inference mode without updating anything.
+
+    Used to measure a student on a fixed held-out batch before and after training.
+    """
+
+    def call(name: str, inputs: Any, training: bool = True) -> Any:
+        return family.networks[name](inputs, training=False)
+
+    batch = {k: keras.ops.convert_to_tensor(v) for k, v in feed.items()}
+    _, metrics = family.phases[phase].loss(call, batch)
+    return {k: float(keras.ops.convert_to_numpy(v)) for k, v in metrics.items()}
+
+
+def frozen(x: Any) -> Any:
+    """A teacher output as a constant for the student's gradients."""
+    return keras.ops.stop_gradient(keras.ops.cast(x, "float32"))
