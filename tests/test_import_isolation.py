@@ -25,7 +25,7 @@ from imagegen.stages.ingest import run_ingest
 from imagegen.stages.train import run_train
 p = load_params(None, ["tracking.enabled=false", "data.image_size=8", "vae.steps=2", "vae.base_filters=4",
                        "train.batch_size=8", "train.jit_compile=false", f"data.processed_dir={sys.argv[1]}/d",
-                       f"train.checkpoints_dir={sys.argv[1]}/c"])
+                       f"train.checkpoints_dir={sys.argv[1]}/c", f"train.reports_dir={sys.argv[1]}/r"])
 run_train(p, "vae", data_dir=run_ingest(p), out_dir=sys.argv[1] + "/m", show_progress=False)
 from imagegen.stages.distill import run_distill
 q = load_params(None, ["tracking.enabled=false", "data.image_size=8", "vae.base_filters=4", "train.batch_size=8",
@@ -38,6 +38,8 @@ print("trained without", sorted(m for m in sys.modules if m.split(".")[0] in ("m
 
 
 def test_training_imports_and_runs_with_mlflow_prefect_and_dvc_blocked(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("trained without []")
