@@ -220,3 +220,29 @@ def test_export_refuses_a_backend_other_than_tensorflow(exports, monkeypatch) ->
     with pytest.raises(ConfigError, match="TensorFlow backend.*'jax'"):
         run_export(tiny_params(), model_dir, model_dir.parent / "never", report_dir=model_dir.parent / "never-r")
     assert not (model_dir.parent / "never").exists()
+
+
+def test_a_distilled_student_is_exported_on_its_own_timestep_grid(exports, tmp_path) -> None:
+    """A progressive student records the DDIM grid it was trained for; the exported graph samples on that grid."""
+    from imagegen.export.graph import build_serving
+    from imagegen.export.parity import keras_images, savedmodel_runner
+
+    model_dir, _ = exports["ddpm"]
+    student = tmp_path / "student"
+    shutil.copytree(model_dir, student)
+    meta = json.loads((student / "model.json").read_text())
+    grid = [49, 37, 12]  # not ddim_timesteps(50, 3) == [49, 24, 0]
+    meta["sampling"] = {"sampler": "ddim", "steps": 3, "timesteps": grid, "eta": 0.0}
+    (student / "model.json").write_text(json.dumps(meta))
+
+    params = tiny_params("export.tflite_variants=[float32]")  # export.ddpm_steps=2 is overridden by the grid
+    out = run_export(params, student, tmp_path / "exports" / "student", report_dir=tmp_path / "reports")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ddpm_steps"] == 3 and all(a["passed"] for a in metrics["artifacts"].values())
+
+    loaded = load_model(student)
+    noise = {"x_T": np.random.default_rng(5).standard_normal((4, 8, 8, 1)).astype(np.float32)}
+    exported = savedmodel_runner(out / "savedmodel")(noise)
+    on_grid = keras_images(loaded, noise, ddpm_steps=2)  # the model's own grid wins over ddpm_steps
+    assert np.max(np.abs(exported.astype(int) - on_grid.astype(int))) <= 1
+    assert build_serving(loaded, ddpm_steps=2).meta["timesteps"] == grid  # the graph unrolls the student's grid
