@@ -33,7 +33,7 @@ def test_flow_runs_every_stage_and_ends_with_a_promotion_decision(prefect_server
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tiny = ["data.image_size=8", "vae.steps=3", "vae.base_filters=4", "train.batch_size=16", "train.jit_compile=false",
             "evaluate.feature_epochs=1", "evaluate.feature_width=8", "evaluate.n_samples=64",
-            "evaluate.kid_subset_size=32", "evaluate.kid_subsets=5", "export.ship=[vae]", "export.parity_n=4",
+            "evaluate.kid_subset_size=32", "evaluate.kid_subsets=5", "export.ship={vae: models/vae}", "export.parity_n=4",
             "export.latency_repeats=2", "export.tflite_variants=[float32]"]
     state = imagegen_pipeline(
         params_path=None,
