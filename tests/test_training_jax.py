@@ -49,7 +49,8 @@ from imagegen.stages.train import run_train
 overrides = ["tracking.enabled=false", "data.image_size=8", "ddpm.base_channels=8", "ddpm.groups=4",
              "ddpm.timesteps=50", "ddpm.steps=3", "train.batch_size=16", "train.sample_every=100",
              "train.jit_compile=false", "sample.steps=4",
-             f"train.checkpoints_dir={sys.argv[1]}/ckpt", f"data.processed_dir={sys.argv[1]}/data"]
+             f"train.checkpoints_dir={sys.argv[1]}/ckpt", f"data.processed_dir={sys.argv[1]}/data",
+             f"train.reports_dir={sys.argv[1]}/reports"]
 params = load_params(None, overrides)
 run_train(params, "ddpm", data_dir=run_ingest(params), out_dir=sys.argv[1] + "/model", show_progress=False)
 """
