@@ -103,8 +103,6 @@ def _trained(family_name: str) -> tuple[str, ...]:
 def _ddpm(teacher: Family, student: Family, params: Any, cfg: DistillConfig, features: Any) -> tuple:
     ddpm_cfg = params.ddpm
     schedule = schedule_from_config(ddpm_cfg)
-    image_shape = tuple(student.spec["image_shape"])
-    num_classes = int(student.spec["num_classes"])
 
     def inputs(x: Any, t: Any, batch: Mapping[str, Any]) -> Any:
         return [x, t, batch["cond_labels"]] if ddpm_cfg.conditional else [x, t]
@@ -116,18 +114,8 @@ def _ddpm(teacher: Family, student: Family, params: Any, cfg: DistillConfig, fea
         mse = _mse(call("unet", inputs(x_t, t, batch)), target)
         return mse, {"loss": mse}
 
-    def noise(rng: np.random.Generator, labels: np.ndarray) -> dict[str, np.ndarray]:
-        n = labels.shape[0]
-        out = {
-            "t": rng.integers(0, ddpm_cfg.timesteps, size=n, dtype=np.int32),
-            "eps": rng.standard_normal((n, *image_shape), dtype=np.float32),
-        }
-        if ddpm_cfg.conditional:
-            drop = rng.random(n) < ddpm_cfg.label_dropout
-            out["cond_labels"] = np.where(drop, num_classes, labels).astype(np.int32)
-        return out
-
-    return {"teacher": teacher.networks["unet_ema"]}, loss, noise, {"unet_ema": "unet"}
+    # Timesteps, noise and label dropout: the same draws as training the student from data.
+    return {"teacher": teacher.networks["unet_ema"]}, loss, student.noise, {"unet_ema": "unet"}
 
 
 def _dcgan(teacher: Family, student: Family, params: Any, cfg: DistillConfig, features: Any) -> tuple:

@@ -60,6 +60,7 @@ from imagegen.models.diffusion import (
 )
 from imagegen.training.families import build_family
 from imagegen.training.families.base import Caller, Family, Phase
+from imagegen.training.families.ddpm import drop_labels
 
 METHOD = "progressive"
 
@@ -249,8 +250,7 @@ def build_progressive(
             **{k: getattr(coef, k) for k in COEFFICIENT_KEYS},
         }
         if conditional:  # the teacher's own label dropout, so the student keeps the null-label (guidance) branch
-            drop = rng.random(n) < ddpm_cfg.label_dropout
-            out["cond_labels"] = np.where(drop, num_classes, labels).astype(np.int32)
+            out["cond_labels"] = drop_labels(rng, labels, ddpm_cfg.label_dropout, num_classes)
         return out
 
     family = Family(

@@ -13,7 +13,7 @@ from typing import Any
 
 from imagegen.config import Params
 from imagegen.errors import ImagegenError
-from imagegen.tracking import resolve_tracking_uri
+from imagegen.tracking import finite_metrics, resolve_tracking_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -97,14 +97,7 @@ def register(
         if export_dir is not None:  # the deployable files travel with the version's run
             mlflow.log_artifacts(str(export_dir), artifact_path="export")
         if export_report is not None:
-            mlflow.log_metrics(
-                {
-                    f"export.{variant}.{key}": float(value)
-                    for variant, entry in export_report.get("artifacts", {}).items()
-                    for key, value in entry.items()
-                    if isinstance(value, int | float) and not isinstance(value, bool)
-                }
-            )
+            mlflow.log_metrics(finite_metrics({"export": export_report.get("artifacts", {})}))
         version = mlflow.register_model(info.model_uri, name).version
     client = client_for(params)
     tags = {

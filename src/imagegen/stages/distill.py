@@ -38,7 +38,7 @@ from imagegen.evaluation import metrics as M
 from imagegen.fileio import write_json
 from imagegen.images import save_png
 from imagegen.sampling import sampler_kwargs
-from imagegen.tracking import start_run
+from imagegen.tracking import finite_metrics, start_run
 from imagegen.training.loop import Trainer, TrainResult
 from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
 
@@ -358,7 +358,7 @@ def run_distill(
         report_dir.mkdir(parents=True, exist_ok=True)
         write_json(report_dir / "metrics.json", report)
         save_png(report_dir / "grid.png", agreement.rows_grid(rows, GRID_COLUMNS))
-        parent.log_metrics(_flat_numbers(report))
+        parent.log_metrics(finite_metrics(report))
         parent.log_artifact(report_dir / "metrics.json", "distill")
         parent.log_artifact(report_dir / "grid.png", "distill")
         parent.set_tags({"student.path": str(Path(final).resolve())})
@@ -456,7 +456,7 @@ def _progressive(ctx: _Context, report: dict[str, Any], rows: list[np.ndarray]) 
                 "teacher_same_steps": naive.figures,
             }
             report["rounds"][f"round_{rnd.index}"] = entry
-            child.log_metrics(_flat_numbers({"student": view.figures, "teacher_same_steps": naive.figures}))
+            child.log_metrics(finite_metrics({"student": view.figures, "teacher_same_steps": naive.figures}))
             rows.append(view.images)
         last = model_dir
         report["student"] = {**view.figures, "round": rnd.index, "path": str(model_dir)}
@@ -526,18 +526,6 @@ def _architecture(
         report["student"] = {**view.figures, "path": str(model_dir)}
         report["parameter_ratio"] = view.figures["parameters"] / report["teacher"]["parameters"]
         report["macs_ratio"] = view.figures["macs_per_image"] / report["teacher"]["macs_per_image"]
-        child.log_metrics(_flat_numbers({"student": view.figures}))
+        child.log_metrics(finite_metrics({"student": view.figures}))
         rows.append(view.images)
     return model_dir
-
-
-def _flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Finite numbers of a nested report as dotted keys (for MLflow)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat_numbers(value, name + "."))
-        elif isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
-            out[name] = float(value)
-    return out

@@ -31,7 +31,7 @@ from imagegen.artifact import load_model
 from imagegen.config import Params
 from imagegen.errors import ExportError
 from imagegen.fileio import atomic_dir, write_json, write_text
-from imagegen.tracking import start_run
+from imagegen.tracking import finite_metrics, start_run
 
 
 def failed_report_path(out_dir: Path) -> Path:
@@ -56,15 +56,6 @@ def report_table(report: dict[str, Any]) -> str:
             f"{a['ssim']:.4f} | {'passed' if a['passed'] else 'FAILED'} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    return {
-        f"{name}.{key}": float(value)
-        for name, entry in report["artifacts"].items()
-        for key, value in entry.items()
-        if isinstance(value, int | float)
-    }
 
 
 def run_export(
@@ -125,7 +116,10 @@ def run_export(
             **({"ddpm_steps": report["ddpm_steps"]} if "ddpm_steps" in report else {}),
         },
     ) as run:
-        run.log_metrics(flat_metrics(report))
+        run.log_metrics(
+            finite_metrics(report["artifacts"])
+            | {f"{name}.passed": float(a["passed"]) for name, a in report["artifacts"].items()}
+        )
         run.log_artifact(report_dir / "metrics.json", "export")
         run.log_artifact(report_dir / "report.md", "export")
     return out_dir

@@ -8,8 +8,9 @@ from imagegen.tracking.runs import (
     NullRun,
     Run,
     default_tracking_uri,
+    finite_metrics,
     resolve_tracking_uri,
     start_run,
 )
 
-__all__ = ["NullRun", "Run", "default_tracking_uri", "resolve_tracking_uri", "start_run"]
+__all__ = ["NullRun", "Run", "default_tracking_uri", "finite_metrics", "resolve_tracking_uri", "start_run"]

@@ -107,6 +107,17 @@ class Run:
             self._client.set_tag(self.run_id, key, str(value))
 
 
+def finite_metrics(tree: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a nested report as dotted keys (booleans and text left out), for ``log_metrics``."""
+    from imagegen.config import flatten
+
+    return {
+        key: float(value)
+        for key, value in flatten(dict(tree)).items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+    }
+
+
 def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:

@@ -23,6 +23,12 @@ def schedule_for(cfg: DDPMConfig) -> Any:
     return make_schedule(cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end)
 
 
+def drop_labels(rng: np.random.Generator, labels: np.ndarray, rate: float, null_label: int) -> np.ndarray:
+    """Labels with a share ``rate`` replaced by ``null_label`` (label dropout for classifier-free guidance)."""
+    drop = rng.random(labels.shape[0]) < rate
+    return np.where(drop, null_label, labels).astype(np.int32)
+
+
 def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -> Family:
     cfg = params.ddpm
     size, _, channels = image_shape
@@ -46,8 +52,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
             "eps": rng.standard_normal((n, *image_shape), dtype=np.float32),
         }
         if cfg.conditional:
-            drop = rng.random(n) < cfg.label_dropout
-            out["cond_labels"] = np.where(drop, num_classes, labels).astype(np.int32)
+            out["cond_labels"] = drop_labels(rng, labels, cfg.label_dropout, num_classes)
         return out
 
     optimizer = keras.optimizers.Adam(cfg.learning_rate, global_clipnorm=1.0)
