@@ -44,7 +44,7 @@ from imagegen.models import diffusion as D
 from imagegen.sampling import sampler_kwargs
 from imagegen.stages.distill import run_distill
 from imagegen.stages.ingest import run_ingest
-from imagegen.stages.sample import generate_images
+from imagegen.sampling import generate_images
 from imagegen.stages.train import run_train
 from imagegen.training.loop import Trainer
 

@@ -18,8 +18,9 @@ from imagegen.config import Params, load_params
 from imagegen.data.loader import BatchStream
 from imagegen.data.processed import ProcessedDataset
 from imagegen.errors import TrainingError
+from imagegen.sampling import generate_images
 from imagegen.stages.ingest import run_ingest
-from imagegen.stages.sample import generate_images, run_sample
+from imagegen.stages.sample import run_sample
 from imagegen.training.checkpoint import list_checkpoints
 from imagegen.training.families import build_family, family_module
 from imagegen.training.loop import Trainer

@@ -35,7 +35,7 @@ def test_training_specifications_hold_on_the_jax_backend() -> None:
 
 SAMPLE_SCRIPT = """
 import sys, numpy as np, keras
-from imagegen.stages.sample import generate_images
+from imagegen.sampling import generate_images
 images, _ = generate_images(sys.argv[1], 8, seed=5, show_progress=False, sampler="ddim", steps=4, eta=0.0)
 np.save(sys.argv[2], images)
 print(keras.backend.backend())

@@ -72,7 +72,7 @@ def register(
     from mlflow.models import infer_signature
 
     from imagegen.registry.pyfunc import ImagegenModel
-    from imagegen.stages.sample import generate_images
+    from imagegen.sampling import generate_images
 
     meta = json.loads((Path(model_dir) / "model.json").read_text())
     family, dataset = meta["family"], meta["dataset"]["name"]

@@ -22,7 +22,7 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads type hints as a schema
         """One row per request: ``n`` images from ``seed``; rows are concatenated (uint8 N,H,W,C)."""
-        from imagegen.stages.sample import generate_images
+        from imagegen.sampling import generate_images
 
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
         sampler = {"sampler": "ddim", "steps": 50, "eta": 0.0, "clip_x0": True, **(params or {})}

@@ -154,7 +154,7 @@ def run_evaluate(
     extra: dict[str, float] = {}
     model_meta: dict[str, Any] = {}
     if model_dir is not None:
-        from imagegen.stages.sample import generate_images
+        from imagegen.sampling import generate_images
 
         model_meta = json.loads((Path(model_dir) / "model.json").read_text()) if (Path(model_dir) / "model.json").is_file() else {}
         images, _ = generate_images(
