@@ -28,8 +28,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Batch:
-    images: np.ndarray  # float32 (B, H, W, C) in [-1, 1]
-    labels: np.ndarray  # int32 (B,)
+    images: np.ndarray  # float32 (B, H, W, C) in [-1, 1]; only rows ``stream.rows`` of them when that is set
+    labels: np.ndarray  # int32 (B,), always the whole global batch (host-side noise draws follow them)
 
 
 class BatchStream:
@@ -47,6 +47,9 @@ class BatchStream:
         self.epoch = 0
         self.position = 0
         self._order = self._permutation(0)
+        # Multi-host data parallelism: the rows of each global batch this process feeds to its devices.
+        # Every process walks the same global order (same seed), so the processes' rows partition it.
+        self.rows: slice | None = None
 
     @classmethod
     def from_processed(cls, path: Any, batch_size: int, seed: int, split: str = "train") -> BatchStream:
@@ -74,9 +77,10 @@ class BatchStream:
 
     def __next__(self) -> Batch:
         idx = self.next_indices()
-        order = np.argsort(idx, kind="stable")  # sorted reads are kinder to a memory map
-        images = np.empty((len(idx), *self.split.images.shape[1:]), dtype=np.uint8)
-        images[order] = self.split.images[idx[order]]
+        read = idx if self.rows is None else idx[self.rows]
+        order = np.argsort(read, kind="stable")  # sorted reads are kinder to a memory map
+        images = np.empty((len(read), *self.split.images.shape[1:]), dtype=np.uint8)
+        images[order] = self.split.images[read[order]]
         return Batch(to_unit_range(images), self.split.labels[idx].astype(np.int32))
 
     def state(self) -> dict[str, int]:

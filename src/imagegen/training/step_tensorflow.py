@@ -12,7 +12,13 @@ from imagegen.training.families.base import Family
 
 
 class TensorFlowStepper:
-    """Runs every phase of a family, then its EMA updates, as one compiled function per step."""
+    """Runs every phase of a family, then its EMA updates, as one compiled function per step.
+
+    One device only: ``train.devices`` > 1 is refused before this is built
+    (:func:`imagegen.training.distributed.resolve_devices`); data-parallel training is on the JAX backend.
+    """
+
+    local_rows = None  # single process: the stream reads every row
 
     def __init__(self, family: Family, jit_compile: bool = True) -> None:
         self.family = family
