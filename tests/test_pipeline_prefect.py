@@ -1,11 +1,31 @@
-"""The Prefect flow runs the same stage functions for real, against a real (temporary) Prefect server."""
+"""The Prefect flow is derived from dvc.yaml: its tasks are DVC's stages, in an order DVC accepts.
+
+Runs of the flow on a real server (scheduler, worker, concurrency) are in test_ops_prefect_schedule.py;
+here: the stage plan, overrides recorded as a DVC experiment, and bad params failing before any work.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from test_ops_support import (
+    REPO,
+    TINY_PARAMS,
+    clean_env,
+    dvc,
+    git,
+    make_project,
+    processes,
+    start_prefect_server,
+)
+
+from pipelines.dvc_graph import read_stages, with_upstream
 
 
 def test_prefect_server_app_imports() -> None:
@@ -15,65 +35,101 @@ def test_prefect_server_app_imports() -> None:
     assert callable(server.create_app)
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def _dvc_edges(root: Path) -> set[tuple[str, str]]:
+    """(upstream, downstream) pairs as ``dvc dag --dot`` prints them."""
+    dot = dvc(["dag", "--dot"], root, clean_env(root))
+    return set(re.findall(r'"([^"]+)" -> "([^"]+)"', dot))
 
 
-def test_flow_runs_every_stage_and_ends_with_a_promotion_decision(prefect_server, tmp_path: Path, monkeypatch) -> None:
-    """ingest -> train (own process) -> train_features -> evaluate -> export -> register -> promote, for a tiny VAE,
-    against a real MLflow store; the first version registered becomes champion (there is none before it)."""
-    from pipelines.flow import imagegen_pipeline
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("IMAGEGEN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tiny = ["data.image_size=8", "vae.steps=3", "vae.base_filters=4", "train.batch_size=16", "train.jit_compile=false",
-            "evaluate.feature_epochs=1", "evaluate.feature_width=8", "evaluate.n_samples=64",
-            "evaluate.kid_subset_size=32", "evaluate.kid_subsets=5", "export.ship={vae: models/vae}", "export.parity_n=4",
-            "export.latency_repeats=2", "export.tflite_variants=[float32]"]
-    state = imagegen_pipeline(
-        params_path=None,
-        overrides=[f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"data.processed_dir={tmp_path / 'processed'}",
-                   *tiny],
-        families=["vae"],
-        return_state=True,
-    )
-    assert state.is_completed(), state
-    outputs = state.result()
-    manifest = json.loads((Path(outputs["ingest"]) / "manifest.json").read_text())
-    assert manifest["dataset"] == "digits"
-    assert sum(manifest["counts"].values()) == 1797
-    model = json.loads((Path(outputs["train_vae"]) / "model.json").read_text())
-    assert model["family"] == "vae" and model["step"] == 3
-    assert model["dataset"]["content_hash"] == manifest["content_hash"]
-    evaluation = json.loads((Path(outputs["evaluate_vae"]) / "metrics.json").read_text())
-    assert evaluation["n_generated"] == 64 and "fid" in evaluation["floor"]
-    export = json.loads((Path(outputs["export_vae"]) / "metrics.json").read_text())
-    assert sorted(export["artifacts"]) == ["float32", "savedmodel"]
-    assert all(a["passed"] for a in export["artifacts"].values())
-    assert outputs["register_vae"] == "imagegen-vae-digits"
-    decision = outputs["promote_vae"]
-    assert decision["promoted"] is True and "no champion yet" in decision["reason"], decision
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    champion = client.get_model_version_by_alias("imagegen-vae-digits", "champion")
-    assert str(champion.version) == decision["version"]
-    assert champion.tags["promotion.decision"] == "promoted"
-    assert champion.tags["export.parity_passed"] == "true"
+def test_flow_stages_are_exactly_dvc_yaml_stages_in_an_order_dvc_accepts() -> None:
+    names = [s.name for s in read_stages(REPO)]
+    listed = dvc(["stage", "list", "--name-only"], REPO, clean_env(REPO)).split()
+    assert sorted(names) == sorted(listed) and len(names) == len(set(names))
+    assert (
+        "evaluate@ddpm_student" in names and "register@vae" in names
+    )  # foreach items, one task each
+    position = {name: i for i, name in enumerate(names)}
+    edges = _dvc_edges(REPO)
+    assert edges, "dvc dag printed no edges"
+    for upstream, downstream in edges:
+        assert position[upstream] < position[downstream], (upstream, downstream)
 
 
-def test_flow_fails_with_the_params_message(prefect_server, tmp_path: Path, monkeypatch) -> None:
+def test_the_plan_follows_an_edited_dvc_yaml_and_params(tmp_path: Path) -> None:
+    """No stage list lives in the flow: a new dvc.yaml stage and a shorter evaluate list in params.yaml
+    are the next run's tasks."""
+    project = make_project(tmp_path / "project")
+    spec = yaml.safe_load((project / "dvc.yaml").read_text())
+    spec["stages"]["summary"] = {
+        "cmd": "cat reports/evaluate_vae/metrics.json > reports/summary.json",
+        "deps": ["reports/evaluate_vae/metrics.json"],
+        "outs": [{"reports/summary.json": {"cache": False}}],
+    }
+    (project / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["models"] = {"vae": "models/vae"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    stages = read_stages(project)
+    names = [s.name for s in stages]
+    assert [n for n in names if n.startswith("evaluate@")] == ["evaluate@vae"]
+    assert names.index("summary") > names.index("evaluate@vae")
+    needed = [s.name for s in with_upstream(stages, ["summary"])]
+    assert needed == ["ingest", "train_vae", "train_features", "evaluate@vae", "summary"]
+
+
+def test_bad_params_fail_with_the_params_message_before_any_work(tmp_path: Path) -> None:
     from imagegen.errors import ConfigError
     from pipelines.flow import imagegen_pipeline
 
-    monkeypatch.chdir(tmp_path)
-    state = imagegen_pipeline(params_path=None, overrides=["train.batch_size=-3"], families=[], return_state=True)
-    assert state.is_failed()
+    project = make_project(tmp_path / "project")
     with pytest.raises(ConfigError, match="train.batch_size"):
-        state.result()
+        imagegen_pipeline.fn(overrides=["train.batch_size=-3"], project_dir=str(project))
+    assert not (project / "data").exists()
+
+
+RUN_FLOW = """
+import json, sys
+from pipelines.flow import imagegen_pipeline
+out = imagegen_pipeline(overrides=sys.argv[1:], stages=["ingest"], project_dir=".")
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_overrides_run_as_a_dvc_experiment_and_leave_the_workspace_alone(tmp_path: Path) -> None:
+    """A run with -S overrides: the experiment is in `dvc exp show`, params.yaml and dvc.lock are as
+    committed, and the MLflow parent run carries the overrides and the experiment's name."""
+    project = make_project(tmp_path / "project", {**TINY_PARAMS, "data": {"image_size": 8}})
+    before = git(["status", "--porcelain"], project)
+    with processes(tmp_path / "logs") as procs:
+        _, client = start_prefect_server(procs, tmp_path / "prefect")
+        env = clean_env(project, **client)
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN_FLOW, "data.image_size=12"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    name = result["experiment"]
+    assert name.startswith("prefect-") and result["stages"] == ["ingest"]
+
+    assert git(["status", "--porcelain"], project) == before  # nothing tracked was rewritten
+    assert yaml.safe_load((project / "params.yaml").read_text())["data"]["image_size"] == 8
+    shown = json.loads(dvc(["exp", "show", "--json"], project, clean_env(project)))
+    exps = [e for rev in shown for e in (rev.get("experiments") or [])]
+    (exp,) = [e for e in exps if e.get("name") == name]
+    data = exp["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["data"]["image_size"] == 12
+
+    from mlflow import MlflowClient
+
+    parent = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(
+        result["mlflow_parent_run_id"]
+    )
+    assert json.loads(parent.data.tags["pipeline.overrides"]) == ["data.image_size=12"]
+    assert parent.data.tags["dvc.experiment"] == name
+    assert parent.info.status == "FINISHED"

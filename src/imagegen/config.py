@@ -171,6 +171,15 @@ class EvaluateConfig(Section):
     inception_weights: Path | None = Field(
         default=None, description="Local InceptionV3 ImageNet weights (.h5) for extra FID; never downloaded."
     )
+    models: dict[str, Path] = Field(
+        default_factory=lambda: {
+            "dcgan": Path("models/dcgan"),
+            "vae": Path("models/vae"),
+            "ddpm": Path("models/ddpm"),
+            "ddpm_student": Path("models/ddpm_student_progressive/final"),
+        },
+        description="Models evaluated by the pipeline: name -> model folder (dvc.yaml's evaluate foreach).",
+    )
 
 
 class DistillConfig(Section):
