@@ -112,6 +112,15 @@ class DDPMConfig(Section):
     num_res_blocks: int = Field(default=1, gt=0)
     attention_resolutions: list[int] = Field(
         default_factory=list, description="Extra attention at these sides (the middle block always has one)."
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="Reachability check of an http(s) tracking server at run start."
+    )
+    http_timeout_s: int = Field(
+        default=10, ge=1, description="MLFLOW_HTTP_REQUEST_TIMEOUT unless set: seconds per HTTP request."
+    )
+    http_max_retries: int = Field(
+        default=2, ge=0, le=10, description="MLFLOW_HTTP_REQUEST_MAX_RETRIES unless set (MLflow's own is 7)."
+    )
     )
     groups: int = Field(default=8, gt=0, description="GroupNorm groups; must divide every width.")
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -344,6 +353,24 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "o
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
+    # The absolute floor every version must clear (a first version too). Defaults: the digits models
+    # of the default pipeline score FID 2.9-5.8x the floor, precision >= 0.6, recall >= 0.75, coverage
+    # 1.0, class entropy >= 0.82; a collapsed model scores near 0 on all but FID.
+    max_fid_over_floor: float = Field(
+        default=10.0, gt=0, description="FID must be <= this x the real-vs-real floor FID (eval.floor.fid)."
+    )
+    min_precision: float = Field(default=0.2, ge=0, le=1)
+    min_recall: float = Field(default=0.2, ge=0, le=1)
+    min_coverage: float = Field(default=0.5, ge=0, le=1, description="Share of classes the samples cover.")
+    min_class_entropy: float = Field(
+        default=0.3, ge=0, le=1, description="Entropy of the predicted classes / log(num_classes)."
+    )
+    # Collapse: never promoted without --force; > 0 so no setting turns the check off.
+    collapse_class_entropy: float = Field(default=0.05, gt=0, le=1)
+    collapse_recall: float = Field(default=0.01, gt=0, le=1)
+    lock_timeout_s: float = Field(
+        default=120, gt=0, description="How long a promote waits for another promote of the same model."
+    )
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key {key!r} (value {err['input']!r}); check the spelling")

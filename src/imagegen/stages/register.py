@@ -17,7 +17,13 @@ from imagegen.fileio import write_json
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: no {what} here")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not JSON ({exc}); expected the {what}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, the {what}")
+    return data
 
 
 def run_register(

@@ -123,3 +123,4 @@ def run_train(
             run.log_artifact(item, "model")
         run.log_artifact(report_dir / "train_log.csv")
     return out_dir
+        dataset_dir=dataset.path,  # logged as the run's mlflow dataset input

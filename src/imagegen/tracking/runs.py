@@ -11,6 +11,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from imagegen.config import TrackingConfig
+from imagegen.errors import ImagegenError
+from imagegen.tracking.context import (
+    PARENT_RUN_ENV,
+    parent_run_id_from_env,
+    provenance_tags,
+    run_tags_from_env,
+)
+from imagegen.tracking.dataset import log_dataset_input
+from imagegen.tracking.store import SWITCH_OFF, TrackingStoreError, check_store
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -72,12 +81,18 @@ class Run:
         self.run_id = run_id
         self.tracking_uri = tracking_uri
 
+    @property
+    def client(self) -> Any:
+        """The MlflowClient of this run's store (tracking and registry)."""
+        return self._client
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self._client.log_batch(self.run_id, params=items[i : i + 100])
+        with store_errors(self.tracking_uri):
+            for i in range(0, len(items), 100):
+                self._client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import time
@@ -87,24 +102,29 @@ class Run:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         if items:
-            self._client.log_batch(self.run_id, metrics=items)
+            with store_errors(self.tracking_uri):
+                self._client.log_batch(self.run_id, metrics=items)
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if path.is_dir():
-            self._client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
+        with store_errors(self.tracking_uri):
+            if path.is_dir():
+                self._client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_image(self, image: np.ndarray, name: str) -> None:
-        self._client.log_image(self.run_id, np.asarray(image), artifact_file=name)
+        with store_errors(self.tracking_uri):
+            self._client.log_image(self.run_id, np.asarray(image), artifact_file=name)
 
     def log_dict(self, obj: Any, name: str) -> None:
-        self._client.log_dict(self.run_id, obj, name)
+        with store_errors(self.tracking_uri):
+            self._client.log_dict(self.run_id, obj, name)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, str(value))
+        with store_errors(self.tracking_uri):
+            for key, value in tags.items():
+                self._client.set_tag(self.run_id, key, str(value))
 
 
 def finite_metrics(tree: Mapping[str, Any]) -> dict[str, float]:
@@ -136,6 +156,73 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
         return exp.experiment_id
 
 
+def preflight_store(cfg: TrackingConfig) -> str | None:
+    """Check the store of ``cfg`` without importing mlflow (seconds, not minutes); its URI, or None
+    when tracking is off. The CLI calls this before importing TensorFlow, so a dead server is one
+    line before any work."""
+    if not cfg.enabled:
+        return None
+    uri = resolve_tracking_uri(cfg)
+    check_store(
+        uri,
+        timeout_s=cfg.connect_timeout_s,
+        http_timeout_s=cfg.http_timeout_s,
+        http_retries=cfg.http_max_retries,
+    )
+    return uri
+
+
+def open_store(cfg: TrackingConfig) -> tuple[Any, str]:
+    """An MlflowClient on the checked store of ``cfg`` (tracking and registry), and its URI."""
+    uri = preflight_store(cfg.model_copy(update={"enabled": True}))
+    assert uri is not None
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def store_failure(uri: str, exc: BaseException) -> TrackingStoreError:
+    """One line for an MLflow/HTTP/SQL failure of the store itself (not of the caller's code)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return TrackingStoreError(
+        f"MLflow store {uri} failed: {type(exc).__name__}: {first} "
+        f"(switch tracking off with {SWITCH_OFF})"
+    )
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """MLflow, SQLAlchemy and HTTP errors: the store broke, not the stage."""
+    module = type(exc).__module__.split(".", 1)[0]
+    return module in ("mlflow", "sqlalchemy", "requests", "urllib3", "sqlite3")
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Turn a failure of the store into a :class:`TrackingStoreError` naming ``uri``."""
+    try:
+        yield
+    except ImagegenError:
+        raise
+    except Exception as exc:
+        if is_store_failure(exc):
+            raise store_failure(uri, exc) from None
+        raise
+
+
+def _run_experiment(client: Any, cfg: TrackingConfig, uri: str, parent: str | None) -> str:
+    """The parent's experiment for a child run (MLflow shows children under their parent), else ours."""
+    if parent is None:
+        return _experiment_id(client, cfg.experiment, uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(parent).info.experiment_id
+    except MlflowException:
+        raise TrackingStoreError(
+            f"parent run {parent} (${PARENT_RUN_ENV} or the caller) does not exist in {uri}"
+        ) from None
+
+
 @contextlib.contextmanager
 def start_run(
     cfg: TrackingConfig,
@@ -146,31 +233,44 @@ def start_run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
+    dataset_dir: Path | None = None,
+    dataset_context: str = "training",
 ) -> Iterator[Run | NullRun]:
-    """Open a run (or a :class:`NullRun` when tracking is disabled); it ends FAILED if the body raises."""
+    """Open a run (or a :class:`NullRun` when tracking is disabled); it ends FAILED if the body raises.
+
+    The store is checked first (an unreachable server or a broken SQLite file is one line naming it,
+    before any work). A run is a child of ``parent_run_id``, else of ``$IMAGEGEN_MLFLOW_PARENT_RUN_ID``;
+    it carries ``$IMAGEGEN_RUN_TAGS``, ``git.commit`` and ``dvc.lock_md5``; given ``dataset_dir`` (a
+    processed dataset folder), its manifest is logged as the run's dataset input.
+    """
     if not cfg.enabled:
         yield NullRun()
         return
-    from mlflow.tracking import MlflowClient
-
-    uri = resolve_tracking_uri(cfg)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = _experiment_id(client, cfg.experiment, uri)
-    all_tags = {"imagegen.stage": stage, "mlflow.runName": run_name}
+    env_tags = run_tags_from_env()
+    client, uri = open_store(cfg)
+    parent = parent_run_id or parent_run_id_from_env()
+    all_tags = {"imagegen.stage": stage, "mlflow.runName": run_name, **provenance_tags()}
+    all_tags.update(env_tags)
     if dataset_hash:
         all_tags["dataset.content_hash"] = dataset_hash
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
-    mlrun = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-    run = Run(client, mlrun.info.run_id, uri)
-    try:
+    with store_errors(uri):
+        exp_id = _run_experiment(client, cfg, uri, parent)
+        mlrun = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run = Run(client, mlrun.info.run_id, uri)
         if params:
             run.log_params(params)
         if dataset_hash:
             run.log_params({"data.content_hash": dataset_hash})
+        if dataset_dir is not None:
+            log_dataset_input(client, run.run_id, Path(dataset_dir), dataset_context)
+    try:
         yield run
     except BaseException:
-        client.set_terminated(run.run_id, status="FAILED")
+        with contextlib.suppress(Exception):  # the store may be what failed
+            client.set_terminated(run.run_id, status="FAILED")
         raise
-    client.set_terminated(run.run_id, status="FINISHED")
+    with store_errors(uri):
+        client.set_terminated(run.run_id, status="FINISHED")

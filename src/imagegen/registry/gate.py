@@ -1,0 +1,140 @@
+"""The promotion gate: may this model version become ``champion``? Pure logic over version tags.
+
+Checks, in order; the first that fails is the reason recorded on the version:
+
+1. **Parity**: the export's parity verdict must be present and passed (``export.parity_passed=true``).
+   A version registered without ``--export`` has no verdict and is refused.
+2. **Evaluated**: the tags the gate reads (``eval.fid``, ``eval.precision``, ``eval.recall``,
+   ``eval.coverage``, ``eval.class_entropy``, ``eval.floor.fid``) must exist.
+3. **Collapse**: a non-finite metric, or class entropy or recall near 0, is collapse (DCGAN mode
+   collapse, VAE posterior collapse: every sample the mean image, DDPM flat or non-finite samples).
+   The thresholds must be > 0, so no setting lets a collapsed model through; only ``--force``.
+4. **Absolute floor**: FID at most ``max_fid_over_floor`` x the real-vs-real floor FID, and precision,
+   recall, class coverage and class entropy at least their minimums. Every version must clear it, so a
+   first version (no champion yet) is not promoted just for being first.
+5. **Improvement**: with a champion, ``gate_metric`` must beat the champion's by ``min_improvement``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from imagegen.config import RegistryConfig
+
+PARITY_TAG = "export.parity_passed"
+REQUIRED = ("fid", "precision", "recall", "coverage", "class_entropy", "floor.fid")
+
+
+def eval_tag(metric: str) -> str:
+    return f"eval.{metric}"
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return math.nan
+
+
+def parity_problem(version: str, tags: Mapping[str, str]) -> str | None:
+    verdict = tags.get(PARITY_TAG)
+    if verdict == "true":
+        return None
+    if verdict is None:
+        return (
+            f"version {version} has no export parity verdict (tag {PARITY_TAG}): run "
+            f"`imagegen export` and register it with --export <export folder>"
+        )
+    return f"version {version}: export parity failed ({PARITY_TAG}={verdict})"
+
+
+def missing_problem(version: str, tags: Mapping[str, str]) -> str | None:
+    missing = [eval_tag(m) for m in REQUIRED if eval_tag(m) not in tags]
+    if not missing:
+        return None
+    return (
+        f"version {version} has no {', '.join(missing)} tag{'s' if len(missing) > 1 else ''}: register "
+        f"it with the metrics.json of `imagegen evaluate` (with its floor)"
+    )
+
+
+def collapse_problem(version: str, tags: Mapping[str, str], cfg: RegistryConfig) -> str | None:
+    values = {m: _number(tags.get(eval_tag(m))) for m in REQUIRED}
+    bad = [f"{eval_tag(m)}={tags[eval_tag(m)]}" for m, v in values.items() if not math.isfinite(v)]
+    if bad:
+        return f"version {version}: collapse: non-finite metrics ({', '.join(bad)})"
+    found = []
+    if values["class_entropy"] < cfg.collapse_class_entropy:
+        found.append(
+            f"eval.class_entropy {values['class_entropy']:.3g} < registry.collapse_class_entropy "
+            f"{cfg.collapse_class_entropy:g} (samples fall in one class)"
+        )
+    if values["recall"] < cfg.collapse_recall:
+        found.append(
+            f"eval.recall {values['recall']:.3g} < registry.collapse_recall {cfg.collapse_recall:g} "
+            f"(samples cover almost none of the real data)"
+        )
+    return f"version {version}: collapse: {'; '.join(found)}" if found else None
+
+
+def floor_problem(version: str, tags: Mapping[str, str], cfg: RegistryConfig) -> str | None:
+    v = {m: float(tags[eval_tag(m)]) for m in REQUIRED}
+    failed = []
+    fid_limit = cfg.max_fid_over_floor * v["floor.fid"]
+    if v["fid"] > fid_limit:
+        failed.append(
+            f"eval.fid {v['fid']:.4g} > registry.max_fid_over_floor {cfg.max_fid_over_floor:g} x "
+            f"eval.floor.fid {v['floor.fid']:.4g} = {fid_limit:.4g}"
+        )
+    for metric, minimum in (
+        ("precision", cfg.min_precision),
+        ("recall", cfg.min_recall),
+        ("coverage", cfg.min_coverage),
+        ("class_entropy", cfg.min_class_entropy),
+    ):
+        if v[metric] < minimum:
+            failed.append(f"eval.{metric} {v[metric]:.3g} < registry.min_{metric} {minimum:g}")
+    if not failed:
+        return None
+    return f"version {version} is below the absolute quality floor: {'; '.join(failed)}"
+
+
+def gate(
+    cfg: RegistryConfig,
+    version: str,
+    tags: Mapping[str, str],
+    champion_version: str | None,
+    champion_tags: Mapping[str, str] | None,
+) -> tuple[bool, str]:
+    """Whether ``version`` (with ``tags``) may replace the champion, and why."""
+    checks = (
+        lambda: parity_problem(version, tags),
+        lambda: missing_problem(version, tags),
+        lambda: collapse_problem(version, tags, cfg),  # needs every metric present
+        lambda: floor_problem(version, tags, cfg),  # needs every metric finite
+    )
+    for check in checks:
+        problem = check()
+        if problem is not None:
+            return False, problem
+    key = eval_tag(cfg.gate_metric)
+    new = _number(tags.get(key))
+    if new is None or not math.isfinite(new):
+        return False, f"version {version} has no finite {key} tag (registry.gate_metric)"
+    floor_ok = "passes the absolute quality floor"
+    if champion_version is None:
+        return True, f"no champion yet; {floor_ok}; {key}={new:.4g}"
+    old = _number((champion_tags or {}).get(key))
+    old = math.inf if old is None or not math.isfinite(old) else old
+    margin = cfg.min_improvement
+    needed = old * (1.0 - margin)
+    if new <= needed:
+        return True, (
+            f"{key} {new:.4g} beats champion v{champion_version}'s {old:.4g} by >= {margin:.0%} "
+            f"(needed <= {needed:.4g}); {floor_ok}"
+        )
+    return False, (
+        f"{key} {new:.4g} is not better than champion v{champion_version}'s {old:.4g} by the required "
+        f"{margin:.0%} (needed <= {needed:.4g}); champion unchanged"
+    )

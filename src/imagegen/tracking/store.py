@@ -1,0 +1,133 @@
+"""Check an MLflow store before a run uses it, so a bad store fails in seconds with one named line.
+
+MLflow itself retries an unreachable server for minutes (7 retries, exponential backoff, 120 s
+timeouts) and meets a corrupt or read-only SQLite file with a long SQLAlchemy traceback. Here:
+
+* ``http(s)://``: one ``GET /health`` with a short timeout; and MLflow's own HTTP retries and
+  timeouts are capped (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``..._TIMEOUT`` /
+  ``..._BACKOFF_FACTOR``, unless the user set them) so a server dying mid-run cannot hang for minutes.
+* ``sqlite:///``: the file (when it exists) must be an SQLite database with MLflow's tables, intact
+  (``PRAGMA quick_check``) and writable, and its folder writable (SQLite writes a journal beside it).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from imagegen.errors import ImagegenError
+
+SWITCH_OFF = "-S tracking.enabled=false"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class TrackingStoreError(ImagegenError):
+    """The MLflow store named by the tracking URI cannot be used; the message names it."""
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI (None for other schemes or an in-memory database)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def cap_http_retries(timeout_s: int, max_retries: int) -> None:
+    """Bound MLflow's HTTP client (it reads these variables on every request); user settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def check_server(uri: str, timeout_s: float) -> None:
+    """One ``GET <uri>/health``; any answer but 200 within ``timeout_s`` is a one-line error."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http(s) only
+            if response.status == 200:
+                return
+            why = f"HTTP {response.status} from {url}"
+    except urllib.error.HTTPError as exc:
+        why = f"HTTP {exc.code} from {url}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        why = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+    raise TrackingStoreError(
+        f"MLflow tracking server {uri} is not reachable ({why}; waited at most {timeout_s:g} s): "
+        f"start it, point tracking.uri / MLFLOW_TRACKING_URI at one that runs, "
+        f"or switch tracking off with {SWITCH_OFF}"
+    )
+
+
+def _writable(path: Path) -> bool:
+    """Write permission by the mode bits too: as root ``os.access`` says yes to a chmod-444 file."""
+    mode = path.stat().st_mode
+    return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def check_sqlite(path: Path) -> None:
+    """The SQLite file of an MLflow store: absent (MLflow creates it), or an intact, writable store."""
+    where = f"MLflow store {path}"
+    hint = f"(tracking.uri / MLFLOW_TRACKING_URI; or switch tracking off with {SWITCH_OFF})"
+    folder = path.parent
+    if not folder.is_dir():
+        raise TrackingStoreError(f"{where}: its folder {folder} does not exist {hint}")
+    if not _writable(folder):
+        raise TrackingStoreError(
+            f"{where}: its folder {folder} is read-only; SQLite needs to write a journal beside "
+            f"the database {hint}"
+        )
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise TrackingStoreError(f"{where}: expected an SQLite database file, found a folder {hint}")
+    if path.stat().st_size == 0:
+        return  # an empty file is an empty database: MLflow creates its tables
+    with path.open("rb") as fh:
+        if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+            raise TrackingStoreError(
+                f"{where}: not an SQLite database (corrupt or another kind of file); "
+                f"expected MLflow's SQLite store: restore it from a backup or move it away {hint}"
+            )
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+            verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        db.close()
+    except sqlite3.Error as exc:
+        raise TrackingStoreError(
+            f"{where}: unreadable SQLite database ({exc}); expected MLflow's SQLite store: "
+            f"restore it from a backup or move it away {hint}"
+        ) from None
+    if verdict != "ok":
+        raise TrackingStoreError(
+            f"{where}: the SQLite database is damaged ({verdict}); restore it from a backup or "
+            f"move it away {hint}"
+        )
+    if tables and "alembic_version" not in tables:
+        raise TrackingStoreError(
+            f"{where}: an SQLite database without MLflow's tables (has {', '.join(sorted(tables)[:5])}); "
+            f"expected an MLflow store {hint}"
+        )
+    if not _writable(path):
+        raise TrackingStoreError(f"{where}: the file is read-only; MLflow must write to it {hint}")
+
+
+def check_store(uri: str, *, timeout_s: float, http_timeout_s: int, http_retries: int) -> None:
+    """Fail fast, with one line naming ``uri``, when the store behind it cannot be used."""
+    if is_http(uri):
+        cap_http_retries(http_timeout_s, http_retries)
+        check_server(uri, timeout_s)
+        return
+    path = sqlite_path(uri)
+    if path is not None:
+        check_sqlite(path)
