@@ -46,7 +46,7 @@ split = Split(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), rng.integers(
 write_processed(Dataset("toy", {"train": split, "test": split}, ["a", "b", "c"], "test"), tmp / "data")
 dataset = ProcessedDataset.open(tmp / "data")
 small = {
-    "ddpm": ["ddpm.base_channels=8", "ddpm.groups=4", "ddpm.timesteps=50"],
+    "ddpm": ["ddpm.base_channels=8", "ddpm.groups=4", "ddpm.timesteps=50", "ddpm.channel_mults=[1]"],
     "dcgan": ["dcgan.base_filters=8", "dcgan.latent_dim=8"],
     "vae": ["vae.base_filters=8", "vae.latent_dim=4"],
 }[family_name]

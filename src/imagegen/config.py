@@ -78,7 +78,19 @@ class TrainConfig(Section):
         default="auto", description="auto: bf16 on a GPU that supports it, float32 on CPU."
     )
     jit_compile: bool = True
+    devices: Literal["auto"] | int = Field(
+        default="auto",
+        description="Data-parallel devices per process (JAX backend): auto = every local accelerator "
+        "(on CPU the devices jax reports, 1 unless XLA_FLAGS forces more); batch_size must divide by the total.",
+    )
     grid_size: int = Field(default=64, gt=0, description="Images in each sample grid.")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices_auto_or_positive(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"expected 'auto' or a positive integer, got {value!r}")
     max_minutes: float | None = Field(
         default=None, gt=0, description="Wall-clock budget; stop with a checkpoint at the first log step past it."
     )

@@ -11,15 +11,21 @@ One folder per dataset version::
 Plain ``.npy`` files, so they memory-map with numpy alone (no TensorFlow needed to read them). The
 content hash covers the arrays and class names only, never timestamps or paths, so re-running ingestion
 on the same inputs gives the same hash; MLflow runs record it as the dataset version.
+
+Memory-bounded writing: a split may be a :class:`StreamedSplit` (labels in memory, images produced in
+chunks); :func:`write_processed` streams every split's images to its ``.npy`` file chunk by chunk and
+hashes them on the way, so peak memory is one chunk, not the dataset. The bytes written (files and hash)
+are exactly those of the in-memory path, which is the same code fed one chunk per split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -29,6 +35,12 @@ from imagegen.fileio import atomic_dir, write_json
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
+CHUNK_BYTES = 2 << 20  # image bytes per chunk when streaming a split: what ingest holds at a time
+
+
+def chunk_rows(image_shape: tuple[int, ...]) -> int:
+    """Images per streamed chunk: ``CHUNK_BYTES`` of uint8 images (at least one)."""
+    return max(1, CHUNK_BYTES // max(1, int(np.prod(image_shape))))
 
 
 @dataclass
@@ -42,38 +54,128 @@ class Split:
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels shape {self.labels.shape} does not match {self.images.shape[0]} images")
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+    def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        size = size or chunk_rows(self.image_shape)
+        for start in range(0, self.images.shape[0], size):
+            yield self.images[start : start + size]
+
+
+ChunkFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class StreamedSplit:
+    """A split whose images are produced in order, a chunk at a time, by ``read()`` (labels are in memory).
+
+    ``read`` is called once per pass (writing is one pass) and may raise :class:`DataError` for a bad file.
+    """
+
+    labels: np.ndarray  # int64 (N,)
+    image_shape: tuple[int, int, int]
+    read: Callable[[], Iterator[np.ndarray]]  # yields uint8 (k, H, W, C) chunks totalling N images
+
+    def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        del size  # the producer chooses its chunk size
+        return self.read()
+
+    def map(self, fn: ChunkFn, image_shape: tuple[int, int, int]) -> StreamedSplit:
+        """The same split with ``fn`` applied to each chunk (a per-image transform, e.g. a resize)."""
+        source = self.read
+        return StreamedSplit(self.labels, image_shape, lambda: (fn(chunk) for chunk in source()))
+
+    @property
+    def images(self) -> np.ndarray:
+        """Every image in memory (small datasets and tests only: this is what streaming avoids)."""
+        out = np.empty((len(self.labels), *self.image_shape), dtype=np.uint8)
+        end = 0
+        for chunk in self.read():
+            out[end : end + len(chunk)] = chunk
+            end += len(chunk)
+        if end != len(out):
+            raise ValueError(f"streamed split produced {end} images for {len(out)} labels")
+        return out
+
+
+def streamed(split: Split | StreamedSplit, size: int | None = None) -> StreamedSplit:
+    """Either kind of split as a :class:`StreamedSplit` (an in-memory one yields slices of its arrays)."""
+    if isinstance(split, StreamedSplit):
+        return split
+    return StreamedSplit(split.labels, split.image_shape, lambda: split.chunks(size))
+
 
 @dataclass
 class Dataset:
     """A dataset in memory, as sources produce it and the processed folder stores it."""
 
     name: str
-    splits: dict[str, Split]
+    splits: dict[str, Split | StreamedSplit]
     class_names: list[str]
     source: str
     files: list[dict[str, Any]] = field(default_factory=list)  # raw files with their md5s
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.splits["train"].images.shape[1:])  # type: ignore[return-value]
+        return self.splits["train"].image_shape
 
 
 def content_hash(splits: dict[str, Split], class_names: list[str]) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"imagegen-processed-v{FORMAT_VERSION}".encode())
-    digest.update(json.dumps(class_names).encode())
+    """The hash of in-memory splits; :func:`write_processed` computes the same while streaming."""
+    digest = _start_hash(class_names)
     for name in sorted(splits):
         split = splits[name]
-        images = np.ascontiguousarray(split.images)
-        labels = np.ascontiguousarray(split.labels.astype(np.int64))
-        digest.update(f"{name}:{images.shape}:{labels.shape}".encode())
-        for array in (images, labels):
-            if array.size:  # memoryview cannot cast a zero-size array (an empty split); it adds no bytes anyway
-                digest.update(memoryview(array).cast("B"))
+        _hash_split_header(digest, name, len(split.labels), split.image_shape)
+        _hash_array(digest, split.images)
+        _hash_array(digest, split.labels.astype(np.int64))
     return "sha256:" + digest.hexdigest()
 
 
-def build_manifest(ds: Dataset, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _start_hash(class_names: list[str]) -> Any:
+    digest = hashlib.sha256()
+    digest.update(f"imagegen-processed-v{FORMAT_VERSION}".encode())
+    digest.update(json.dumps(class_names).encode())
+    return digest
+
+
+def _hash_split_header(digest: Any, name: str, n: int, image_shape: tuple[int, ...]) -> None:
+    shape = tuple(int(d) for d in (n, *image_shape))  # plain ints: numpy 2 reprs np.int64 differently
+    digest.update(f"{name}:{shape}:{(int(n),)}".encode())
+
+
+def _hash_array(digest: Any, array: np.ndarray) -> None:
+    array = np.ascontiguousarray(array)
+    if array.size:  # memoryview cannot cast a zero-size array (an empty split); it adds no bytes anyway
+        digest.update(memoryview(array).cast("B"))
+
+
+def _write_npy_header(fh: BinaryIO, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """The header ``np.save`` writes for a C-ordered array of ``shape`` (format 1.0), so files are identical."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(fh, header)
+
+
+def _stream_images(split: StreamedSplit, path: Path, digest: Any) -> None:
+    """Write the split's images to ``path`` chunk by chunk, hashing each; check the count and shape."""
+    n, shape = len(split.labels), tuple(int(d) for d in split.image_shape)
+    written = 0
+    with open(path, "wb") as fh:
+        _write_npy_header(fh, np.dtype(np.uint8), (n, *shape))
+        for chunk in split.read():
+            chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
+            if chunk.shape[1:] != shape or written + len(chunk) > n:
+                raise ValueError(f"{path.name}: chunk {chunk.shape} does not fit {n} images of {shape}")
+            _hash_array(digest, chunk)
+            fh.write(memoryview(chunk).cast("B") if chunk.size else b"")
+            written += len(chunk)
+    if written != n:
+        raise ValueError(f"{path.name}: {written} images streamed for {n} labels")
+
+
+def build_manifest(ds: Dataset, extra: dict[str, Any] | None = None, digest: str | None = None) -> dict[str, Any]:
+    """The manifest; ``digest`` is the content hash when already computed (else it is computed here)."""
     h, w, c = ds.image_shape
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -85,12 +187,12 @@ def build_manifest(ds: Dataset, extra: dict[str, Any] | None = None) -> dict[str
         "value_range": [0, 255],
         "class_names": ds.class_names,
         "num_classes": len(ds.class_names),
-        "counts": {name: int(s.images.shape[0]) for name, s in ds.splits.items()},
+        "counts": {name: int(len(s.labels)) for name, s in ds.splits.items()},
         "class_counts": {
             name: np.bincount(s.labels, minlength=len(ds.class_names)).astype(int).tolist()
             for name, s in ds.splits.items()
         },
-        "content_hash": content_hash(ds.splits, ds.class_names),
+        "content_hash": digest if digest is not None else content_hash(ds.splits, ds.class_names),  # type: ignore[arg-type]
     }
     if extra:
         manifest.update(extra)
@@ -98,15 +200,24 @@ def build_manifest(ds: Dataset, extra: dict[str, Any] | None = None) -> dict[str
 
 
 def write_processed(ds: Dataset, out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``ds`` to ``out_dir`` atomically (the folder appears complete or not at all)."""
+    """Write ``ds`` to ``out_dir`` atomically (the folder appears complete or not at all).
+
+    Images are streamed chunk by chunk (see :class:`StreamedSplit`) and hashed as they are written, in
+    the split order :func:`content_hash` uses, so an in-memory and a streamed dataset give the same hash.
+    """
     for required in SPLITS:
         if required not in ds.splits:
             raise ValueError(f"dataset {ds.name!r} lacks the {required!r} split")
-    manifest = build_manifest(ds, extra)
+    digest = _start_hash(ds.class_names)
     with atomic_dir(out_dir) as tmp:
-        for name, split in ds.splits.items():
-            np.save(tmp / f"{name}_images.npy", np.ascontiguousarray(split.images), allow_pickle=False)
-            np.save(tmp / f"{name}_labels.npy", split.labels.astype(np.int64), allow_pickle=False)
+        for name in sorted(ds.splits):
+            split = streamed(ds.splits[name])
+            labels = np.ascontiguousarray(split.labels.astype(np.int64))
+            _hash_split_header(digest, name, len(labels), split.image_shape)
+            _stream_images(split, tmp / f"{name}_images.npy", digest)
+            _hash_array(digest, labels)
+            np.save(tmp / f"{name}_labels.npy", labels, allow_pickle=False)
+        manifest = build_manifest(ds, extra, digest="sha256:" + digest.hexdigest())
         write_json(tmp / MANIFEST, manifest)
     return manifest
 

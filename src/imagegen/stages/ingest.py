@@ -5,25 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.progress import Progress
 
 from imagegen.config import Params
-from imagegen.data.processed import Dataset, Split, write_processed
+from imagegen.data.processed import Dataset, streamed, write_processed
 from imagegen.data.sources import get_source
 from imagegen.data.transform import resize, to_channels
 from imagegen.tracking import start_run
 
 
-def shape_dataset(ds: Dataset, image_size: int, channels: int | None) -> Dataset:
-    """Convert channels and resize every split (with a progress bar on large sets)."""
-    total = sum(s.images.shape[0] for s in ds.splits.values())
+def shape_dataset(ds: Dataset, image_size: int, channels: int | None, progress: Progress) -> Dataset:
+    """Convert channels and resize every split, chunk by chunk as the splits are written (streamed)."""
+    total = sum(len(s.labels) for s in ds.splits.values())
+    task = progress.add_task(f"ingest {ds.name} at {image_size}x{image_size}", total=total)
+
+    def shape(chunk: np.ndarray) -> np.ndarray:
+        chunk = chunk if channels is None else to_channels(chunk, channels)
+        out = resize(chunk, image_size)
+        progress.advance(task, len(out))
+        return out
+
     splits = {}
-    with Progress(transient=True, disable=total < 5000) as progress:
-        task = progress.add_task(f"resize {ds.name} to {image_size}x{image_size}", total=total)
-        for name, split in ds.splits.items():
-            images = split.images if channels is None else to_channels(split.images, channels)
-            images = resize(images, image_size, progress=lambda n: progress.advance(task, n))
-            splits[name] = Split(images, split.labels)
+    for name, split in ds.splits.items():
+        c = split.image_shape[2] if channels is None else channels
+        splits[name] = streamed(split).map(shape, (image_size, image_size, c))
     return Dataset(ds.name, splits, ds.class_names, ds.source, ds.files)
 
 
@@ -32,15 +38,17 @@ def run_ingest(params: Params, out_dir: Path | None = None) -> Path:
     cfg = params.data
     out_dir = Path(out_dir) if out_dir is not None else cfg.output_dir
     raw = get_source(cfg.name)(cfg, params.seed)
-    ds = shape_dataset(raw, cfg.image_size, cfg.channels)
-    settings: dict[str, Any] = {
-        "image_size": cfg.image_size,
-        "channels": ds.image_shape[2],
-        "seed": params.seed,
-    }
-    if cfg.name in ("digits", "folder"):
-        settings["test_fraction"] = cfg.test_fraction
-    manifest = write_processed(ds, out_dir, extra={"ingest": settings})
+    total = sum(len(s.labels) for s in raw.splits.values())
+    with Progress(transient=True, disable=total < 5000) as progress:
+        ds = shape_dataset(raw, cfg.image_size, cfg.channels, progress)  # streamed: shaped while written
+        settings: dict[str, Any] = {
+            "image_size": cfg.image_size,
+            "channels": ds.image_shape[2],
+            "seed": params.seed,
+        }
+        if cfg.name in ("digits", "folder"):
+            settings["test_fraction"] = cfg.test_fraction
+        manifest = write_processed(ds, out_dir, extra={"ingest": settings})
     with start_run(
         params.tracking,
         run_name=f"ingest-{cfg.name}",

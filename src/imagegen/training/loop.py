@@ -27,6 +27,7 @@ from imagegen.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from imagegen.training.distributed import is_writer
 from imagegen.training.families.base import Family
 from imagegen.training.steppers import make_stepper
 
@@ -70,7 +71,10 @@ class Trainer:
         self.on_metrics = on_metrics
         self.on_grid = on_grid
         self.show_progress = show_progress
-        self.stepper = make_stepper(family, jit_compile=cfg.jit_compile)
+        self.stepper = make_stepper(
+            family, jit_compile=cfg.jit_compile, devices=cfg.devices, batch_size=stream.batch_size
+        )
+        stream.rows = self.stepper.local_rows  # multi-host: read only this process's rows
         self.noise_rng = np.random.default_rng([seed, 1])
         self.step = 0
         self.stopped_early = False
@@ -80,8 +84,10 @@ class Trainer:
     def loop_state(self) -> dict[str, Any]:
         return {"step": self.step, "noise_rng": self.noise_rng.bit_generator.state, "stream": self.stream.state()}
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
         self.stepper.push()
+        if not is_writer():  # multi-host: process 0 writes; the others hold the same replicated state
+            return None
         return save_checkpoint(
             self.checkpoint_dir, self.family, self.step, self.loop_state(), keep=self.cfg.keep_checkpoints
         )
@@ -114,7 +120,7 @@ class Trainer:
             )
 
     def _grid(self) -> None:
-        if self.sample_fn is None or self.samples_dir is None:
+        if self.sample_fn is None or self.samples_dir is None or not is_writer():
             return
         self.stepper.push()
         images = to_uint8(self.sample_fn(self.family, self.cfg.grid_size, np.random.default_rng([self.seed, 2])))

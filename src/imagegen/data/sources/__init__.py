@@ -1,5 +1,6 @@
-"""Raw dataset sources. Each turns its raw files into an in-memory :class:`~imagegen.data.processed.Dataset`
-at its native size; ingestion then resizes and writes the processed format."""
+"""Raw dataset sources. Each turns its raw files into a :class:`~imagegen.data.processed.Dataset` at its
+native size; ingestion then resizes and writes the processed format. ``folder`` gives streamed splits
+(images read chunk by chunk while they are written), so its memory does not grow with the folder."""
 
 from __future__ import annotations
 
@@ -26,5 +27,5 @@ def get_source(name: str) -> Callable[[DataConfig, int], Dataset]:
     if name == "folder":
         from imagegen.data.sources.folder import load_folder
 
-        return load_folder
+        return lambda cfg, seed: load_folder(cfg, seed, stream=True)  # images read while being written
     raise ValueError(f"unknown dataset {name!r}")

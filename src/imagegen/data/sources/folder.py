@@ -8,13 +8,14 @@ image) stops ingestion with an error naming the file: a silently skipped file is
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imagegen.config import DataConfig
-from imagegen.data.processed import Dataset, Split
+from imagegen.data.processed import Dataset, Split, StreamedSplit, chunk_rows
 from imagegen.data.transform import stratified_split
 from imagegen.errors import DataError, DataNotFoundError
 from imagegen.fileio import md5_file
@@ -53,7 +54,9 @@ def _read_image(path: Path, mode: str, size: int) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def load_folder(cfg: DataConfig, seed: int) -> Dataset:
+def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
+    """The folder as a dataset; ``stream=True`` (ingest) reads the images chunk by chunk while they are
+    written, so memory does not grow with the folder, and a bad image then stops the write instead."""
     if cfg.path is None:
         raise DataNotFoundError("data.path: the `folder` source needs data.path set to a folder of images")
     root = Path(cfg.path)
@@ -72,19 +75,35 @@ def load_folder(cfg: DataConfig, seed: int) -> Dataset:
         raise DataError(f"{root}: no PNG/JPEG images found")
 
     mode = "L" if cfg.channels == 1 else "RGB"
-    images, labels, listing = [], [], hashlib.sha256()
+    paths, labels, listing = [], [], hashlib.sha256()
     for label, (_, files) in enumerate(classes):
         for path in files:
-            images.append(_read_image(path, mode, cfg.image_size))
+            paths.append(path)
             labels.append(label)
             listing.update(f"{path.relative_to(root).as_posix()}:{md5_file(path)}\n".encode())
-    x = np.stack(images)
     y = np.asarray(labels, dtype=np.int64)
     train_idx, test_idx = stratified_split(y, cfg.test_fraction, seed)
     return Dataset(
         name="folder",
-        splits={"train": Split(x[train_idx], y[train_idx]), "test": Split(x[test_idx], y[test_idx])},
+        splits=_splits(paths, y, {"train": train_idx, "test": test_idx}, mode, cfg.image_size, stream),
         class_names=[name for name, _ in classes],
         source=f"image folder {root}",
         files=[{"name": f"{root.name}/ ({len(y)} images)", "sha256_of_listing": listing.hexdigest()}],
     )
+
+def _splits(
+    paths: list[Path], labels: np.ndarray, indices: dict[str, np.ndarray], mode: str, size: int, stream: bool
+) -> dict[str, Split | StreamedSplit]:
+    """Split ``name`` = images ``paths[idx]`` in ``idx`` order, read a chunk at a time when streamed."""
+    shape = (size, size, 1 if mode == "L" else 3)
+    rows = chunk_rows(shape)
+
+    def streamed(idx: np.ndarray) -> StreamedSplit:
+        def read() -> Iterator[np.ndarray]:
+            for start in range(0, len(idx), rows):
+                yield np.stack([_read_image(paths[i], mode, size) for i in idx[start : start + rows]])
+
+        return StreamedSplit(labels[idx], shape, read)
+
+    splits = {name: streamed(idx) for name, idx in indices.items()}
+    return splits if stream else {name: Split(s.images, s.labels) for name, s in splits.items()}  # type: ignore[misc]
