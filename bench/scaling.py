@@ -47,7 +47,7 @@ write_processed(Dataset("toy", {"train": split, "test": split}, [str(i) for i in
 dataset = ProcessedDataset.open(tmp / "data")
 params = load_params(None, ["tracking.enabled=false", f"data.image_size={size}", f"train.batch_size={batch}",
                             f"train.devices={devices}", f"train.log_every={steps}", "train.checkpoint_every=100000",
-                            "train.sample_every=100000", "train.mixed_precision=off"])
+                            "train.sample_every=100000"])
 seed_everything(params.seed)
 family = build_family(family_name, params, dataset.image_shape, dataset.num_classes)
 stream = BatchStream(dataset.split("train"), batch, params.seed)

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,27 @@ def test_streamed_ingest_writes_the_bytes_and_hash_of_the_in_memory_format(tmp_p
     # Chunk boundaries do not matter: a Dataset of in-memory arrays gives the same manifest hash.
     memory = write_processed(Dataset("folder", ds.splits, ds.class_names, "s"), tmp_path / "memory")
     assert memory["content_hash"] == ProcessedDataset.open(streamed_dir).content_hash
+
+
+def test_cifar10_streams_one_batch_file_at_a_time_with_the_same_hash(tmp_path: Path, helpers) -> None:
+    """CIFAR-10 is written batch file by batch file; the result is the in-memory dataset's, byte for byte."""
+    import gc
+
+    from imagegen.data.sources.cifar10 import dataset_from_tarball
+
+    tar = tmp_path / "cifar-10-python.tar.gz"
+    helpers.write_cifar_tarball(tar, per_batch=3)
+    in_memory = dataset_from_tarball(tar, "md5-not-checked-here")
+    before = set(Path(tempfile.gettempdir()).glob("imagegen-cifar10-*"))
+    streamed = dataset_from_tarball(tar, "md5-not-checked-here", stream=True)
+    extracted = set(Path(tempfile.gettempdir()).glob("imagegen-cifar10-*")) - before
+    assert len(extracted) == 1  # kept while the dataset is being written
+    chunks = list(streamed.splits["train"].read())
+    assert [len(c) for c in chunks] == [3] * 5  # one chunk per batch file
+    manifest = write_processed(streamed, tmp_path / "out")
+    assert manifest["content_hash"] == reference_content_hash(in_memory.splits, in_memory.class_names)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "train_images.npy"), in_memory.splits["train"].images)
+
+    del streamed
+    gc.collect()
+    assert [p for p in extracted if p.exists()] == []  # the extraction folder goes with the dataset

@@ -180,3 +180,19 @@ class DataParallel:
                     self.split, mine, (self.batch_size, *value.shape[1:])
                 )
         return out
+
+
+def follower_outputs(params: Any, family_name: str) -> tuple[Any, Any]:
+    """For a process other than 0: a private scratch model folder and params writing only there.
+
+    Every process runs the whole stage (the SPMD program needs them all); only process 0's files count,
+    so the others' reports and model folder go to a temporary folder and tracking is off. Checkpoints stay
+    where they are (a folder every host sees): the others read them on ``--resume`` and never write them.
+    """
+    import tempfile
+    from pathlib import Path
+
+    scratch = Path(tempfile.mkdtemp(prefix="imagegen-follower-"))
+    train = params.train.model_copy(update={"reports_dir": scratch / "reports", "models_dir": scratch / "models"})
+    tracking = params.tracking.model_copy(update={"enabled": False})
+    return scratch / "models" / family_name, params.model_copy(update={"train": train, "tracking": tracking})

@@ -1,6 +1,6 @@
 """Raw dataset sources. Each turns its raw files into a :class:`~imagegen.data.processed.Dataset` at its
-native size; ingestion then resizes and writes the processed format. ``folder`` gives streamed splits
-(images read chunk by chunk while they are written), so its memory does not grow with the folder."""
+native size; ingestion then resizes and writes the processed format. ``folder`` and ``cifar10`` give
+streamed splits (images read chunk by chunk while they are written), so memory holds a chunk, not the set."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def get_source(name: str) -> Callable[[DataConfig, int], Dataset]:
     if name == "cifar10":
         from imagegen.data.sources.cifar10 import load_cifar10
 
-        return load_cifar10
+        return lambda cfg, seed: load_cifar10(cfg, seed, stream=True)  # one batch file in memory at a time
     if name == "folder":
         from imagegen.data.sources.folder import load_folder
 
