@@ -112,7 +112,7 @@ def test_scheduled_run_fires_a_second_run_waits_and_dvc_is_clean(tmp_path: Path)
         worker = procs.start("worker", [*prefect, "worker", "start", "--pool", POOL], project, env)
         api = Api(api_url)
         dep = api.deployment(DEPLOYMENT)
-        assert dep["concurrency_limit"] == 1, dep
+        assert dep["global_concurrency_limit"]["limit"] == 1, dep
         assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE", dep
 
         # The scheduler creates the run by itself; the worker picks it up when it falls due.
