@@ -274,49 +274,97 @@ def test_x_T_of_the_wrong_shape_is_refused() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Guidance
+# DDIM coefficients
 
 
-class LabelScaler:
-    """A fake conditional model: eps = x_t * (label + 1), recording the labels it was called with."""
+def test_ddim_plan_visits_the_grid_and_its_last_step_lands_on_the_clean_image() -> None:
+    s = small_schedule()
+    grid = D.ddim_timesteps(20, 4)
+    plan = D.ddim_plan(s, grid)
+    assert grid.tolist() == [19, 13, 6, 0]
+    np.testing.assert_allclose(plan.sqrt_abar_next[:-1], np.sqrt(s.alphas_cumprod[grid[1:]]))
+    assert plan.sqrt_abar_next[-1] == 1.0 and plan.direction[-1] == 0.0 and plan.sigma[-1] == 0.0
+    assert plan.at(1).x_coef == float(plan.x_coef[1])
+    # The unclipped, folded form is the clipped form when nothing is clipped.
+    x = np.full((1, 2, 2, 1), 0.1, "float32")
+    eps = np.full((1, 2, 2, 1), 0.05, "float32")
+    folded = to_np(D.ddim_update(x, eps, plan.at(1), clip_x0=False))
+    unfolded = to_np(D.ddim_update(x, eps, plan.at(1), clip_x0=True))
+    np.testing.assert_allclose(folded, unfolded, rtol=1e-5)
+
+
+def test_ddim_update_is_one_function_for_scalar_and_per_example_coefficients() -> None:
+    s = small_schedule()
+    t, t_next = np.array([19, 10, 3]), np.array([13, -1, 0])
+    per_example = D.ddim_coefficients(s, t, t_next).map(lambda v: v.reshape(-1, 1, 1, 1))
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
+    eps = np.random.default_rng(1).standard_normal(SHAPE).astype("float32")
+    together = to_np(D.ddim_update(x, eps, per_example.map(lambda v: v.astype("float32")), True))
+    for i in range(3):
+        one = D.ddim_coefficients(s, t[i : i + 1], t_next[i : i + 1]).at(0)
+        alone = to_np(D.ddim_update(x[i], eps[i], one, True))
+        np.testing.assert_allclose(together[i], alone, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Guidance, through the production sampler (ddpm.generate)
+
+
+class CountingPredictor:
+    """A conditional stand-in for the compiled U-Net: eps = 0.1 x_t (label + 1); records calls."""
 
     def __init__(self) -> None:
-        self.calls: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
 
-    def __call__(self, inputs, training=False):
-        x_t, _, label = inputs
-        self.calls.append(to_np(label))
-        return x_t * ops.reshape(ops.cast(label, "float32") + 1.0, (-1, 1, 1, 1))
+    def __call__(self, x_t, t, label):
+        self.labels.append(to_np(label))
+        return 0.1 * x_t * ops.reshape(ops.cast(label, "float32") + 1.0, (-1, 1, 1, 1))
 
 
-@pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
-def test_classifier_free_guidance_extrapolates_from_the_unconditional_prediction(
-    scale: float,
+def conditional_family(num_classes: int = 10):
+    from imagegen.config import load_params
+    from imagegen.training.families import build_family
+
+    params = load_params(None, [
+        "ddpm.base_channels=8", "ddpm.groups=4", "ddpm.timesteps=20", "ddpm.conditional=true",
+    ])
+    return build_family("ddpm", params, (4, 4, 2), num_classes)
+
+
+@pytest.mark.parametrize(("scale", "passes"), [(0.0, 1), (1.0, 1), (3.0, 2)])
+def test_guided_sampling_extrapolates_from_the_unconditional_prediction(
+    scale: float, passes: int
 ) -> None:
-    model = LabelScaler()
-    x = np.ones(SHAPE, "float32")
-    t = np.zeros(SHAPE[0], "int32")
-    label = np.array([1, 2, 3], "int32")
-    null = 10
-    eps = to_np(D.classifier_free_eps(model, x, t, label, null, scale))
-    cond, uncond = (label + 1.0).reshape(-1, 1, 1, 1), 11.0
-    np.testing.assert_allclose(
-        eps, np.broadcast_to(uncond + scale * (cond - uncond), SHAPE), rtol=1e-6
+    """generate() with guidance s samples with eps_u + s (eps_c - eps_u): two passes of batch B per
+    step (conditional, then the null label), one when s is 1 (conditional) or 0 (unconditional)."""
+    from imagegen.training.families import ddpm
+
+    family = conditional_family()
+    labels = np.array([1, 2, 3], "int32")
+    predict = CountingPredictor()
+    got = ddpm.generate(
+        family, 3, np.random.default_rng(0), labels, steps=4, guidance_scale=scale, predict=predict
     )
-    assert len(model.calls) == 1, "one model call per step, batched when both passes are needed"
-    if scale == 1.0:
-        np.testing.assert_array_equal(model.calls[0], label)
+    assert len(predict.labels) == 4 * passes
+    step_labels = predict.labels[:passes]
+    expected_labels = {0.0: [[10] * 3], 1.0: [labels], 3.0: [labels, [10] * 3]}[scale]
+    for seen, want in zip(step_labels, expected_labels, strict=True):
+        np.testing.assert_array_equal(seen, want)
+
+    cond = 0.1 * (labels + 1.0).reshape(-1, 1, 1, 1)
+    uncond = 0.1 * 11.0
+
+    def by_hand(x_t, t):
+        return x_t * ops.convert_to_tensor((uncond + scale * (cond - uncond)).astype("float32"))
+
+    s = D.schedule_from_config(DDPMConfig(**family.spec["ddpm"]))
+    expected = D.ddim_sample(by_hand, s, (3, 4, 4, 2), np.random.default_rng(0), 4, clip_x0=True)
+    np.testing.assert_allclose(got, np.clip(to_np(expected), -1, 1), rtol=1e-5, atol=1e-6)
 
 
 def test_ddim_samples_from_a_tiny_conditional_unet_with_guidance() -> None:
-    from imagegen.models.unet import build_unet
+    from imagegen.training.families import ddpm
 
-    cfg = DDPMConfig(base_channels=8, groups=4, conditional=True, timesteps=10)
-    model = build_unet(cfg, 8, 1, 10)
-    eps_fn = D.make_eps_fn(
-        model, label=np.array([0, 1], "int32"), null_label=10, guidance_scale=2.0
-    )
-    out = D.ddim_sample(
-        eps_fn, D.schedule_from_config(cfg), (2, 8, 8, 1), np.random.default_rng(0), steps=3
-    )
-    assert tuple(out.shape) == (2, 8, 8, 1) and np.all(np.isfinite(to_np(out)))
+    rng = np.random.default_rng(0)
+    out = ddpm.generate(conditional_family(), 2, rng, steps=3, guidance_scale=2.0)
+    assert out.shape == (2, 4, 4, 2) and np.all(np.isfinite(out))

@@ -34,8 +34,8 @@ from imagegen.distill.architecture import build_architecture, student_width
 from imagegen.distill.progressive import (
     build_progressive,
     plan_rounds,
-    step_coefficients,
     student_grid,
+    target_coefficients,
     x0_target,
 )
 from imagegen.distill.setup import evaluate_loss
@@ -48,7 +48,6 @@ from imagegen.sampling import generate_images
 from imagegen.stages.train import run_train
 from imagegen.training.loop import Trainer
 
-REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 T = 50
 TINY = [
     "tracking.enabled=false",
@@ -183,21 +182,26 @@ def test_each_round_halves_the_steps_on_nested_grids() -> None:
 
 
 def test_one_student_ddim_step_with_the_target_x0_lands_on_the_teachers_two_step_result() -> None:
+    """The teacher's two DDIM steps and the student's one are the sampler's own ddim_update."""
     s = D.make_schedule("linear", 100, 1e-4, 0.02)
     rng = np.random.default_rng(0)
-    z_t, z_end = rng.standard_normal((2, 3, 4, 4, 1))
+    z_t, eps_1, eps_2 = rng.standard_normal((3, 3, 4, 4, 1))
     t, t1 = np.array([99, 60, 20]), np.array([80, 40, 10])
     t2 = np.array([60, 20, -1])  # -1: the clean image
-    c = step_coefficients(s, t, t1, t2, "truncated_snr")
-    x0 = x0_target(z_t, z_end, c).astype(np.float64)
+    per_image = lambda c: c.map(lambda v: v.reshape(-1, 1, 1, 1))  # noqa: E731
+    z_1 = D.ddim_update(z_t, eps_1, per_image(D.ddim_coefficients(s, t, t1)), clip_x0=False)
+    z_end = D.ddim_update(z_1, eps_2, per_image(D.ddim_coefficients(s, t1, t2)), clip_x0=False)
+    c = target_coefficients(s, t, t2, "truncated_snr")
     b = (-1, 1, 1, 1)
-    eps_hat = (z_t - c.alpha_t.reshape(b) * x0) / c.sigma_t.reshape(b)  # DDIM's eps for that x0
-    landed = c.alpha_2.reshape(b) * x0 + c.sigma_2.reshape(b) * eps_hat
+    x0 = x0_target(z_t, z_end, c.target_z.reshape(b), c.target_x.reshape(b)).astype(np.float64)
+    one = per_image(D.ddim_coefficients(s, t, t2))
+    eps_hat = (z_t - one.sqrt_abar * x0) * one.inv_sqrt_one_minus_abar  # the eps that predicts x0
+    landed = D.ddim_update(z_t, eps_hat, one, clip_x0=False)
     np.testing.assert_allclose(landed, z_end, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(x0[2], z_end[2], rtol=1e-6)  # ending at the clean image: x0~ = z_t''
-    snr = c.alpha_t**2 / c.sigma_t**2
+    snr = s.alphas_cumprod[t] / (1 - s.alphas_cumprod[t])
     np.testing.assert_allclose(c.weight, np.maximum(snr, 1.0), rtol=1e-5)
-    np.testing.assert_allclose(step_coefficients(s, t, t1, t2, "snr").weight, snr, rtol=1e-5)
+    np.testing.assert_allclose(target_coefficients(s, t, t2, "snr").weight, snr, rtol=1e-5)
 
 
 def test_one_round_lowers_the_students_one_step_error_against_the_teachers_two_steps(
@@ -417,7 +421,3 @@ def test_progressive_distillation_of_a_non_diffusion_teacher_is_refused_naming_t
 def test_impossible_distill_params_are_refused_naming_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_params(None, ["distill.start_steps=16", override])
-
-
-def test_params_yaml_holds_the_distill_defaults() -> None:
-    assert load_params(REPO_PARAMS).distill == DistillConfig()

@@ -153,16 +153,6 @@ def test_tflite_files_hold_builtin_ops_only_and_take_any_batch(exports) -> None:
         assert images.dtype == np.uint8 and images.shape == (batch, 8, 8, 1)
 
 
-def test_the_ddim_plan_visits_the_samplers_timesteps() -> None:
-    from imagegen.export.graph import ddim_plan
-    from imagegen.models.diffusion import ddim_timesteps, make_schedule
-
-    schedule = make_schedule("linear", 50)
-    plan = ddim_plan(schedule, 4)
-    assert [s.t for s in plan] == ddim_timesteps(50, 4).tolist() == [49, 33, 16, 0]
-    assert plan[-1].sqrt_abar_prev == 1.0 and plan[-1].dir_coef == 0.0
-
-
 @keras.saving.register_keras_serializable(package="test_export")
 class Erf(keras.layers.Layer):
     """tf.math.erf (as in an exact GELU): TensorFlow has it, TFLite has no builtin kernel for it."""
@@ -246,3 +236,41 @@ def test_a_distilled_student_is_exported_on_its_own_timestep_grid(exports, tmp_p
     on_grid = keras_images(loaded, noise, ddpm_steps=2)  # the model's own grid wins over ddpm_steps
     assert np.max(np.abs(exported.astype(int) - on_grid.astype(int))) <= 1
     assert build_serving(loaded, ddpm_steps=2).meta["timesteps"] == grid  # the graph unrolls the student's grid
+
+
+def test_a_conditional_ddpm_trains_samples_with_guidance_and_exports_with_parity(
+    digits, tmp_path
+) -> None:
+    """End to end: a few training steps with labels (and label dropout), guided sampling at s = 3,
+    export, and the exported graph draws what the guided Keras sampler draws for the same labels."""
+    from imagegen.export.parity import keras_images, savedmodel_runner
+    from imagegen.sampling import generate_images
+    from imagegen.training.families import ddpm
+
+    params = tiny_params("ddpm.conditional=true", "sample.guidance_scale=3.0", "sample.steps=2",
+                         "export.tflite_variants=[float32]")
+    model_dir = train_tiny(params, "ddpm", digits, tmp_path)
+    loaded = load_model(model_dir)
+
+    images, labels = generate_images(model_dir, 6, seed=0, show_progress=False, params=params)
+    assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 1, 2, 3, 4, 5]
+    guided, plain = (
+        ddpm.generate(loaded.family, 3, np.random.default_rng(0), np.arange(3), steps=2,
+                      guidance_scale=s)
+        for s in (3.0, 1.0)
+    )
+    assert not np.array_equal(guided, plain)  # the null-label branch was trained and is used
+
+    out = run_export(params, model_dir, tmp_path / "exports" / "ddpm", tmp_path / "reports")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(a["passed"] for a in metrics["artifacts"].values()), metrics
+    assert metrics["artifacts"]["savedmodel"]["max_abs_error"] <= 1
+
+    noise = {
+        "x_T": np.random.default_rng(3).standard_normal((4, 8, 8, 1)).astype(np.float32),
+        "label": np.array([9, 0, 4, 4], np.int32),
+    }
+    exported = savedmodel_runner(out / "savedmodel")(noise)
+    reference = keras_images(loaded, noise, ddpm_steps=2, guidance_scale=3.0)
+    assert np.max(np.abs(exported.astype(int) - reference.astype(int))) <= 1

@@ -100,6 +100,24 @@ def test_loss_falls_over_a_few_dozen_steps_on_real_digits(
     assert np.mean(losses[-5:]) < factor * np.mean(losses[:3]), losses
 
 
+@pytest.mark.parametrize("family_name", ["ddpm", "dcgan"])
+def test_xla_compiled_steps_train_like_the_uncompiled_ones(digits, tmp_path, family_name) -> None:
+    """train.jit_compile=true, the default users run: the same losses as without XLA, to float32
+    tolerance (the DCGAN also carries BatchNorm statistics through the compiled step)."""
+    plain = make_trainer(params_for(tmp_path), family_name, digits, tmp_path / "plain")
+    plain.fit(4)
+    compiled_params = params_for(tmp_path, "train.jit_compile=true")
+    assert compiled_params.train.jit_compile
+    compiled = make_trainer(compiled_params, family_name, digits, tmp_path / "xla")
+    compiled.fit(4)
+    assert len(compiled.history) == len(plain.history) == 4
+    for with_xla, without in zip(compiled.history, plain.history, strict=True):
+        assert with_xla.keys() == without.keys()
+        for key in without:
+            if key not in ("step", "images_per_sec", "seconds"):
+                assert with_xla[key] == pytest.approx(without[key], rel=1e-3, abs=1e-5), key
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(digits, tmp_path) -> None:
     params = params_for(tmp_path)
     straight = make_trainer(params, "ddpm", digits, tmp_path / "a")

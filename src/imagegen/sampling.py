@@ -15,11 +15,14 @@ the grid follows from ``steps``), so resolving an already resolved dict again ch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from imagegen.training.families.base import Family
 
 SAMPLER_KEYS = ("sampler", "steps", "eta", "guidance_scale", "clip_x0", "timesteps")
 
@@ -53,6 +56,68 @@ def sampler_kwargs(
     return kwargs
 
 
+SampleFn = Callable[..., np.ndarray]
+"""``sample(n, rng, labels=None) -> float32 images in [-1, 1]`` (labels cycle over the classes)."""
+
+
+def make_sampler(
+    family: Family,
+    sampling: Mapping[str, Any] | None = None,
+    predict: Callable[..., Any] | None = None,
+) -> SampleFn:
+    """A sampler of ``family`` with fixed settings and one compiled predictor reused across calls.
+
+    For a DDPM ``sampling`` holds the ``generate`` keywords (see :func:`sampler_kwargs`); other
+    families ignore it. ``predict`` is a compiled predictor of the DDPM's sampling network to reuse
+    (one is made otherwise). Images drawn with the same ``rng`` seed start from the same noise (x_T
+    or z is the first draw), which is what makes comparisons on the same noise possible.
+    """
+    from imagegen.training.families import family_module
+
+    name = family.spec["family"]
+    module = family_module(name)
+    kwargs = dict(sampling or {}) if name == "ddpm" else {}
+    if name == "ddpm" and kwargs.get("predict") is None:
+        from imagegen.training.predict import compiled_predictor
+
+        net = family.networks["unet_ema" if kwargs.get("use_ema", True) else "unet"]
+        kwargs["predict"] = predict or compiled_predictor(net)
+
+    def sample(n: int, rng: np.random.Generator, labels: np.ndarray | None = None) -> np.ndarray:
+        return module.generate(family, n, rng, labels=labels, **kwargs)
+
+    return sample
+
+
+def cycled_labels(spec: Mapping[str, Any], n: int) -> np.ndarray | None:
+    """``arange(n) % num_classes`` for a conditional model, None for an unconditional one."""
+    conditional = bool(spec.get(spec["family"], {}).get("conditional", False))
+    return (np.arange(n) % spec["num_classes"]).astype(np.int32) if conditional else None
+
+
+def sample_images(
+    sample: SampleFn,
+    spec: Mapping[str, Any],
+    n: int,
+    seed: int,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 (n,H,W,C) images in batches from one ``default_rng(seed)``; their labels (if any)."""
+    from imagegen.data.loader import to_uint8
+
+    rng = np.random.default_rng(seed)
+    labels = cycled_labels(spec, n)
+    chunks = []
+    for start in range(0, n, batch_size):
+        k = min(batch_size, n - start)
+        part = None if labels is None else labels[start : start + k]
+        chunks.append(to_uint8(sample(k, rng, part)))
+        if on_batch is not None:
+            on_batch(k)
+    return np.concatenate(chunks), labels
+
+
 def generate_images(
     model_dir: Path,
     n: int,
@@ -72,29 +137,11 @@ def generate_images(
     from rich.progress import Progress
 
     from imagegen.artifact import load_model
-    from imagegen.data.loader import to_uint8
-    from imagegen.training.families import family_module
 
     loaded = load_model(model_dir)
-    sampler = sampler_kwargs(params, loaded.meta, sampler)
-    module = family_module(loaded.name)
-    rng = np.random.default_rng(seed)
-    spec = loaded.family.spec
-    conditional = bool(spec.get(loaded.name, {}).get("conditional", False))
-    labels = (np.arange(n) % spec["num_classes"]).astype(np.int32) if conditional else None
-    kwargs = dict(sampler) if loaded.name == "ddpm" else {}
-    if loaded.name == "ddpm" and kwargs.get("predict") is None:
-        from imagegen.training.predict import compiled_predictor
-
-        # One compiled predictor for every chunk (ddpm.generate would otherwise build one per call).
-        net = loaded.family.networks["unet_ema" if kwargs.get("use_ema", True) else "unet"]
-        kwargs["predict"] = compiled_predictor(net)
-    chunks = []
+    sample = make_sampler(loaded.family, sampler_kwargs(params, loaded.meta, sampler))
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task(f"sample {loaded.name}", total=n)
-        for start in range(0, n, batch_size):
-            k = min(batch_size, n - start)
-            part_labels = None if labels is None else labels[start : start + k]
-            chunks.append(to_uint8(module.generate(loaded.family, k, rng, labels=part_labels, **kwargs)))
-            progress.advance(task, k)
-    return np.concatenate(chunks), labels
+        return sample_images(
+            sample, loaded.family.spec, n, seed, batch_size, lambda k: progress.advance(task, k)
+        )

@@ -6,16 +6,17 @@
   to match the teacher's outputs on the same inputs (DDPM, DCGAN, VAE).
 * :mod:`imagegen.distill.setup`: what both give the training loop (a :class:`Distillation`: the family the
   :class:`~imagegen.training.loop.Trainer` runs, plus the student as a normal model family).
+* :mod:`imagegen.distill.runner`: a whole distillation: the progressive round loop (or the
+  architecture run), each student measured beside its teacher, resume and cleanup of earlier outputs.
 * :mod:`imagegen.distill.cost`: parameters, multiply-accumulates and sampling speed of a model.
 * :mod:`imagegen.distill.agreement`: student vs teacher on the same noise (SSIM/PSNR) and side-by-side grids.
 
-Nothing here imports mlflow, prefect or dvc; ``imagegen.stages.distill`` adds tracking and reports.
+Nothing here imports mlflow, prefect or dvc: tracking reaches the runner as a callable that opens a
+child run; ``imagegen.stages.distill`` adds it and writes the report.
 """
 
 from __future__ import annotations
 
-from imagegen.distill.setup import Distillation
+from imagegen.distill.setup import METHODS, Distillation, check_method
 
-METHODS = ("progressive", "architecture")
-
-__all__ = ["METHODS", "Distillation"]
+__all__ = ["METHODS", "Distillation", "check_method"]

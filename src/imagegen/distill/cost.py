@@ -19,13 +19,11 @@ import keras
 import numpy as np
 
 from imagegen.models.layers import AttentionBlock
-from imagegen.training.families import family_module
+from imagegen.sampling import SampleFn
 from imagegen.training.families.base import Family
 
 #: The networks a family samples with (what "parameters" and MACs describe).
 SAMPLING_NETWORKS = {"ddpm": ("unet_ema",), "dcgan": ("generator",), "vae": ("decoder",)}
-
-SampleFn = Callable[[int, np.random.Generator], np.ndarray]
 
 
 def _layer_macs(layer: keras.layers.Layer, in_shape: tuple, out_shape: tuple) -> int:
@@ -101,56 +99,29 @@ def parameters(family: Family) -> int:
     return int(sum(family.networks[n].count_params() for n in SAMPLING_NETWORKS[family.spec["family"]]))
 
 
+def sampling_steps(family: Family, sampling: Mapping[str, Any] | None = None) -> int:
+    """Network calls per image before guidance: the sampler's steps for a DDPM, else 1."""
+    if family.spec["family"] != "ddpm":
+        return 1
+    sampling = dict(sampling or {})
+    if sampling.get("sampler", "ddim") == "ddpm":
+        return int(family.spec["ddpm"]["timesteps"])
+    if sampling.get("timesteps") is not None:
+        return len(sampling["timesteps"])
+    return int(sampling.get("steps", 50))
+
+
 def macs_per_image(family: Family, sampling: Mapping[str, Any] | None = None) -> int:
-    """MACs to generate one image: one network call, times the sampling steps for a diffusion model."""
+    """MACs to generate one image: one network call, times the sampling steps for a diffusion model
+    (times two with classifier-free guidance at a scale other than 0 or 1: two passes per step)."""
     name = family.spec["family"]
     net = family.networks[SAMPLING_NETWORKS[name][0]]
     per_call = count_macs(net, example_inputs(family))
     if name != "ddpm":
         return per_call
-    sampling = dict(sampling or {})
-    if sampling.get("sampler", "ddim") == "ddpm":
-        calls = int(family.spec["ddpm"]["timesteps"])
-    elif sampling.get("timesteps") is not None:
-        calls = len(sampling["timesteps"])
-    else:
-        calls = int(sampling.get("steps", 50))
-    guided = family.spec["ddpm"]["conditional"] and sampling.get("guidance_scale", 1.0) not in (0.0, 1.0)
-    return per_call * calls * (2 if guided else 1)
-
-
-def make_sampler(
-    family: Family, sampling: Mapping[str, Any] | None = None, predict: Callable[..., Any] | None = None
-) -> SampleFn:
-    """``sample(n, rng) -> float32 images in [-1, 1]`` with one compiled predictor reused across calls.
-
-    For a DDPM ``sampling`` holds the ``generate`` keywords (see :func:`imagegen.sampling.sampler_kwargs`);
-    other families ignore it. ``predict`` is a compiled predictor of the DDPM's sampling network to reuse (one
-    is made otherwise). Images drawn with the same ``rng`` seed start from the same noise (x_T or z is the
-    first draw), which is what makes student-vs-teacher comparisons on the same noise possible.
-    """
-    name = family.spec["family"]
-    module = family_module(name)
-    kwargs = dict(sampling or {}) if name == "ddpm" else {}
-    if name == "ddpm":
-        from imagegen.training.predict import compiled_predictor
-
-        net = family.networks["unet_ema" if kwargs.get("use_ema", True) else "unet"]
-        kwargs["predict"] = predict or compiled_predictor(net)
-    conditional = bool(family.spec[name].get("conditional", False))
-    num_classes = int(family.spec["num_classes"])
-
-    def sample(n: int, rng: np.random.Generator) -> np.ndarray:
-        labels = (np.arange(n) % num_classes).astype(np.int32) if conditional else None
-        return module.generate(family, n, rng, labels=labels, **kwargs)
-
-    return sample
-
-
-def sample_batches(sample: SampleFn, n: int, seed: int, batch_size: int) -> np.ndarray:
-    """``n`` images in batches of ``batch_size`` from one ``numpy.random.default_rng(seed)``."""
-    rng = np.random.default_rng(seed)
-    return np.concatenate([sample(min(batch_size, n - i), rng) for i in range(0, n, batch_size)])
+    scale = dict(sampling or {}).get("guidance_scale", 1.0)
+    guided = family.spec["ddpm"]["conditional"] and scale not in (0.0, 1.0)
+    return per_call * sampling_steps(family, sampling) * (2 if guided else 1)
 
 
 def images_per_second(sample: SampleFn, n: int, repeats: int = 3) -> float:

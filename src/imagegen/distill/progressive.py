@@ -42,7 +42,7 @@ uses) starts there too and follows with ``distill.ema_decay``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import keras
@@ -50,12 +50,22 @@ import numpy as np
 from keras import ops
 
 from imagegen.config import DistillConfig
-from imagegen.distill.setup import Distillation, copy_network, family_params, frozen
+from imagegen.distill.setup import (
+    Distillation,
+    check_method,
+    copy_network,
+    family_params,
+    frozen,
+)
 from imagegen.errors import ConfigError
 from imagegen.models.diffusion import (
+    DDIMCoefficients,
     NoiseSchedule,
     check_timesteps,
+    ddim_coefficients,
     ddim_timesteps,
+    ddim_update,
+    q_sample,
     schedule_from_config,
 )
 from imagegen.training.families import build_family
@@ -120,70 +130,65 @@ def sampling_record(grid: np.ndarray) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class StepCoefficients:
-    """Per-example float32 (B,) coefficients for one student step t -> t'' through the teacher's t'."""
+class TargetCoefficients:
+    """Per-example float32 (B,) coefficients of x0~ = target_z * z_t'' - target_x * z_t; its weight."""
 
-    alpha_t: np.ndarray
-    sigma_t: np.ndarray
-    alpha_1: np.ndarray  # teacher's middle time t'
-    sigma_1: np.ndarray
-    alpha_2: np.ndarray  # end time t'' (1 and 0 for the clean image)
-    sigma_2: np.ndarray
-    target_z: np.ndarray  # x0~ = target_z * z_t'' - target_x * z_t
+    target_z: np.ndarray
     target_x: np.ndarray
-    weight: np.ndarray  # loss weight on the x0 error
+    weight: np.ndarray
 
 
-def step_coefficients(
-    schedule: NoiseSchedule, t: np.ndarray, t1: np.ndarray, t2: np.ndarray, weighting: str
-) -> StepCoefficients:
-    """Coefficients (computed in float64, returned as float32) for times ``t > t1 > t2``; ``t2 = -1`` is clean."""
+def target_coefficients(
+    schedule: NoiseSchedule, t: np.ndarray, t_end: np.ndarray, weighting: str
+) -> TargetCoefficients:
+    """Coefficients (float64 on the host, returned as float32) for ``t > t_end`` (-1: clean)."""
     abar = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
-
-    def at(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        times = np.asarray(times)
-        a = np.where(times < 0, 1.0, abar[np.maximum(times, 0)])
-        return np.sqrt(a), np.sqrt(1.0 - a)
-
-    a_t, s_t = at(t)
-    a_1, s_1 = at(t1)
-    a_2, s_2 = at(t2)
-    ratio = s_2 / s_t
-    denominator = a_2 - ratio * a_t
-    snr = a_t**2 / s_t**2
+    t = np.asarray(t)
+    t_end = np.asarray(t_end)
+    abar_t = abar[t]
+    abar_end = np.where(t_end < 0, 1.0, abar[np.maximum(t_end, 0)])
+    alpha_t, sigma_t = np.sqrt(abar_t), np.sqrt(1.0 - abar_t)
+    alpha_end, sigma_end = np.sqrt(abar_end), np.sqrt(1.0 - abar_end)
+    ratio = sigma_end / sigma_t
+    denominator = alpha_end - ratio * alpha_t
+    snr = alpha_t**2 / sigma_t**2
     if weighting == "truncated_snr":
         weight = np.maximum(snr, 1.0)
     elif weighting == "snr":
         weight = snr
     else:
         raise ConfigError(f"distill.weighting {weighting!r}: expected 'truncated_snr' or 'snr'")
-    f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731
-    return StepCoefficients(
-        f32(a_t), f32(s_t), f32(a_1), f32(s_1), f32(a_2), f32(s_2),
-        f32(1.0 / denominator), f32(ratio / denominator), f32(weight),
+    return TargetCoefficients(
+        target_z=(1.0 / denominator).astype(np.float32),
+        target_x=(ratio / denominator).astype(np.float32),
+        weight=weight.astype(np.float32),
     )
 
 
-def x0_target(z_t: np.ndarray, z_end: np.ndarray, coef: StepCoefficients) -> np.ndarray:
-    """x0~ for numpy arrays (the reference form of what the loss computes with keras.ops)."""
-    shape = (-1,) + (1,) * (np.ndim(z_t) - 1)
-    return coef.target_z.reshape(shape) * z_end - coef.target_x.reshape(shape) * z_t
-
-
-def ddim_step(x: Any, eps: Any, a_t: Any, s_t: Any, a_next: Any, s_next: Any, clip_x0: bool) -> Any:
-    """One deterministic DDIM step (eta = 0) with broadcastable coefficients, as ``ddim_sample`` takes it."""
-    x0 = (x - s_t * eps) / a_t
-    if clip_x0:
-        x0 = ops.clip(x0, -1.0, 1.0)
-        eps = (x - a_t * x0) / s_t
-    return a_next * x0 + s_next * eps
+def x0_target(z_t: Any, z_end: Any, target_z: Any, target_x: Any) -> Any:
+    """x0~, the x0 with which one DDIM step from z_t lands on z_end (coefficients broadcastable)."""
+    return target_z * z_end - target_x * z_t
 
 
 # --------------------------------------------------------------------------------------------------
 # The family the Trainer runs
 
 
-COEFFICIENT_KEYS = ("alpha_t", "sigma_t", "alpha_1", "sigma_1", "alpha_2", "sigma_2", "target_z", "target_x", "weight")
+TEACHER_STEPS = ("teacher_step1", "teacher_step2")
+"""Batch key prefixes of the coefficients of the teacher's two DDIM steps t -> t' -> t''."""
+
+
+def _feed(prefix: str, coefficients: DDIMCoefficients) -> dict[str, np.ndarray]:
+    return {f"{prefix}_{k}": np.asarray(v, dtype=np.float32) for k, v in coefficients.items()}
+
+
+def _from_batch(prefix: str, batch: Mapping[str, Any]) -> DDIMCoefficients:
+    names = (f.name for f in fields(DDIMCoefficients))
+    return DDIMCoefficients(**{k: _per_image(batch[f"{prefix}_{k}"]) for k in names})
+
+
+def _per_image(values: Any) -> Any:
+    return ops.reshape(ops.cast(values, "float32"), (-1, 1, 1, 1))
 
 
 def build_progressive(
@@ -198,11 +203,7 @@ def build_progressive(
 
     ``spec`` is the teacher's model spec (``model.json`` ``spec``: the ``ddpm`` section, image shape, classes).
     """
-    if spec.get("family") != "ddpm":
-        raise ConfigError(
-            f"progressive distillation needs a diffusion (ddpm) teacher, got a {spec.get('family')!r} model; "
-            "use --method architecture for other families"
-        )
+    check_method(METHOD, spec.get("family"), "the teacher's spec")
     params = family_params(spec)
     ddpm_cfg = params.ddpm
     image_shape = tuple(spec["image_shape"])
@@ -220,19 +221,21 @@ def build_progressive(
         return [x, t, batch["cond_labels"]] if conditional else [x, t]
 
     def loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        c = {k: ops.reshape(ops.cast(batch[k], "float32"), (-1, 1, 1, 1)) for k in COEFFICIENT_KEYS}
-        x0 = ops.cast(batch["images"], "float32")
-        z_t = c["alpha_t"] * x0 + c["sigma_t"] * ops.cast(batch["eps"], "float32")
+        first, second = (_from_batch(prefix, batch) for prefix in TEACHER_STEPS)
+        z_t = q_sample(schedule, batch["images"], batch["t"], batch["eps"])
         t = ops.cast(batch["t"], "float32")
         eps_1 = frozen(call("teacher", inputs(z_t, t, batch), training=False))
-        z_1 = ddim_step(z_t, eps_1, c["alpha_t"], c["sigma_t"], c["alpha_1"], c["sigma_1"], clip_x0)
-        eps_2 = frozen(call("teacher", inputs(z_1, ops.cast(batch["t1"], "float32"), batch), training=False))
-        z_2 = ddim_step(z_1, eps_2, c["alpha_1"], c["sigma_1"], c["alpha_2"], c["sigma_2"], clip_x0)
-        target = ops.stop_gradient(c["target_z"] * z_2 - c["target_x"] * z_t)
+        z_1 = ddim_update(z_t, eps_1, first, clip_x0)
+        t_1 = ops.cast(batch["t1"], "float32")
+        eps_2 = frozen(call("teacher", inputs(z_1, t_1, batch), training=False))
+        z_2 = ddim_update(z_1, eps_2, second, clip_x0)
+        target = ops.stop_gradient(
+            x0_target(z_t, z_2, _per_image(batch["target_z"]), _per_image(batch["target_x"]))
+        )
         eps_s = ops.cast(call("unet", inputs(z_t, t, batch)), "float32")
-        x0_s = (z_t - c["sigma_t"] * eps_s) / c["alpha_t"]
+        x0_s = first.sqrt_recip_abar * z_t - first.sqrt_recipm1_abar * eps_s
         per_image = ops.mean(ops.square(target - x0_s), axis=(1, 2, 3))
-        weighted = ops.mean(ops.reshape(c["weight"], (-1,)) * per_image)
+        weighted = ops.mean(ops.cast(batch["weight"], "float32") * per_image)
         return weighted, {"loss": weighted, "x0_mse": ops.mean(per_image)}
 
     # The grid padded with -1 (clean) so that student step i reads positions 2i, 2i+1, 2i+2.
@@ -242,12 +245,16 @@ def build_progressive(
         n = labels.shape[0]
         i = rng.integers(0, steps, size=n)
         t, t1, t2 = padded[2 * i], padded[2 * i + 1], padded[2 * i + 2]
-        coef = step_coefficients(schedule, t, t1, t2, cfg.weighting)
+        target = target_coefficients(schedule, t, t2, cfg.weighting)
         out = {
             "t": t.astype(np.int32),
             "t1": t1.astype(np.int32),
             "eps": rng.standard_normal((n, *image_shape), dtype=np.float32),
-            **{k: getattr(coef, k) for k in COEFFICIENT_KEYS},
+            **_feed(TEACHER_STEPS[0], ddim_coefficients(schedule, t, t1)),
+            **_feed(TEACHER_STEPS[1], ddim_coefficients(schedule, t1, t2)),
+            "target_z": target.target_z,
+            "target_x": target.target_x,
+            "weight": target.weight,
         }
         if conditional:  # the teacher's own label dropout, so the student keeps the null-label (guidance) branch
             out["cond_labels"] = drop_labels(rng, labels, ddpm_cfg.label_dropout, num_classes)

@@ -18,7 +18,10 @@ import keras
 import numpy as np
 
 from imagegen.config import Params
+from imagegen.errors import ConfigError
 from imagegen.training.families.base import Family
+
+METHODS = ("progressive", "architecture")
 
 
 @dataclass
@@ -27,6 +30,20 @@ class Distillation:
 
     family: Family
     student: Family
+
+
+def check_method(method: str, family: str | None, where: Any) -> None:
+    """Refuse an unknown method, or progressive distillation of anything but a diffusion model.
+
+    ``where`` names the teacher in the message (its folder, or "the teacher's spec").
+    """
+    if method not in METHODS:
+        raise ConfigError(f"distill: method {method!r}: expected one of {', '.join(METHODS)}")
+    if method == "progressive" and family != "ddpm":
+        raise ConfigError(
+            f"--method progressive needs a diffusion (ddpm) teacher, but {where} holds a "
+            f"{family!r} model; use --method architecture for dcgan and vae"
+        )
 
 
 def family_params(spec: Mapping[str, Any], **changes: Any) -> Params:

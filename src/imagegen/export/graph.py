@@ -5,16 +5,16 @@ function of named tensors returning ``{"images": uint8 (B, H, W, C)}``, its inpu
 and the Keras networks it reads. :func:`export_savedmodel` writes it with ``keras.export.ExportArchive``
 under the signature ``serving_default``.
 
-DDPM: the deterministic DDIM loop (eta = 0) is unrolled, one U-Net call per step (the weights are stored once;
-each step adds only graph nodes). The timesteps are :func:`imagegen.models.diffusion.ddim_timesteps` and the
-coefficients are computed on the host in float64 with the same expressions as
-:func:`imagegen.models.diffusion.ddim_sample` (see :func:`ddim_plan`), then baked into the graph as float32
-constants, so the exported graph reproduces ``ddpm.generate(..., sampler="ddim", steps=N, eta=0, x_T=...)``.
+DDPM: the deterministic DDIM loop (eta = 0) is unrolled, one U-Net call per step (two with
+classifier-free guidance; the weights are stored once, each step adds only graph nodes). The grid,
+the per-step coefficients (float64 on the host, baked in as float32 constants), the update and the
+guidance are those of :mod:`imagegen.models.diffusion` (``ddim_grid``, ``ddim_plan``,
+``ddim_update``, ``classifier_free_guidance``), traced here, not re-derived, so the exported graph
+reproduces ``ddpm.generate(..., sampler="ddim", eta=0, x_T=...)``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,10 @@ from imagegen.artifact import LoadedModel
 from imagegen.config import DCGANConfig, DDPMConfig, VAEConfig
 from imagegen.errors import ConfigError
 from imagegen.models.diffusion import (
-    NoiseSchedule,
-    ddim_sigma,
-    ddim_timesteps,
+    classifier_free_guidance,
+    ddim_grid,
+    ddim_plan,
+    ddim_update,
     schedule_from_config,
 )
 
@@ -69,63 +70,6 @@ class Serving:
         import tensorflow as tf
 
         return [tf.TensorSpec((None, *spec.shape), tf.as_dtype(spec.dtype), name=spec.name) for spec in self.inputs]
-
-
-# --------------------------------------------------------------------------------------------------
-# DDIM plan (host side, float64)
-
-
-@dataclass(frozen=True)
-class DDIMStep:
-    """The constants of one DDIM step (eta = 0) from timestep ``t``, as python floats (float64 on the host)."""
-
-    t: int
-    sqrt_recip_abar: float  # x0 = sqrt_recip_abar * x - sqrt_recipm1_abar * eps
-    sqrt_recipm1_abar: float
-    sqrt_abar: float  # eps re-derived from the clipped x0: (x - sqrt_abar * x0) * inv_sqrt_one_minus_abar
-    inv_sqrt_one_minus_abar: float
-    sqrt_abar_prev: float  # x_next = sqrt_abar_prev * x0 + dir_coef * eps
-    dir_coef: float
-    a: float  # without clipping: x_next = a * x + b * eps
-    b: float
-
-
-def ddim_plan(schedule: NoiseSchedule, steps: int, timesteps: list[int] | None = None) -> list[DDIMStep]:
-    """Per-step constants of deterministic DDIM over ``ddim_timesteps(T, steps)``, as in ``ddim_sample``.
-
-    ``timesteps`` (descending, in [0, T)) replaces that grid: a progressively distilled student samples on the
-    grid it was trained for, which its ``model.json`` records under ``sampling.timesteps``.
-    """
-    if timesteps is None:
-        ts = ddim_timesteps(schedule.timesteps, steps)
-    else:
-        ts = [int(t) for t in timesteps]
-        if not ts or any(not 0 <= t < schedule.timesteps for t in ts) or any(a <= b for a, b in zip(ts[:-1], ts[1:], strict=True)):
-            raise ConfigError(
-                f"ddim: timesteps {ts} must be a non-empty, strictly descending list in [0, {schedule.timesteps})"
-            )
-    plan = []
-    for i, t in enumerate(ts):
-        t = int(t)
-        last = i == len(ts) - 1
-        abar_t = float(schedule.alphas_cumprod[t])
-        abar_prev = 1.0 if last else float(schedule.alphas_cumprod[ts[i + 1]])
-        sigma = ddim_sigma(abar_t, abar_prev, 0.0)
-        dir_coef = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0))
-        plan.append(
-            DDIMStep(
-                t=t,
-                sqrt_recip_abar=float(schedule.sqrt_recip_alphas_cumprod[t]),
-                sqrt_recipm1_abar=float(schedule.sqrt_recipm1_alphas_cumprod[t]),
-                sqrt_abar=math.sqrt(abar_t),
-                inv_sqrt_one_minus_abar=1.0 / math.sqrt(1.0 - abar_t),
-                sqrt_abar_prev=math.sqrt(abar_prev),
-                dir_coef=dir_coef,
-                a=math.sqrt(abar_prev / abar_t),
-                b=dir_coef - math.sqrt(abar_prev) * math.sqrt(1.0 - abar_t) / math.sqrt(abar_t),
-            )
-        )
-    return plan
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,7 +119,9 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
     import tensorflow as tf
 
     cfg = DDPMConfig(**loaded.family.spec["ddpm"])
-    plan = ddim_plan(schedule_from_config(cfg), steps, model_timesteps(loaded))
+    schedule = schedule_from_config(cfg)
+    grid = ddim_grid(schedule.timesteps, steps, model_timesteps(loaded))
+    plan = ddim_plan(schedule, grid)
     unet = loaded.family.networks["unet_ema"]
     num_classes = int(loaded.family.spec["num_classes"])
     image_shape = tuple(int(s) for s in loaded.family.spec["image_shape"])
@@ -184,21 +130,18 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
         x = tf.cast(x_T, tf.float32)
         batch = tf.shape(x)[:1]
         null = None if label is None else tf.fill(batch, tf.constant(num_classes, tf.int32))
-        for step in plan:
-            t = tf.fill(batch, tf.constant(float(step.t), tf.float32))
+        for i, t in enumerate(grid):
+            t_batch = tf.fill(batch, tf.constant(float(t), tf.float32))
+
+            def eps_given(given: Any, x: Any = x, t_batch: Any = t_batch) -> Any:
+                inputs = [x, t_batch] if given is None else [x, t_batch, given]
+                return tf.cast(unet(inputs, training=False), tf.float32)
+
             if label is None:
-                eps = tf.cast(unet([x, t], training=False), tf.float32)
+                eps = eps_given(None)
             else:
-                eps = tf.cast(unet([x, t, label], training=False), tf.float32)
-                if guidance_scale != 1.0:  # classifier-free guidance, as ddpm.generate
-                    eps_u = tf.cast(unet([x, t, null], training=False), tf.float32)
-                    eps = eps_u + guidance_scale * (eps - eps_u)
-            if clip_x0:
-                x0 = tf.clip_by_value(step.sqrt_recip_abar * x - step.sqrt_recipm1_abar * eps, -1.0, 1.0)
-                eps = (x - step.sqrt_abar * x0) * step.inv_sqrt_one_minus_abar
-                x = step.sqrt_abar_prev * x0 + step.dir_coef * eps
-            else:
-                x = step.a * x + step.b * eps
+                eps = classifier_free_guidance(eps_given, label, null, guidance_scale)
+            x = ddim_update(x, eps, plan.at(i), clip_x0)
         return {OUTPUT: to_uint8_images(x)}
 
     inputs = [InputSpec("x_T", image_shape, "float32")]
@@ -213,8 +156,8 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
             return sample(x_T, None)
 
     meta = {
-        "ddpm_steps": len(plan),
-        "timesteps": [s.t for s in plan],
+        "ddpm_steps": len(grid),
+        "timesteps": [int(t) for t in grid],
         "clip_x0": clip_x0,
         **({"guidance_scale": guidance_scale} if cfg.conditional else {}),
     }

@@ -7,8 +7,11 @@ Conventions
 * Schedules are float64 numpy arrays on the host. Per-step coefficients are computed there in
   float64 and applied to float32 tensors with ``keras.ops``, so the samplers work on every backend.
 * Samplers never call a model directly: they call ``eps_fn(x_t, t_batch) -> eps`` where ``t_batch``
-  is an int32 tensor of shape (B,). Guidance, EMA weights and jit-compilation are the caller's
-  business (see :func:`make_eps_fn` and :func:`classifier_free_eps`).
+  is an int32 tensor of shape (B,). :func:`predictor_eps_fn` makes one from a (compiled) network
+  call, with :func:`classifier_free_guidance` for a conditional model.
+* The DDIM step is written once, :func:`ddim_update`, with the coefficients of
+  :func:`ddim_coefficients` (float64 on the host, for any grid): the Python sampler, the exported
+  graph (:mod:`imagegen.export.graph`) and the progressive-distillation target all apply it.
 * All randomness comes from the ``numpy.random.Generator`` passed in, drawn on the host with
   ``rng.standard_normal(shape)`` (float64, then cast to float32), so a seed gives the same images on
   every backend. **Draw order** (shared by both samplers): first x_T (unless ``x_T`` is given), then
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -228,11 +231,11 @@ def ddpm_sample(
                 + float(schedule.posterior_mean_coef2[t]) * x
             )
         else:
-            a = 1.0 / math.sqrt(schedule.alphas[t])
-            b = schedule.betas[t] / (
+            x_coef = 1.0 / math.sqrt(schedule.alphas[t])
+            eps_coef = schedule.betas[t] / (
                 math.sqrt(schedule.alphas[t]) * schedule.sqrt_one_minus_alphas_cumprod[t]
             )
-            x_next = a * x - float(b) * eps
+            x_next = x_coef * x - float(eps_coef) * eps
         if t > 0:
             var = schedule.betas[t] if variance == "beta" else schedule.posterior_variance[t]
             x_next = x_next + math.sqrt(var) * _noise(rng, shape)
@@ -249,39 +252,146 @@ def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
     spacing is >= 1 when steps <= T. steps = T gives every timestep; steps = 1 gives [T-1].
     """
     if not 1 <= steps <= timesteps:
-        raise ConfigError(f"ddim: steps={steps} must be between 1 and the schedule's T={timesteps}")
+        raise ConfigError(
+            f"ddim: steps={steps} must be between 1 and the schedule's T={timesteps}"
+        )
     return np.linspace(timesteps - 1, 0, steps).round().astype(np.int64)
 
 
 def check_timesteps(timesteps: Sequence[int], schedule_timesteps: int) -> np.ndarray:
-    """Validate an explicit DDIM grid and return it as int64: non-empty, integers, strictly descending, in [0, T).
+    """Validate an explicit DDIM grid; return it as int64.
 
-    Raises :class:`ConfigError` naming what is wrong. Any such grid is a valid DDIM sampler; the step after its
-    last entry goes to the clean image. A progressive-distillation student samples on such a grid
-    (every other timestep of its teacher's grid, see :mod:`imagegen.distill.progressive`).
+    The grid must be a non-empty list of integers, strictly descending, in [0, T); a
+    :class:`ConfigError` names what is wrong. Any such grid is a valid DDIM sampler; the step after
+    its last entry goes to the clean image. A progressive-distillation student samples on such a
+    grid (every other timestep of its teacher's, see :mod:`imagegen.distill.progressive`).
     """
-    raw = np.asarray(list(timesteps) if not isinstance(timesteps, np.ndarray) else timesteps)
+    raw = np.asarray(timesteps)
     if raw.ndim != 1 or raw.size == 0:
-        raise ConfigError(f"ddim: timesteps must be a non-empty list of integers, got {np.asarray(raw).tolist()!r}")
-    if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw)))):
+        raise ConfigError(
+            f"ddim: timesteps must be a non-empty list of integers, got {raw.tolist()!r}"
+        )
+    whole = raw.dtype.kind in "iu" or (
+        raw.dtype.kind == "f" and bool(np.all(np.isfinite(raw) & (raw == np.round(raw))))
+    )
+    if not whole:
         raise ConfigError(f"ddim: timesteps must be integers, got {raw.tolist()!r}")
     ts = raw.astype(np.int64)
-    if ts.min() < 0 or ts.max() >= schedule_timesteps:
+    big_t = schedule_timesteps
+    if ts.min() < 0 or ts.max() >= big_t:
         raise ConfigError(
-            f"ddim: timesteps {ts.tolist()} must lie in [0, {schedule_timesteps}) (the schedule's T={schedule_timesteps})"
+            f"ddim: timesteps {ts.tolist()} must lie in [0, {big_t}) (the schedule's T={big_t})"
         )
     if np.any(np.diff(ts) >= 0):
-        raise ConfigError(f"ddim: timesteps {ts.tolist()} must be strictly decreasing (from noisy to clean)")
+        raise ConfigError(
+            f"ddim: timesteps {ts.tolist()} must be strictly decreasing (from noisy to clean)"
+        )
     return ts
 
 
-def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
-    """Song et al. 2021 eq. 16: eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
-    return (
+def ddim_grid(
+    schedule_timesteps: int, steps: int | None = None, timesteps: Sequence[int] | None = None
+) -> np.ndarray:
+    """The grid a DDIM sampler visits: ``timesteps`` (checked) when given, else evenly spaced."""
+    if timesteps is not None:
+        return check_timesteps(timesteps, schedule_timesteps)
+    if steps is None:
+        raise ConfigError("ddim: give the number of steps or an explicit list of timesteps")
+    return ddim_timesteps(schedule_timesteps, steps)
+
+
+@dataclass(frozen=True)
+class DDIMCoefficients:
+    """The constants of DDIM updates x_t -> x_next (Song et al. 2021, eq. 12), float64 on the host.
+
+    Each field holds one value per update: an array over a sampler's grid (:func:`ddim_plan`) or
+    over a batch of examples (progressive distillation), or a Python float for one step
+    (:meth:`at`). :func:`ddim_update` applies them; nothing else spells the update out.
+    """
+
+    sqrt_recip_abar: Any
+    """x0 = sqrt_recip_abar * x_t - sqrt_recipm1_abar * eps (the x0 prediction)."""
+    sqrt_recipm1_abar: Any
+    sqrt_abar: Any
+    """eps re-derived from a clipped x0: (x_t - sqrt_abar * x0) * inv_sqrt_one_minus_abar."""
+    inv_sqrt_one_minus_abar: Any
+    sqrt_abar_next: Any
+    """x_next = sqrt_abar_next * x0 + direction * eps (+ sigma * z)."""
+    direction: Any
+    x_coef: Any
+    """Without clipping, the x0 prediction folded in: x_next = x_coef * x_t + eps_coef * eps."""
+    eps_coef: Any
+    sigma: Any
+    """Standard deviation of the noise added (0 for eta = 0)."""
+
+    def at(self, i: int) -> DDIMCoefficients:
+        """Update ``i`` as Python floats (which keras and TensorFlow apply as float32 scalars)."""
+        return self.map(lambda v: float(v[i]))
+
+    def map(self, fn: Callable[[Any], Any]) -> DDIMCoefficients:
+        """Every field converted by ``fn`` (e.g. to float32, or to tensors shaped (B, 1, 1, 1))."""
+        return DDIMCoefficients(**{k: fn(v) for k, v in self.items()})
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+
+
+def ddim_coefficients(
+    schedule: NoiseSchedule, t: Any, t_next: Any, eta: float = 0.0
+) -> DDIMCoefficients:
+    """Coefficients of the DDIM updates from timesteps ``t`` to ``t_next`` (-1: the clean image).
+
+    ``t`` and ``t_next`` are int arrays (or ints) of the same shape with t > t_next; sigma is
+    eta sqrt((1 - abar_next) / (1 - abar_t)) sqrt(1 - abar_t / abar_next) (eq. 16).
+    """
+    t = np.asarray(t, dtype=np.int64)
+    t_next = np.asarray(t_next, dtype=np.int64)
+    abar = schedule.alphas_cumprod
+    abar_t = abar[t]
+    abar_next = np.where(t_next < 0, 1.0, abar[np.maximum(t_next, 0)])
+    sigma = (
         eta
-        * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t))
-        * math.sqrt(max(1.0 - abar_t / abar_prev, 0.0))
+        * np.sqrt((1.0 - abar_next) / (1.0 - abar_t))
+        * np.sqrt(np.maximum(1.0 - abar_t / abar_next, 0.0))
     )
+    direction = np.sqrt(np.maximum(1.0 - abar_next - sigma * sigma, 0.0))
+    return DDIMCoefficients(
+        sqrt_recip_abar=schedule.sqrt_recip_alphas_cumprod[t],
+        sqrt_recipm1_abar=schedule.sqrt_recipm1_alphas_cumprod[t],
+        sqrt_abar=np.sqrt(abar_t),
+        inv_sqrt_one_minus_abar=1.0 / np.sqrt(1.0 - abar_t),
+        sqrt_abar_next=np.sqrt(abar_next),
+        direction=direction,
+        x_coef=np.sqrt(abar_next / abar_t),
+        eps_coef=direction - np.sqrt(abar_next) * np.sqrt(1.0 - abar_t) / np.sqrt(abar_t),
+        sigma=sigma,
+    )
+
+
+def ddim_plan(schedule: NoiseSchedule, grid: np.ndarray, eta: float = 0.0) -> DDIMCoefficients:
+    """The coefficients of every step of a DDIM sampler on ``grid`` (the last one ends clean)."""
+    grid = np.asarray(grid, dtype=np.int64)
+    return ddim_coefficients(schedule, grid, np.concatenate([grid[1:], [-1]]), eta)
+
+
+def ddim_update(
+    x: Any, eps: Any, step: DDIMCoefficients, clip_x0: bool, noise: Any = None
+) -> Any:
+    """One DDIM step: x_next = sqrt(abar_next) x0 + sqrt(1 - abar_next - sigma^2) eps + sigma z.
+
+    With ``clip_x0`` the predicted x0 is clipped to [-1, 1] and eps is re-derived from it (which
+    keeps eta = 1, steps = T equal to DDPM with the posterior variance and clipping). ``noise`` (z)
+    is added only when given. Works on any backend's tensors, eagerly or traced into a graph.
+    """
+    if clip_x0:
+        x0 = ops.clip(step.sqrt_recip_abar * x - step.sqrt_recipm1_abar * eps, -1.0, 1.0)
+        eps = (x - step.sqrt_abar * x0) * step.inv_sqrt_one_minus_abar
+        x_next = step.sqrt_abar_next * x0 + step.direction * eps
+    else:
+        x_next = step.x_coef * x + step.eps_coef * eps
+    if noise is not None:
+        x_next = x_next + step.sigma * noise
+    return x_next
 
 
 def ddim_sample(
@@ -296,93 +406,72 @@ def ddim_sample(
     x_T: Any = None,
     timesteps: Sequence[int] | None = None,
 ) -> Any:
-    """DDIM (Song et al. 2021, eq. 12) over :func:`ddim_timesteps` (or an explicit grid); returns x_0 (float32).
+    """DDIM (Song et al. 2021) on :func:`ddim_grid`; returns x_0 (float32).
 
-    The grid is ``timesteps`` when given (descending ints in [0, T), checked by :func:`check_timesteps`; it
-    overrides ``steps``), else ``ddim_timesteps(T, steps)``.
-
-    x_prev = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma^2) eps + sigma z, with sigma from
-    :func:`ddim_sigma`; the step after the last visited timestep goes to abar_prev = 1 (the clean image).
-    eta = 0 is deterministic given x_T; eta = 1 with steps = T is DDPM with the posterior variance.
-    With ``clip_x0`` the predicted x_0 is clipped to [-1, 1] and eps is re-derived from it, which keeps
-    eta = 1, steps = T equal to ``ddpm_sample(variance="posterior", clip_x0=True)``.
+    The grid is ``timesteps`` when given (it overrides ``steps``), else evenly spaced ``steps``.
+    Each step is :func:`ddim_update` with the coefficients of :func:`ddim_plan`. eta = 0 is
+    deterministic given x_T; eta = 1 with steps = T is DDPM with the posterior variance.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    if timesteps is not None:
-        ts = check_timesteps(timesteps, schedule.timesteps)
-    elif steps is not None:
-        ts = ddim_timesteps(schedule.timesteps, steps)
-    else:
-        raise ConfigError("ddim: give the number of steps or an explicit list of timesteps")
+    grid = ddim_grid(schedule.timesteps, steps, timesteps)
+    plan = ddim_plan(schedule, grid, eta)
     x = _start(rng, shape, x_T)
-    for i, t in enumerate(ts):
-        last = i == len(ts) - 1
-        abar_t = float(schedule.alphas_cumprod[t])
-        abar_prev = 1.0 if last else float(schedule.alphas_cumprod[ts[i + 1]])
-        sigma = ddim_sigma(abar_t, abar_prev, eta)
-        dir_coef = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0))
+    for i, t in enumerate(grid):
         eps = _eps(eps_fn, x, int(t))
-        if clip_x0:
-            x0 = ops.clip(predict_x0(schedule, x, int(t), eps), -1.0, 1.0)
-            eps = (x - math.sqrt(abar_t) * x0) * (1.0 / math.sqrt(1.0 - abar_t))
-            x_next = math.sqrt(abar_prev) * x0 + dir_coef * eps
-        else:
-            # Same update with the x0 prediction folded into two float64 coefficients.
-            a = math.sqrt(abar_prev / abar_t)
-            b = dir_coef - math.sqrt(abar_prev) * math.sqrt(1.0 - abar_t) / math.sqrt(abar_t)
-            x_next = a * x + b * eps
-        if eta > 0 and not last:
-            x_next = x_next + sigma * _noise(rng, shape)
-        x = x_next
+        last = i == len(grid) - 1
+        noise = _noise(rng, shape) if eta > 0 and not last else None
+        x = ddim_update(x, eps, plan.at(i), clip_x0, noise)
         if progress is not None:
-            progress(i + 1, len(ts))
+            progress(i + 1, len(grid))
     return x
 
 
 # --------------------------------------------------------------------------------------------------
-# Predictors
+# Classifier-free guidance
 
 
-def classifier_free_eps(
-    model: Any, x_t: Any, t: Any, label: Any, null_label: int, guidance_scale: float
+def classifier_free_guidance(
+    eps_given: Callable[[Any], Any], labels: Any, null_labels: Any, scale: float
 ) -> Any:
-    """Classifier-free guidance (Ho & Salimans 2022): eps_u + s (eps_c - eps_u), float32.
+    """Ho & Salimans 2022: eps_u + s (eps_c - eps_u), from ``eps_given(labels) -> eps``.
 
-    ``model`` is a conditional U-Net called as ``model([x_t, t, label])``. s = 1 is the plain
-    conditional prediction (one pass) and s = 0 the unconditional one (one pass); otherwise the
-    conditional and null-label passes run as one doubled batch.
+    s = 1 is the conditional prediction alone (one pass), s = 0 the unconditional one (one pass);
+    otherwise two passes of batch B, conditional first. Two passes rather than one of 2B: the
+    exported graph keeps a plain dynamic batch and the images stay those of earlier releases.
     """
-    label = ops.cast(ops.convert_to_tensor(label), "int32")
-    t = ops.convert_to_tensor(t)
-    if guidance_scale == 1.0:
-        return ops.cast(model([x_t, t, label], training=False), "float32")
-    null = ops.full_like(label, null_label)
-    if guidance_scale == 0.0:
-        return ops.cast(model([x_t, t, null], training=False), "float32")
-    batch = x_t.shape[0]
-    both = model(
-        [
-            ops.concatenate([x_t, x_t], 0),
-            ops.concatenate([t, t], 0),
-            ops.concatenate([label, null], 0),
-        ],
-        training=False,
-    )
-    both = ops.cast(both, "float32")
-    eps_cond, eps_uncond = both[:batch], both[batch:]
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    if scale == 1.0:
+        return eps_given(labels)
+    if scale == 0.0:
+        return eps_given(null_labels)
+    eps_cond = eps_given(labels)
+    eps_uncond = eps_given(null_labels)
+    return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-def make_eps_fn(
-    model: Any,
-    label: Any = None,
+def predictor_eps_fn(
+    predict: Callable[..., Any],
+    labels: np.ndarray | None = None,
     null_label: int | None = None,
     guidance_scale: float = 1.0,
 ) -> EpsFn:
-    """An ``eps_fn`` for the samplers from a U-Net; with ``label`` (B,) it uses classifier-free guidance."""
-    if label is None:
-        return lambda x_t, t: ops.cast(model([x_t, t], training=False), "float32")
+    """An ``eps_fn`` for the samplers from ``predict(x_t, t[, labels]) -> eps`` (t float32).
+
+    With ``labels`` (B,) the model is conditional and sampled with classifier-free guidance; the
+    null label (the unconditional class) is ``null_label``, the number of classes.
+    """
+    if labels is None:
+        return lambda x, t: ops.cast(predict(x, ops.cast(t, "float32")), "float32")
     if null_label is None:
-        raise ValueError("make_eps_fn: null_label is required with a label (it is num_classes)")
-    return lambda x_t, t: classifier_free_eps(model, x_t, t, label, null_label, guidance_scale)
+        raise ValueError("predictor_eps_fn: null_label is required with labels (num_classes)")
+    labels = np.asarray(labels)
+    cond = ops.convert_to_tensor(labels.astype(np.int32))
+    null = ops.convert_to_tensor(np.full(labels.shape[0], null_label, dtype=np.int32))
+
+    def eps_fn(x: Any, t: Any) -> Any:
+        t = ops.cast(t, "float32")
+        return classifier_free_guidance(
+            lambda given: ops.cast(predict(x, t, given), "float32"), cond, null, guidance_scale
+        )
+
+    return eps_fn

@@ -9,7 +9,6 @@ the real held-out images, i.e. what a perfect generator would score at that samp
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -20,11 +19,11 @@ import numpy as np
 from imagegen.config import Params
 from imagegen.data.loader import to_uint8
 from imagegen.data.processed import ProcessedDataset
-from imagegen.data.raw import cache_root
 from imagegen.errors import DataError
-from imagegen.evaluation import metrics as M
-from imagegen.evaluation.features import FeatureExtractor, load_extractor
-from imagegen.fileio import atomic_path, write_json, write_text
+from imagegen.evaluation.features import load_extractor
+from imagegen.evaluation.metrics import image_similarity
+from imagegen.evaluation.quality import quality_metrics, real_features, real_floor
+from imagegen.fileio import write_json, write_text
 from imagegen.images import save_grid
 from imagegen.tracking import start_run
 
@@ -40,48 +39,6 @@ def load_samples_npz(path: Path) -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 4:
         raise DataError(f"{path}: 'images' must be uint8 (N,H,W,C), got {images.dtype} {images.shape}")
     return images
-
-
-def real_features(
-    extractor: FeatureExtractor, dataset: ProcessedDataset, max_real: int, seed: int, batch_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, probs and labels of (a seeded subset of) the test split, cached per dataset content hash
-    and feature-extractor weights (outside any DVC output), so repeated evaluations embed them once."""
-    split = dataset.split("test")
-    n = min(max_real, split.images.shape[0])
-    key = hashlib.sha256(f"{dataset.content_hash}|{extractor.fingerprint}|{n}|{seed}".encode()).hexdigest()[:24]
-    cache = cache_root() / "eval-features" / f"{key}.npz"
-    if cache.is_file():
-        with np.load(cache) as npz:
-            return npz["features"], npz["probs"], npz["labels"]
-    idx = np.sort(np.random.default_rng(seed).permutation(split.images.shape[0])[:n])
-    feats, probs = extractor.embed(np.asarray(split.images[idx]), batch_size)
-    labels = np.asarray(split.labels[idx])
-    with atomic_path(cache, suffix=".npz") as tmp:
-        np.savez(tmp, features=feats, probs=probs, labels=labels)
-    return feats, probs, labels
-
-
-def quality_metrics(
-    real_f: np.ndarray, real_p: np.ndarray, fake_f: np.ndarray, fake_p: np.ndarray, params: Params
-) -> dict[str, float]:
-    cfg = params.evaluate
-    kid_mean, kid_std = M.kid(
-        real_f, fake_f, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=params.seed
-    )
-    precision, recall = M.precision_recall(real_f, fake_f, k=cfg.knn_k)
-    cover = M.class_coverage(fake_p, real_p.shape[1])
-    return {
-        "fid": M.fid(real_f, fake_f),
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        "precision": precision,
-        "recall": recall,
-        "coverage": cover["coverage"],
-        "class_entropy": cover["entropy"],
-        "mean_confidence": cover["mean_confidence"],
-        "classifier_score": cover["inception_score"],
-    }
 
 
 def class_histogram_csv(real_p: np.ndarray, fake_p: np.ndarray, class_names: list[str]) -> str:
@@ -161,8 +118,6 @@ def run_evaluate(
             Path(model_dir), cfg.n_samples, seed=params.seed, show_progress=show_progress, params=params,
             **(sampler or {}),
         )
-        dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
-        dataset_context="evaluation",
         title = f"{model_meta.get('family', 'model')} ({model_dir})"
         if model_meta.get("family") == "vae":
             extra = vae_reconstruction(Path(model_dir), dataset, n=min(500, cfg.max_real))
@@ -173,8 +128,7 @@ def run_evaluate(
     real_f, real_p, _ = real_features(extractor, dataset, cfg.max_real, params.seed, cfg.batch_size)
     fake_f, fake_p = extractor.embed(images, cfg.batch_size)
     result: dict[str, Any] = quality_metrics(real_f, real_p, fake_f, fake_p, params)
-    half_a, half_b = M.split_halves(len(real_f), params.seed)
-    result["floor"] = quality_metrics(real_f[half_a], real_p[half_a], real_f[half_b], real_p[half_b], params)
+    result["floor"] = real_floor(real_f, real_p, params)
     result.update(extra)
     result.update(
         n_generated=int(len(images)),
@@ -212,5 +166,5 @@ def vae_reconstruction(model_dir: Path, dataset: ProcessedDataset, n: int) -> di
     loaded = load_model(model_dir)
     real = np.asarray(dataset.split("test").images[:n])
     recon = to_uint8(vae.reconstruct(loaded.family, to_unit_range(real)))
-    sim = M.image_similarity(real, recon)
+    sim = image_similarity(real, recon)
     return {"ssim": float(sim["ssim"]), "psnr": float(sim["psnr"])}

@@ -11,8 +11,8 @@ from imagegen.config import Params
 from imagegen.data.processed import ProcessedDataset
 from imagegen.evaluation.features import save_extractor, train_classifier
 from imagegen.fileio import write_json
-from imagegen.stages.train import seed_everything
 from imagegen.tracking import start_run
+from imagegen.training.seeding import seed_everything
 
 
 def run_train_features(

@@ -14,13 +14,15 @@ import numpy as np
 from keras import ops
 
 from imagegen.config import DDPMConfig, Params
-from imagegen.models.diffusion import ddim_sample, ddpm_sample, make_schedule, q_sample
+from imagegen.models.diffusion import (
+    ddim_sample,
+    ddpm_sample,
+    predictor_eps_fn,
+    q_sample,
+    schedule_from_config,
+)
 from imagegen.models.unet import build_unet
 from imagegen.training.families.base import Caller, Family, Phase
-
-
-def schedule_for(cfg: DDPMConfig) -> Any:
-    return make_schedule(cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end)
 
 
 def drop_labels(rng: np.random.Generator, labels: np.ndarray, rate: float, null_label: int) -> np.ndarray:
@@ -35,7 +37,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
     unet = build_unet(cfg, size, channels, num_classes)
     unet_ema = build_unet(cfg, size, channels, num_classes)
     unet_ema.set_weights(unet.get_weights())
-    schedule = schedule_for(cfg)
+    schedule = schedule_from_config(cfg)
 
     def loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         x_t = q_sample(schedule, batch["images"], batch["t"], batch["eps"])
@@ -90,7 +92,7 @@ def generate(
     ``sampling``); it overrides ``steps``. DDPM ancestral sampling ignores it.
     """
     cfg = DDPMConfig(**family.spec["ddpm"])
-    schedule = schedule_for(cfg)
+    schedule = schedule_from_config(cfg)
     model = family.networks["unet_ema" if use_ema else "unet"]
     if predict is None:
         from imagegen.training.predict import compiled_predictor
@@ -101,20 +103,9 @@ def generate(
 
     if cfg.conditional:
         labels = (np.arange(n) % num_classes) if labels is None else np.asarray(labels)
-        cond = ops.convert_to_tensor(labels.astype(np.int32))
-        null = ops.convert_to_tensor(np.full(n, num_classes, dtype=np.int32))
-
-        def eps_fn(x: Any, t: Any) -> Any:
-            t = ops.cast(t, "float32")
-            eps_c = ops.cast(predict(x, t, cond), "float32")
-            if guidance_scale == 1.0:
-                return eps_c
-            eps_u = ops.cast(predict(x, t, null), "float32")
-            return eps_u + guidance_scale * (eps_c - eps_u)
+        eps_fn = predictor_eps_fn(predict, labels, num_classes, guidance_scale)
     else:
-
-        def eps_fn(x: Any, t: Any) -> Any:
-            return ops.cast(predict(x, ops.cast(t, "float32")), "float32")
+        eps_fn = predictor_eps_fn(predict)
 
     if sampler == "ddpm":
         x0 = ddpm_sample(eps_fn, schedule, shape, rng, progress=progress, clip_x0=clip_x0, x_T=x_T)

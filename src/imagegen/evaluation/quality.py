@@ -1,0 +1,74 @@
+"""Sample quality on the pipeline's learned features: real-image features, the metrics, the floor.
+
+Used by ``imagegen evaluate`` and by distillation reports alike, so a model is measured the same
+way wherever it is measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from imagegen.config import Params
+from imagegen.data.processed import ProcessedDataset
+from imagegen.data.raw import cache_root
+from imagegen.evaluation import metrics
+from imagegen.evaluation.features import FeatureExtractor
+from imagegen.fileio import atomic_path
+
+
+def real_features(
+    extractor: FeatureExtractor,
+    dataset: ProcessedDataset,
+    max_real: int,
+    seed: int,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, probs and labels of (a seeded subset of) the test split, cached per dataset content
+    hash and feature-extractor weights (outside any DVC output), so repeated evaluations embed them
+    once."""
+    split = dataset.split("test")
+    n = min(max_real, split.images.shape[0])
+    key_text = f"{dataset.content_hash}|{extractor.fingerprint}|{n}|{seed}"
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+    cache = cache_root() / "eval-features" / f"{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as npz:
+            return npz["features"], npz["probs"], npz["labels"]
+    idx = np.sort(np.random.default_rng(seed).permutation(split.images.shape[0])[:n])
+    feats, probs = extractor.embed(np.asarray(split.images[idx]), batch_size)
+    labels = np.asarray(split.labels[idx])
+    with atomic_path(cache, suffix=".npz") as tmp:
+        np.savez(tmp, features=feats, probs=probs, labels=labels)
+    return feats, probs, labels
+
+
+def quality_metrics(
+    real_f: np.ndarray, real_p: np.ndarray, fake_f: np.ndarray, fake_p: np.ndarray, params: Params
+) -> dict[str, float]:
+    """FID, KID, precision/recall and class coverage of generated features against real ones."""
+    cfg = params.evaluate
+    kid_mean, kid_std = metrics.kid(
+        real_f, fake_f, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=params.seed
+    )
+    precision, recall = metrics.precision_recall(real_f, fake_f, k=cfg.knn_k)
+    cover = metrics.class_coverage(fake_p, real_p.shape[1])
+    return {
+        "fid": metrics.fid(real_f, fake_f),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
+        "coverage": cover["coverage"],
+        "class_entropy": cover["entropy"],
+        "mean_confidence": cover["mean_confidence"],
+        "classifier_score": cover["inception_score"],
+    }
+
+
+def real_floor(real_f: np.ndarray, real_p: np.ndarray, params: Params) -> dict[str, float]:
+    """The same metrics between two disjoint halves of the real images: what a perfect generator
+    would score at that sample size."""
+    half_a, half_b = metrics.split_halves(len(real_f), params.seed)
+    return quality_metrics(real_f[half_a], real_p[half_a], real_f[half_b], real_p[half_b], params)

@@ -1,0 +1,126 @@
+"""Models measured side by side: each sampled on the same noise and measured the same way.
+
+Distillation reports put a teacher and its students next to each other: steps, parameters,
+multiply-adds per image, images/s, FID/KID/precision/recall on the evaluation features (when the
+feature model of this dataset exists) and, given the reference model's images on the same noise,
+SSIM/PSNR agreement with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagegen.config import Params
+from imagegen.data.processed import ProcessedDataset
+from imagegen.distill import agreement, cost
+from imagegen.sampling import make_sampler, sample_images
+from imagegen.training.families.base import Family
+
+QUALITY_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "coverage")
+
+
+@dataclass
+class Measurement:
+    """One model's figures and the images it drew from the shared noise (``images[:compare_n]`` are
+    the ones paired with the reference)."""
+
+    figures: dict[str, Any]
+    images: np.ndarray = field(repr=False)
+
+
+class SideBySide:
+    """Samples each model on the same noise (``params.seed``) and measures it the same way."""
+
+    def __init__(self, params: Params, dataset: ProcessedDataset) -> None:
+        self.params = params
+        self.dataset = dataset
+        self.notes: list[str] = []
+        self.extractor: Any = None
+        self.floor: dict[str, float] | None = None
+        self._real: tuple[np.ndarray, np.ndarray] | None = None
+        self._predictors: dict[int, tuple[Any, Any]] = {}  # id(network) -> (network, predictor)
+        features_dir = params.evaluate.features_dir
+        if not (Path(features_dir) / "model.json").is_file():
+            self.notes.append(
+                f"no evaluation feature model at {features_dir}: FID/KID/precision/recall need "
+                "`imagegen train-features` first; cost and agreement figures are reported "
+                "without them"
+            )
+            return
+        from imagegen.evaluation.features import load_extractor
+
+        extractor = load_extractor(features_dir)
+        trained_on = extractor.meta["dataset"]["content_hash"]
+        if trained_on != dataset.content_hash:
+            self.notes.append(
+                f"the feature model at {features_dir} was trained on another dataset "
+                f"({trained_on}); re-run `imagegen train-features` for quality metrics"
+            )
+            return
+        self.extractor = extractor
+
+    @property
+    def has_quality_metrics(self) -> bool:
+        return self.extractor is not None
+
+    def _real_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out real features (embedded once), and the real-vs-real floor beside them."""
+        if self._real is None:
+            from imagegen.evaluation.quality import real_features, real_floor
+
+            cfg = self.params.evaluate
+            feats, probs, _ = real_features(
+                self.extractor, self.dataset, cfg.max_real, self.params.seed, cfg.batch_size
+            )
+            self._real = (feats, probs)
+            floor = real_floor(feats, probs, self.params)
+            self.floor = {k: floor[k] for k in QUALITY_KEYS}
+        return self._real
+
+    def _predictor(self, family: Family) -> Any:
+        """One compiled predictor per DDPM network, however many grids it is sampled on."""
+        if family.spec["family"] != "ddpm":
+            return None
+        net = family.networks["unet_ema"]
+        if id(net) not in self._predictors:
+            from imagegen.training.predict import compiled_predictor
+
+            # The network is kept alive with its predictor, so ids stay unique.
+            self._predictors[id(net)] = (net, compiled_predictor(net))
+        return self._predictors[id(net)][1]
+
+    def measure(
+        self, family: Family, sampling: dict[str, Any], reference: np.ndarray | None = None
+    ) -> Measurement:
+        """Figures for ``family`` sampled with ``sampling``; agreement with ``reference`` images."""
+        p = self.params
+        sample = make_sampler(family, sampling, predict=self._predictor(family))
+        n = p.distill.compare_n
+        if self.has_quality_metrics:
+            n = max(p.evaluate.n_samples, n)
+        images, _ = sample_images(sample, family.spec, n, p.seed, p.evaluate.batch_size)
+        figures: dict[str, Any] = {
+            "steps": cost.sampling_steps(family, sampling),
+            "parameters": cost.parameters(family),
+            "macs_per_image": cost.macs_per_image(family, sampling),
+            "images_per_sec": cost.images_per_second(sample, p.distill.speed_n),
+        }
+        if self.has_quality_metrics:
+            from imagegen.evaluation.quality import quality_metrics
+
+            real_f, real_p = self._real_features()
+            generated = images[: p.evaluate.n_samples]
+            fake_f, fake_p = self.extractor.embed(generated, p.evaluate.batch_size)
+            quality = quality_metrics(real_f, real_p, fake_f, fake_p, p)
+            figures.update({k: quality[k] for k in QUALITY_KEYS})
+        if reference is not None:
+            k = p.distill.compare_n
+            similarity = agreement.agreement(reference[:k], images[:k])
+            figures.update(
+                ssim_to_teacher=similarity["ssim"], psnr_to_teacher=similarity["psnr"]
+            )
+        return Measurement(figures, images)

@@ -1,0 +1,388 @@
+"""Diffusion math, backend-agnostic: noise schedules, forward noising, DDPM and DDIM samplers.
+
+Conventions
+-----------
+* Timesteps are 0-based indices ``t = 0 .. T-1``; ``alphas_cumprod[t]`` is abar_t, i.e. Ho et al.'s
+  abar_{t+1}. ``alphas_cumprod_prev[0] = 1`` stands for the clean image.
+* Schedules are float64 numpy arrays on the host. Per-step coefficients are computed there in
+  float64 and applied to float32 tensors with ``keras.ops``, so the samplers work on every backend.
+* Samplers never call a model directly: they call ``eps_fn(x_t, t_batch) -> eps`` where ``t_batch``
+  is an int32 tensor of shape (B,). Guidance, EMA weights and jit-compilation are the caller's
+  business (see :func:`make_eps_fn` and :func:`classifier_free_eps`).
+* All randomness comes from the ``numpy.random.Generator`` passed in, drawn on the host with
+  ``rng.standard_normal(shape)`` (float64, then cast to float32), so a seed gives the same images on
+  every backend. **Draw order** (shared by both samplers): first x_T (unless ``x_T`` is given), then
+  one draw of ``shape`` per step that adds noise, i.e. every step except the last (DDPM), or every
+  step except the last when ``eta > 0`` (DDIM; eta = 0 draws nothing after x_T).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from keras import ops
+
+from imagegen.errors import ConfigError
+
+EpsFn = Callable[[Any, Any], Any]
+"""``eps_fn(x_t, t_batch) -> eps``: x_t (B, H, W, C) float32, t_batch (B,) int32."""
+
+ProgressFn = Callable[[int, int], None]
+"""``progress(done, total)``: called after each sampler step with the number of steps done (1-based)."""
+
+COSINE_S = 0.008
+COSINE_MAX_BETA = 0.999
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseSchedule:
+    """A discrete noise schedule and the derived quantities, all float64 arrays of length T (read-only)."""
+
+    kind: str
+    betas: np.ndarray
+    alphas: np.ndarray
+    alphas_cumprod: np.ndarray
+    alphas_cumprod_prev: np.ndarray
+    sqrt_alphas_cumprod: np.ndarray
+    sqrt_one_minus_alphas_cumprod: np.ndarray
+    sqrt_recip_alphas_cumprod: np.ndarray
+    sqrt_recipm1_alphas_cumprod: np.ndarray
+    posterior_variance: np.ndarray
+    """beta_tilde_t = beta_t (1 - abar_{t-1}) / (1 - abar_t), the variance of q(x_{t-1} | x_t, x_0)."""
+    posterior_log_variance_clipped: np.ndarray
+    """log beta_tilde_t with the t = 0 entry (which is 0) replaced by beta_tilde_1, as in Ho et al.'s code."""
+    posterior_mean_coef1: np.ndarray
+    """Coefficient of x_0 in the posterior mean."""
+    posterior_mean_coef2: np.ndarray
+    """Coefficient of x_t in the posterior mean."""
+
+    @property
+    def timesteps(self) -> int:
+        """T, the number of diffusion steps."""
+        return int(self.betas.shape[0])
+
+
+def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
+    """Ho et al. 2020: betas evenly spaced from beta_start to beta_end (1e-4 .. 0.02 for T = 1000)."""
+    return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
+
+
+def cosine_betas(
+    timesteps: int, s: float = COSINE_S, max_beta: float = COSINE_MAX_BETA
+) -> np.ndarray:
+    """Nichol & Dhariwal 2021, eq. 17: abar(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) pi/2).
+
+    beta_t = 1 - abar(t+1) / abar(t), clipped at ``max_beta`` to avoid the singularity at t = T.
+    """
+    steps = np.arange(timesteps + 1, dtype=np.float64) / timesteps
+    f = np.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return np.clip(1.0 - abar[1:] / abar[:-1], 0.0, max_beta)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64).copy()
+    a.setflags(write=False)
+    return a
+
+
+def make_schedule(
+    kind: Literal["linear", "cosine"],
+    timesteps: int,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> NoiseSchedule:
+    """Build a :class:`NoiseSchedule`. ``beta_start``/``beta_end`` are used by "linear" only."""
+    if timesteps < 2:
+        raise ConfigError(f"diffusion: timesteps={timesteps} must be at least 2")
+    if kind == "linear":
+        if not 0 < beta_start < beta_end < 1:
+            raise ConfigError(
+                f"diffusion: need 0 < beta_start < beta_end < 1, got {beta_start} and {beta_end}"
+            )
+        betas = linear_betas(timesteps, beta_start, beta_end)
+    elif kind == "cosine":
+        betas = cosine_betas(timesteps)
+    else:
+        raise ConfigError(f"diffusion: unknown schedule {kind!r}; expected 'linear' or 'cosine'")
+
+    alphas = 1.0 - betas
+    abar = np.cumprod(alphas)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+    log_var_clipped = np.log(np.concatenate([posterior_variance[1:2], posterior_variance[1:]]))
+    return NoiseSchedule(
+        kind=kind,
+        betas=_frozen(betas),
+        alphas=_frozen(alphas),
+        alphas_cumprod=_frozen(abar),
+        alphas_cumprod_prev=_frozen(abar_prev),
+        sqrt_alphas_cumprod=_frozen(np.sqrt(abar)),
+        sqrt_one_minus_alphas_cumprod=_frozen(np.sqrt(1.0 - abar)),
+        sqrt_recip_alphas_cumprod=_frozen(np.sqrt(1.0 / abar)),
+        sqrt_recipm1_alphas_cumprod=_frozen(np.sqrt(1.0 / abar - 1.0)),
+        posterior_variance=_frozen(posterior_variance),
+        posterior_log_variance_clipped=_frozen(log_var_clipped),
+        posterior_mean_coef1=_frozen(betas * np.sqrt(abar_prev) / (1.0 - abar)),
+        posterior_mean_coef2=_frozen((1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)),
+    )
+
+
+def schedule_from_config(cfg: Any) -> NoiseSchedule:
+    """The schedule described by a :class:`imagegen.config.DDPMConfig`."""
+    return make_schedule(cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end)
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward process
+
+
+def _gather(values: np.ndarray, t: Any, like: Any) -> Any:
+    """values[t] as a tensor of shape (B, 1, ..., 1) broadcastable against ``like`` (B, ...)."""
+    table = ops.convert_to_tensor(np.asarray(values, dtype=np.float32))
+    picked = ops.take(table, ops.cast(t, "int32"), axis=0)
+    picked = ops.reshape(picked, (-1,) + (1,) * (len(like.shape) - 1))
+    return ops.cast(picked, like.dtype)
+
+
+def q_sample(schedule: NoiseSchedule, x0: Any, t: Any, eps: Any) -> Any:
+    """Sample q(x_t | x_0) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps; t is an int tensor of shape (B,)."""
+    x0 = ops.convert_to_tensor(x0)
+    eps = ops.cast(eps, x0.dtype)
+    return (
+        _gather(schedule.sqrt_alphas_cumprod, t, x0) * x0
+        + _gather(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * eps
+    )
+
+
+def predict_x0(schedule: NoiseSchedule, x_t: Any, t: Any, eps: Any) -> Any:
+    """Invert q_sample: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t). t: int, or int tensor (B,)."""
+    x_t = ops.convert_to_tensor(x_t)
+    eps = ops.cast(eps, x_t.dtype)
+    if isinstance(t, int | np.integer):
+        return (
+            float(schedule.sqrt_recip_alphas_cumprod[t]) * x_t
+            - float(schedule.sqrt_recipm1_alphas_cumprod[t]) * eps
+        )
+    return (
+        _gather(schedule.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+        - _gather(schedule.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Samplers
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> Any:
+    return ops.convert_to_tensor(rng.standard_normal(shape).astype(np.float32))
+
+
+def _start(rng: np.random.Generator, shape: tuple[int, ...], x_T: Any) -> Any:
+    if x_T is None:
+        return _noise(rng, shape)
+    x = ops.cast(ops.convert_to_tensor(x_T), "float32")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x.shape)}, expected {tuple(shape)}")
+    return x
+
+
+def _eps(eps_fn: EpsFn, x: Any, t: int) -> Any:
+    t_batch = ops.convert_to_tensor(np.full((x.shape[0],), t, dtype=np.int32))
+    return ops.cast(eps_fn(x, t_batch), "float32")
+
+
+def ddpm_sample(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    progress: ProgressFn | None = None,
+    *,
+    variance: Literal["beta", "posterior"] = "beta",
+    clip_x0: bool = False,
+    x_T: Any = None,
+) -> Any:
+    """Ancestral sampling, Ho et al. 2020 Algorithm 2, over all T steps; returns x_0 (float32).
+
+    x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z, with no noise at the
+    last step. ``variance="beta"`` is sigma_t^2 = beta_t (Algorithm 2, the default);
+    ``"posterior"`` is sigma_t^2 = beta_tilde_t, the variance of q(x_{t-1} | x_t, x_0), which is what
+    DDIM with eta = 1 and steps = T reproduces. With ``clip_x0`` the mean is instead the posterior
+    mean of the predicted x_0 clipped to [-1, 1] (identical when nothing is clipped).
+    """
+    if variance not in ("beta", "posterior"):
+        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    big_t = schedule.timesteps
+    x = _start(rng, shape, x_T)
+    for i, t in enumerate(range(big_t - 1, -1, -1)):
+        eps = _eps(eps_fn, x, t)
+        if clip_x0:
+            x0 = ops.clip(predict_x0(schedule, x, t, eps), -1.0, 1.0)
+            x_next = (
+                float(schedule.posterior_mean_coef1[t]) * x0
+                + float(schedule.posterior_mean_coef2[t]) * x
+            )
+        else:
+            a = 1.0 / math.sqrt(schedule.alphas[t])
+            b = schedule.betas[t] / (
+                math.sqrt(schedule.alphas[t]) * schedule.sqrt_one_minus_alphas_cumprod[t]
+            )
+            x_next = a * x - float(b) * eps
+        if t > 0:
+            var = schedule.betas[t] if variance == "beta" else schedule.posterior_variance[t]
+            x_next = x_next + math.sqrt(var) * _noise(rng, shape)
+        x = x_next
+        if progress is not None:
+            progress(i + 1, big_t)
+    return x
+
+
+def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
+    """The descending timesteps DDIM visits: ``np.linspace(T-1, 0, steps).round()``.
+
+    Evenly spaced, always starting at T-1 and (for steps >= 2) ending at 0; distinct because the
+    spacing is >= 1 when steps <= T. steps = T gives every timestep; steps = 1 gives [T-1].
+    """
+    if not 1 <= steps <= timesteps:
+        raise ConfigError(f"ddim: steps={steps} must be between 1 and the schedule's T={timesteps}")
+    return np.linspace(timesteps - 1, 0, steps).round().astype(np.int64)
+
+
+def check_timesteps(timesteps: Sequence[int], schedule_timesteps: int) -> np.ndarray:
+    """Validate an explicit DDIM grid and return it as int64: non-empty, integers, strictly descending, in [0, T).
+
+    Raises :class:`ConfigError` naming what is wrong. Any such grid is a valid DDIM sampler; the step after its
+    last entry goes to the clean image. A progressive-distillation student samples on such a grid
+    (every other timestep of its teacher's grid, see :mod:`imagegen.distill.progressive`).
+    """
+    raw = np.asarray(list(timesteps) if not isinstance(timesteps, np.ndarray) else timesteps)
+    if raw.ndim != 1 or raw.size == 0:
+        raise ConfigError(f"ddim: timesteps must be a non-empty list of integers, got {np.asarray(raw).tolist()!r}")
+    if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw)))):
+        raise ConfigError(f"ddim: timesteps must be integers, got {raw.tolist()!r}")
+    ts = raw.astype(np.int64)
+    if ts.min() < 0 or ts.max() >= schedule_timesteps:
+        raise ConfigError(
+            f"ddim: timesteps {ts.tolist()} must lie in [0, {schedule_timesteps}) (the schedule's T={schedule_timesteps})"
+        )
+    if np.any(np.diff(ts) >= 0):
+        raise ConfigError(f"ddim: timesteps {ts.tolist()} must be strictly decreasing (from noisy to clean)")
+    return ts
+
+
+def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
+    """Song et al. 2021 eq. 16: eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
+    return (
+        eta
+        * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t))
+        * math.sqrt(max(1.0 - abar_t / abar_prev, 0.0))
+    )
+
+
+def ddim_sample(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    steps: int | None = None,
+    eta: float = 0.0,
+    clip_x0: bool = False,
+    progress: ProgressFn | None = None,
+    x_T: Any = None,
+    timesteps: Sequence[int] | None = None,
+) -> Any:
+    """DDIM (Song et al. 2021, eq. 12) over :func:`ddim_timesteps` (or an explicit grid); returns x_0 (float32).
+
+    The grid is ``timesteps`` when given (descending ints in [0, T), checked by :func:`check_timesteps`; it
+    overrides ``steps``), else ``ddim_timesteps(T, steps)``.
+
+    x_prev = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma^2) eps + sigma z, with sigma from
+    :func:`ddim_sigma`; the step after the last visited timestep goes to abar_prev = 1 (the clean image).
+    eta = 0 is deterministic given x_T; eta = 1 with steps = T is DDPM with the posterior variance.
+    With ``clip_x0`` the predicted x_0 is clipped to [-1, 1] and eps is re-derived from it, which keeps
+    eta = 1, steps = T equal to ``ddpm_sample(variance="posterior", clip_x0=True)``.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if timesteps is not None:
+        ts = check_timesteps(timesteps, schedule.timesteps)
+    elif steps is not None:
+        ts = ddim_timesteps(schedule.timesteps, steps)
+    else:
+        raise ConfigError("ddim: give the number of steps or an explicit list of timesteps")
+    x = _start(rng, shape, x_T)
+    for i, t in enumerate(ts):
+        last = i == len(ts) - 1
+        abar_t = float(schedule.alphas_cumprod[t])
+        abar_prev = 1.0 if last else float(schedule.alphas_cumprod[ts[i + 1]])
+        sigma = ddim_sigma(abar_t, abar_prev, eta)
+        dir_coef = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0))
+        eps = _eps(eps_fn, x, int(t))
+        if clip_x0:
+            x0 = ops.clip(predict_x0(schedule, x, int(t), eps), -1.0, 1.0)
+            eps = (x - math.sqrt(abar_t) * x0) * (1.0 / math.sqrt(1.0 - abar_t))
+            x_next = math.sqrt(abar_prev) * x0 + dir_coef * eps
+        else:
+            # Same update with the x0 prediction folded into two float64 coefficients.
+            a = math.sqrt(abar_prev / abar_t)
+            b = dir_coef - math.sqrt(abar_prev) * math.sqrt(1.0 - abar_t) / math.sqrt(abar_t)
+            x_next = a * x + b * eps
+        if eta > 0 and not last:
+            x_next = x_next + sigma * _noise(rng, shape)
+        x = x_next
+        if progress is not None:
+            progress(i + 1, len(ts))
+    return x
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictors
+
+
+def classifier_free_eps(
+    model: Any, x_t: Any, t: Any, label: Any, null_label: int, guidance_scale: float
+) -> Any:
+    """Classifier-free guidance (Ho & Salimans 2022): eps_u + s (eps_c - eps_u), float32.
+
+    ``model`` is a conditional U-Net called as ``model([x_t, t, label])``. s = 1 is the plain
+    conditional prediction (one pass) and s = 0 the unconditional one (one pass); otherwise the
+    conditional and null-label passes run as one doubled batch.
+    """
+    label = ops.cast(ops.convert_to_tensor(label), "int32")
+    t = ops.convert_to_tensor(t)
+    if guidance_scale == 1.0:
+        return ops.cast(model([x_t, t, label], training=False), "float32")
+    null = ops.full_like(label, null_label)
+    if guidance_scale == 0.0:
+        return ops.cast(model([x_t, t, null], training=False), "float32")
+    batch = x_t.shape[0]
+    both = model(
+        [
+            ops.concatenate([x_t, x_t], 0),
+            ops.concatenate([t, t], 0),
+            ops.concatenate([label, null], 0),
+        ],
+        training=False,
+    )
+    both = ops.cast(both, "float32")
+    eps_cond, eps_uncond = both[:batch], both[batch:]
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def make_eps_fn(
+    model: Any,
+    label: Any = None,
+    null_label: int | None = None,
+    guidance_scale: float = 1.0,
+) -> EpsFn:
+    """An ``eps_fn`` for the samplers from a U-Net; with ``label`` (B,) it uses classifier-free guidance."""
+    if label is None:
+        return lambda x_t, t: ops.cast(model([x_t, t], training=False), "float32")
+    if null_label is None:
+        raise ValueError("make_eps_fn: null_label is required with a label (it is num_classes)")
+    return lambda x_t, t: classifier_free_eps(model, x_t, t, label, null_label, guidance_scale)

@@ -1,0 +1,247 @@
+"""The serving function of each model family, in TensorFlow, and its SavedModel.
+
+:func:`build_serving` turns a :class:`~imagegen.artifact.LoadedModel` into a :class:`Serving`: a Python
+function of named tensors returning ``{"images": uint8 (B, H, W, C)}``, its input signature (dynamic batch)
+and the Keras networks it reads. :func:`export_savedmodel` writes it with ``keras.export.ExportArchive``
+under the signature ``serving_default``.
+
+DDPM: the deterministic DDIM loop (eta = 0) is unrolled, one U-Net call per step (the weights are stored once;
+each step adds only graph nodes). The timesteps are :func:`imagegen.models.diffusion.ddim_timesteps` and the
+coefficients are computed on the host in float64 with the same expressions as
+:func:`imagegen.models.diffusion.ddim_sample` (see :func:`ddim_plan`), then baked into the graph as float32
+constants, so the exported graph reproduces ``ddpm.generate(..., sampler="ddim", steps=N, eta=0, x_T=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from imagegen.artifact import LoadedModel
+from imagegen.config import DCGANConfig, DDPMConfig, VAEConfig
+from imagegen.errors import ConfigError
+from tests.legacy_issue12.diffusion import (
+    NoiseSchedule,
+    ddim_sigma,
+    ddim_timesteps,
+    schedule_from_config,
+)
+
+SIGNATURE = "serving_default"
+OUTPUT = "images"
+
+
+def require_tensorflow() -> None:
+    """Export builds TensorFlow graphs: refuse any other Keras backend with a message saying what to do."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ConfigError(
+            f"export needs the TensorFlow backend of Keras, but this process runs {backend!r}; "
+            "run it with KERAS_BACKEND=tensorflow (weights trained under any backend load there)"
+        )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One named input of the serving signature; ``shape`` excludes the (dynamic) batch dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy / TensorFlow dtype name: "float32" or "int32"
+
+
+@dataclass
+class Serving:
+    """What :func:`export_savedmodel` saves: ``fn(**inputs) -> {"images": uint8 tensor}``."""
+
+    family: str
+    fn: Callable[..., dict[str, Any]]
+    inputs: list[InputSpec]
+    networks: list[keras.Model]
+    meta: dict[str, Any]
+
+    def input_signature(self) -> list[Any]:
+        import tensorflow as tf
+
+        return [tf.TensorSpec((None, *spec.shape), tf.as_dtype(spec.dtype), name=spec.name) for spec in self.inputs]
+
+
+# --------------------------------------------------------------------------------------------------
+# DDIM plan (host side, float64)
+
+
+@dataclass(frozen=True)
+class DDIMStep:
+    """The constants of one DDIM step (eta = 0) from timestep ``t``, as python floats (float64 on the host)."""
+
+    t: int
+    sqrt_recip_abar: float  # x0 = sqrt_recip_abar * x - sqrt_recipm1_abar * eps
+    sqrt_recipm1_abar: float
+    sqrt_abar: float  # eps re-derived from the clipped x0: (x - sqrt_abar * x0) * inv_sqrt_one_minus_abar
+    inv_sqrt_one_minus_abar: float
+    sqrt_abar_prev: float  # x_next = sqrt_abar_prev * x0 + dir_coef * eps
+    dir_coef: float
+    a: float  # without clipping: x_next = a * x + b * eps
+    b: float
+
+
+def ddim_plan(schedule: NoiseSchedule, steps: int, timesteps: list[int] | None = None) -> list[DDIMStep]:
+    """Per-step constants of deterministic DDIM over ``ddim_timesteps(T, steps)``, as in ``ddim_sample``.
+
+    ``timesteps`` (descending, in [0, T)) replaces that grid: a progressively distilled student samples on the
+    grid it was trained for, which its ``model.json`` records under ``sampling.timesteps``.
+    """
+    if timesteps is None:
+        ts = ddim_timesteps(schedule.timesteps, steps)
+    else:
+        ts = [int(t) for t in timesteps]
+        if not ts or any(not 0 <= t < schedule.timesteps for t in ts) or any(a <= b for a, b in zip(ts[:-1], ts[1:], strict=True)):
+            raise ConfigError(
+                f"ddim: timesteps {ts} must be a non-empty, strictly descending list in [0, {schedule.timesteps})"
+            )
+    plan = []
+    for i, t in enumerate(ts):
+        t = int(t)
+        last = i == len(ts) - 1
+        abar_t = float(schedule.alphas_cumprod[t])
+        abar_prev = 1.0 if last else float(schedule.alphas_cumprod[ts[i + 1]])
+        sigma = ddim_sigma(abar_t, abar_prev, 0.0)
+        dir_coef = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0))
+        plan.append(
+            DDIMStep(
+                t=t,
+                sqrt_recip_abar=float(schedule.sqrt_recip_alphas_cumprod[t]),
+                sqrt_recipm1_abar=float(schedule.sqrt_recipm1_alphas_cumprod[t]),
+                sqrt_abar=math.sqrt(abar_t),
+                inv_sqrt_one_minus_abar=1.0 / math.sqrt(1.0 - abar_t),
+                sqrt_abar_prev=math.sqrt(abar_prev),
+                dir_coef=dir_coef,
+                a=math.sqrt(abar_prev / abar_t),
+                b=dir_coef - math.sqrt(abar_prev) * math.sqrt(1.0 - abar_t) / math.sqrt(abar_t),
+            )
+        )
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------
+# Serving functions
+
+
+def to_uint8_images(x: Any) -> Any:
+    """float [-1, 1] -> uint8: round((x + 1) * 127.5) clipped to 0..255 (round half to even, as np.rint)."""
+    import tensorflow as tf
+
+    x = tf.clip_by_value(tf.cast(x, tf.float32), -1.0, 1.0)
+    return tf.cast(tf.clip_by_value(tf.round((x + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
+
+
+def _decoder_serving(loaded: LoadedModel) -> Serving:
+    name = loaded.name
+    spec = loaded.family.spec
+    if name == "dcgan":
+        cfg: Any = DCGANConfig(**spec["dcgan"])
+        net = loaded.family.networks["generator"]
+        conditional = cfg.conditional
+    else:
+        cfg = VAEConfig(**spec["vae"])
+        net = loaded.family.networks["decoder"]
+        conditional = False
+    inputs = [InputSpec("z", (cfg.latent_dim,), "float32")]
+    if conditional:
+        inputs.append(InputSpec("label", (), "int32"))
+
+        def fn(z: Any, label: Any) -> dict[str, Any]:
+            return {OUTPUT: to_uint8_images(net([z, label], training=False))}
+    else:
+
+        def fn(z: Any) -> dict[str, Any]:
+            return {OUTPUT: to_uint8_images(net(z, training=False))}
+
+    return Serving(name, fn, inputs, [net], {"network": net.name})
+
+
+def model_timesteps(loaded: LoadedModel) -> list[int] | None:
+    """The DDIM grid a model was distilled for (``sampling.timesteps`` in its model.json), else None."""
+    grid = (loaded.meta.get("sampling") or {}).get("timesteps")
+    return [int(t) for t in grid] if grid else None
+
+
+def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale: float) -> Serving:
+    import tensorflow as tf
+
+    cfg = DDPMConfig(**loaded.family.spec["ddpm"])
+    plan = ddim_plan(schedule_from_config(cfg), steps, model_timesteps(loaded))
+    unet = loaded.family.networks["unet_ema"]
+    num_classes = int(loaded.family.spec["num_classes"])
+    image_shape = tuple(int(s) for s in loaded.family.spec["image_shape"])
+
+    def sample(x_T: Any, label: Any | None) -> dict[str, Any]:
+        x = tf.cast(x_T, tf.float32)
+        batch = tf.shape(x)[:1]
+        null = None if label is None else tf.fill(batch, tf.constant(num_classes, tf.int32))
+        for step in plan:
+            t = tf.fill(batch, tf.constant(float(step.t), tf.float32))
+            if label is None:
+                eps = tf.cast(unet([x, t], training=False), tf.float32)
+            else:
+                eps = tf.cast(unet([x, t, label], training=False), tf.float32)
+                if guidance_scale != 1.0:  # classifier-free guidance, as ddpm.generate
+                    eps_u = tf.cast(unet([x, t, null], training=False), tf.float32)
+                    eps = eps_u + guidance_scale * (eps - eps_u)
+            if clip_x0:
+                x0 = tf.clip_by_value(step.sqrt_recip_abar * x - step.sqrt_recipm1_abar * eps, -1.0, 1.0)
+                eps = (x - step.sqrt_abar * x0) * step.inv_sqrt_one_minus_abar
+                x = step.sqrt_abar_prev * x0 + step.dir_coef * eps
+            else:
+                x = step.a * x + step.b * eps
+        return {OUTPUT: to_uint8_images(x)}
+
+    inputs = [InputSpec("x_T", image_shape, "float32")]
+    if cfg.conditional:
+        inputs.append(InputSpec("label", (), "int32"))
+
+        def fn(x_T: Any, label: Any) -> dict[str, Any]:
+            return sample(x_T, label)
+    else:
+
+        def fn(x_T: Any) -> dict[str, Any]:
+            return sample(x_T, None)
+
+    meta = {
+        "ddpm_steps": len(plan),
+        "timesteps": [s.t for s in plan],
+        "clip_x0": clip_x0,
+        **({"guidance_scale": guidance_scale} if cfg.conditional else {}),
+    }
+    return Serving("ddpm", fn, inputs, [unet], meta)
+
+
+def build_serving(
+    loaded: LoadedModel, *, ddpm_steps: int = 4, clip_x0: bool = True, guidance_scale: float = 1.0
+) -> Serving:
+    """The serving function of ``loaded``; ``ddpm_steps``, ``clip_x0`` and ``guidance_scale`` matter for DDPM only
+    (``guidance_scale`` only when it is conditional; the null label is ``num_classes``). A distilled DDPM student
+    that records its own DDIM grid is exported on that grid, whatever ``ddpm_steps`` says."""
+    require_tensorflow()
+    if loaded.name in ("dcgan", "vae"):
+        return _decoder_serving(loaded)
+    if loaded.name == "ddpm":
+        return _ddpm_serving(loaded, ddpm_steps, clip_x0, guidance_scale)
+    raise ConfigError(f"export: unknown model family {loaded.name!r}; expected dcgan, vae or ddpm")
+
+
+def export_savedmodel(serving: Serving, dest: Path) -> Path:
+    """Write ``serving`` as a SavedModel at ``dest`` (must not exist yet) with the ``serving_default`` signature."""
+    require_tensorflow()
+    dest = Path(dest)
+    archive = keras.export.ExportArchive()
+    for net in serving.networks:
+        archive.track(net)
+    archive.add_endpoint(SIGNATURE, serving.fn, input_signature=serving.input_signature())
+    archive.write_out(str(dest), verbose=False)
+    return dest

@@ -1,0 +1,269 @@
+"""Progressive distillation of a DDPM (Salimans & Ho 2022, Algorithm 2) for our discrete eps-prediction U-Net.
+
+Grids
+-----
+A round's teacher samples with deterministic DDIM on a descending grid ``G`` of ``2N`` timesteps (the first
+round: ``ddim_timesteps(T, distill.start_steps)``); the student samples on ``G[::2]`` (``N`` steps). Student
+step ``i`` goes from ``G[2i]`` to ``G[2i+2]``, covering the teacher's two steps ``G[2i] -> G[2i+1] -> G[2i+2]``;
+its last step goes from ``G[2N-2]`` to the clean image, covering ``G[2N-2] -> G[2N-1] -> clean`` (DDIM's last
+step always ends at abar = 1). The next round's teacher is this student and its grid ``G[::2]``, so every grid
+is a subset of the first one: ``G[::2**k]`` after ``k`` rounds (not ``ddim_timesteps(T, N)``; the student
+stores its grid in ``model.json``, see :func:`sampling_record`).
+
+Target
+------
+With alpha = sqrt(abar), sigma = sqrt(1 - abar), and z_t = alpha_t x0 + sigma_t eps for a real image x0, the
+frozen teacher takes two DDIM (eta = 0) steps t -> t' -> t''. One DDIM step of the student from t with
+prediction x0_hat lands at alpha'' x0_hat + (sigma''/sigma_t)(z_t - alpha_t x0_hat); it equals the teacher's
+z_t'' exactly when
+
+    x0~ = (z_t'' - (sigma''/sigma_t) z_t) / (alpha'' - (sigma''/sigma_t) alpha_t)
+
+(for t'' = clean, sigma'' = 0 and x0~ = z_t''). The denominator is positive because the SNR grows along the
+grid. The teacher's steps clip its x0 prediction to [-1, 1] exactly when the sampler does
+(``sample.clip_x0``), so the student learns the trajectory the teacher is actually sampled with.
+
+Loss
+----
+``mean(w_t * ||x0~ - x0_hat(z_t, t)||^2)`` with x0_hat = (z_t - sigma_t eps_student) / alpha_t, unclipped (a
+clip would zero the gradient wherever it bites). ``distill.weighting``:
+
+* ``truncated_snr`` (the paper's choice): w_t = max(SNR_t, 1). In eps terms this is max(1, 1/SNR_t) times the
+  eps error, so at the noisiest grid time (SNR ~ 4e-5 for the linear schedule at T-1) an eps error costs
+  ~25,000 times more than at high SNR: the paper warns that eps-prediction is unstable there, and Adam's
+  per-weight normalisation plus the clipped gradient norm are what keep it in check here.
+* ``snr``: w_t = SNR_t, i.e. the plain eps MSE against the eps that reaches x0~ (the DDPM training loss's
+  weighting); steadier for eps-prediction, weaker at the first, noisiest step.
+
+The student starts as the teacher (same architecture and weights); its EMA copy (``unet_ema``, what sampling
+uses) starts there too and follows with ``distill.ema_decay``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from imagegen.config import DistillConfig
+from imagegen.distill.setup import Distillation, copy_network, family_params, frozen
+from imagegen.errors import ConfigError
+from tests.legacy_issue12.diffusion import (
+    NoiseSchedule,
+    check_timesteps,
+    ddim_timesteps,
+    schedule_from_config,
+)
+from imagegen.training.families import build_family
+from imagegen.training.families.base import Caller, Family, Phase
+from tests.legacy_issue12.ddpm import drop_labels
+
+METHOD = "progressive"
+
+
+# --------------------------------------------------------------------------------------------------
+# Grids
+
+
+def student_grid(teacher_grid: np.ndarray) -> np.ndarray:
+    """Every other timestep of the teacher's grid (which must have an even length >= 2)."""
+    grid = np.asarray(teacher_grid, dtype=np.int64)
+    if len(grid) < 2 or len(grid) % 2:
+        raise ConfigError(f"progressive distillation: the teacher's grid needs an even number of steps, got {len(grid)}")
+    return grid[::2].copy()
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round: the teacher samples on ``teacher_grid`` (2N steps), the student on ``student_grid`` (N)."""
+
+    index: int  # 1-based
+    teacher_grid: np.ndarray
+    student_grid: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return len(self.student_grid)
+
+
+def plan_rounds(timesteps: int, start_steps: int, target_steps: int) -> list[Round]:
+    """The rounds from ``start_steps`` down to ``target_steps`` (each halves), on nested grids."""
+    if target_steps >= start_steps:
+        raise ConfigError(
+            f"distill: target_steps={target_steps} must be below start_steps={start_steps} for progressive "
+            "distillation (each round halves the steps)"
+        )
+    ratio = start_steps // target_steps
+    if start_steps % target_steps or ratio & (ratio - 1):
+        raise ConfigError(f"distill: start_steps={start_steps} must be target_steps={target_steps} times a power of two")
+    grid = ddim_timesteps(timesteps, start_steps)
+    rounds = []
+    while len(grid) > target_steps:
+        nxt = student_grid(grid)
+        rounds.append(Round(len(rounds) + 1, grid, nxt))
+        grid = nxt
+    return rounds
+
+
+def sampling_record(grid: np.ndarray) -> dict[str, Any]:
+    """A student's default sampling for its ``model.json`` (read by :func:`imagegen.sampling.sampler_kwargs`)."""
+    grid = [int(t) for t in grid]
+    return {"sampler": "ddim", "steps": len(grid), "timesteps": grid, "eta": 0.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# Coefficients and target
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """Per-example float32 (B,) coefficients for one student step t -> t'' through the teacher's t'."""
+
+    alpha_t: np.ndarray
+    sigma_t: np.ndarray
+    alpha_1: np.ndarray  # teacher's middle time t'
+    sigma_1: np.ndarray
+    alpha_2: np.ndarray  # end time t'' (1 and 0 for the clean image)
+    sigma_2: np.ndarray
+    target_z: np.ndarray  # x0~ = target_z * z_t'' - target_x * z_t
+    target_x: np.ndarray
+    weight: np.ndarray  # loss weight on the x0 error
+
+
+def step_coefficients(
+    schedule: NoiseSchedule, t: np.ndarray, t1: np.ndarray, t2: np.ndarray, weighting: str
+) -> StepCoefficients:
+    """Coefficients (computed in float64, returned as float32) for times ``t > t1 > t2``; ``t2 = -1`` is clean."""
+    abar = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
+
+    def at(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        times = np.asarray(times)
+        a = np.where(times < 0, 1.0, abar[np.maximum(times, 0)])
+        return np.sqrt(a), np.sqrt(1.0 - a)
+
+    a_t, s_t = at(t)
+    a_1, s_1 = at(t1)
+    a_2, s_2 = at(t2)
+    ratio = s_2 / s_t
+    denominator = a_2 - ratio * a_t
+    snr = a_t**2 / s_t**2
+    if weighting == "truncated_snr":
+        weight = np.maximum(snr, 1.0)
+    elif weighting == "snr":
+        weight = snr
+    else:
+        raise ConfigError(f"distill.weighting {weighting!r}: expected 'truncated_snr' or 'snr'")
+    f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731
+    return StepCoefficients(
+        f32(a_t), f32(s_t), f32(a_1), f32(s_1), f32(a_2), f32(s_2),
+        f32(1.0 / denominator), f32(ratio / denominator), f32(weight),
+    )
+
+
+def x0_target(z_t: np.ndarray, z_end: np.ndarray, coef: StepCoefficients) -> np.ndarray:
+    """x0~ for numpy arrays (the reference form of what the loss computes with keras.ops)."""
+    shape = (-1,) + (1,) * (np.ndim(z_t) - 1)
+    return coef.target_z.reshape(shape) * z_end - coef.target_x.reshape(shape) * z_t
+
+
+def ddim_step(x: Any, eps: Any, a_t: Any, s_t: Any, a_next: Any, s_next: Any, clip_x0: bool) -> Any:
+    """One deterministic DDIM step (eta = 0) with broadcastable coefficients, as ``ddim_sample`` takes it."""
+    x0 = (x - s_t * eps) / a_t
+    if clip_x0:
+        x0 = ops.clip(x0, -1.0, 1.0)
+        eps = (x - a_t * x0) / s_t
+    return a_next * x0 + s_next * eps
+
+
+# --------------------------------------------------------------------------------------------------
+# The family the Trainer runs
+
+
+COEFFICIENT_KEYS = ("alpha_t", "sigma_t", "alpha_1", "sigma_1", "alpha_2", "sigma_2", "target_z", "target_x", "weight")
+
+
+def build_progressive(
+    teacher: keras.Model,
+    spec: Mapping[str, Any],
+    teacher_grid: np.ndarray,
+    cfg: DistillConfig,
+    clip_x0: bool,
+    name: str = "progressive",
+) -> Distillation:
+    """One round: ``teacher`` (an eps U-Net, frozen) on ``teacher_grid``; the student starts as a copy of it.
+
+    ``spec`` is the teacher's model spec (``model.json`` ``spec``: the ``ddpm`` section, image shape, classes).
+    """
+    if spec.get("family") != "ddpm":
+        raise ConfigError(
+            f"progressive distillation needs a diffusion (ddpm) teacher, got a {spec.get('family')!r} model; "
+            "use --method architecture for other families"
+        )
+    params = family_params(spec)
+    ddpm_cfg = params.ddpm
+    image_shape = tuple(spec["image_shape"])
+    num_classes = int(spec["num_classes"])
+    schedule = schedule_from_config(ddpm_cfg)
+    grid = check_timesteps(teacher_grid, schedule.timesteps)
+    steps = len(student_grid(grid))
+
+    student = build_family("ddpm", params, image_shape, num_classes)
+    copy_network(teacher, student.networks["unet"])
+    copy_network(teacher, student.networks["unet_ema"])
+    conditional = ddpm_cfg.conditional
+
+    def inputs(x: Any, t: Any, batch: Mapping[str, Any]) -> Any:
+        return [x, t, batch["cond_labels"]] if conditional else [x, t]
+
+    def loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        c = {k: ops.reshape(ops.cast(batch[k], "float32"), (-1, 1, 1, 1)) for k in COEFFICIENT_KEYS}
+        x0 = ops.cast(batch["images"], "float32")
+        z_t = c["alpha_t"] * x0 + c["sigma_t"] * ops.cast(batch["eps"], "float32")
+        t = ops.cast(batch["t"], "float32")
+        eps_1 = frozen(call("teacher", inputs(z_t, t, batch), training=False))
+        z_1 = ddim_step(z_t, eps_1, c["alpha_t"], c["sigma_t"], c["alpha_1"], c["sigma_1"], clip_x0)
+        eps_2 = frozen(call("teacher", inputs(z_1, ops.cast(batch["t1"], "float32"), batch), training=False))
+        z_2 = ddim_step(z_1, eps_2, c["alpha_1"], c["sigma_1"], c["alpha_2"], c["sigma_2"], clip_x0)
+        target = ops.stop_gradient(c["target_z"] * z_2 - c["target_x"] * z_t)
+        eps_s = ops.cast(call("unet", inputs(z_t, t, batch)), "float32")
+        x0_s = (z_t - c["sigma_t"] * eps_s) / c["alpha_t"]
+        per_image = ops.mean(ops.square(target - x0_s), axis=(1, 2, 3))
+        weighted = ops.mean(ops.reshape(c["weight"], (-1,)) * per_image)
+        return weighted, {"loss": weighted, "x0_mse": ops.mean(per_image)}
+
+    # The grid padded with -1 (clean) so that student step i reads positions 2i, 2i+1, 2i+2.
+    padded = np.concatenate([grid, [-1]])
+
+    def noise(rng: np.random.Generator, labels: np.ndarray) -> dict[str, np.ndarray]:
+        n = labels.shape[0]
+        i = rng.integers(0, steps, size=n)
+        t, t1, t2 = padded[2 * i], padded[2 * i + 1], padded[2 * i + 2]
+        coef = step_coefficients(schedule, t, t1, t2, cfg.weighting)
+        out = {
+            "t": t.astype(np.int32),
+            "t1": t1.astype(np.int32),
+            "eps": rng.standard_normal((n, *image_shape), dtype=np.float32),
+            **{k: getattr(coef, k) for k in COEFFICIENT_KEYS},
+        }
+        if conditional:  # the teacher's own label dropout, so the student keeps the null-label (guidance) branch
+            out["cond_labels"] = drop_labels(rng, labels, ddpm_cfg.label_dropout, num_classes)
+        return out
+
+    family = Family(
+        name=name,
+        networks={"teacher": teacher, "unet": student.networks["unet"], "unet_ema": student.networks["unet_ema"]},
+        phases=[Phase("student", ("unet",), loss, keras.optimizers.Adam(cfg.learning_rate, global_clipnorm=1.0))],
+        noise=noise,
+        ema={"unet_ema": "unet"},
+        ema_decay=cfg.ema_decay,
+        spec={
+            **student.spec,
+            "distill": {"method": METHOD, "teacher_grid": [int(x) for x in grid], "weighting": cfg.weighting,
+                        "clip_x0": bool(clip_x0)},
+        },
+    )
+    return Distillation(family=family, student=student)
