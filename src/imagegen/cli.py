@@ -62,8 +62,13 @@ SamplerOpt = Annotated[str | None, typer.Option(help="ddim | ddpm (diffusion onl
 EtaOpt = Annotated[float | None, typer.Option(min=0.0, help="DDIM eta (diffusion only; default sample.eta)")]
 
 
-def _load(params: Path | None, overrides: list[str] | None) -> Params:
-    return load_params(params, overrides or [])
+def _load(params: Path | None, overrides: list[str] | None, *, tracks: bool = True) -> Params:
+    cfg = load_params(params, overrides or [])
+    if tracks:  # an unusable MLflow store: one line now, before TensorFlow is even imported
+        from imagegen.tracking import preflight_store
+
+        preflight_store(cfg.tracking)
+    return cfg
 
 
 def _sampler_overrides(sampler: str | None, steps: int | None, eta: float | None) -> dict[str, Any]:
@@ -77,7 +82,7 @@ def _sampler_overrides(sampler: str | None, steps: int | None, eta: float | None
 @user_errors
 def params_cmd(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved, validated parameters (params.yaml + defaults + -S overrides) as YAML."""
-    sys.stdout.write(dump_params(_load(params, set_)))
+    sys.stdout.write(dump_params(_load(params, set_, tracks=False)))
 
 
 @app.command("ingest")
@@ -88,9 +93,9 @@ def ingest_cmd(
     out: Annotated[Path | None, typer.Option(help="output folder (default data.processed_dir/<name>)")] = None,
 ) -> None:
     """Fetch, verify and convert a dataset into the processed format."""
+    cfg = _load(params, set_)
     from imagegen.stages.ingest import run_ingest
 
-    cfg = _load(params, set_)
     out_dir = run_ingest(cfg, out)
     from imagegen.data.processed import ProcessedDataset
 
@@ -110,13 +115,13 @@ def train_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
 ) -> None:
     """Train one model family on the processed dataset."""
+    cfg = _load(params, set_)
     from imagegen.training.families import FAMILIES
 
     if family not in FAMILIES:
         raise ImagegenError(f"family {family!r}: expected one of {', '.join(FAMILIES)}")
     from imagegen.stages.train import run_train
 
-    cfg = _load(params, set_)
     out_dir = run_train(cfg, family, data_dir=data, out_dir=out, resume=resume)
     console.print(f"trained [bold]{family}[/] -> {out_dir}")
 
@@ -140,7 +145,8 @@ def sample_cmd(
     """
     from imagegen.stages.sample import run_sample
 
-    out_dir = run_sample(model, out, n, seed, params=_load(params, set_), **_sampler_overrides(sampler, steps, eta))
+    cfg = _load(params, set_, tracks=False)
+    out_dir = run_sample(model, out, n, seed, params=cfg, **_sampler_overrides(sampler, steps, eta))
     console.print(f"wrote {out_dir / 'grid.png'} and {out_dir / 'samples.npz'}")
 
 
@@ -153,9 +159,10 @@ def train_features_cmd(
     out: Annotated[Path | None, typer.Option(help="output folder (default evaluate.features_dir)")] = None,
 ) -> None:
     """Train the evaluation feature extractor (a small CNN classifier) on the real training split."""
+    cfg = _load(params, set_)
     from imagegen.stages.train_features import run_train_features
 
-    out_dir = run_train_features(_load(params, set_), data_dir=data, out_dir=out, verbose=2)
+    out_dir = run_train_features(cfg, data_dir=data, out_dir=out, verbose=2)
     import json
 
     scores = json.loads((out_dir / "model.json").read_text())["scores"]
@@ -177,10 +184,11 @@ def evaluate_cmd(
     eta: EtaOpt = None,
 ) -> None:
     """FID, KID, precision/recall and class coverage of generated images, beside the real-vs-real floor."""
+    cfg = _load(params, set_)
     from imagegen.stages.evaluate import run_evaluate
 
     out_dir = run_evaluate(
-        _load(params, set_), out, model_dir=model, samples=samples, data_dir=data, features_dir=features,
+        cfg, out, model_dir=model, samples=samples, data_dir=data, features_dir=features,
         sampler=_sampler_overrides(sampler, steps, eta),
     )
     sys.stdout.write((out_dir / "report.md").read_text())
@@ -198,9 +206,10 @@ def distill_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="keep finished rounds and continue from the latest checkpoint")] = False,
 ) -> None:
     """Distil a teacher into a student: fewer sampling steps (progressive) or a narrower network (architecture)."""
+    cfg = _load(params, set_)
     from imagegen.stages.distill import run_distill
 
-    student = run_distill(_load(params, set_), teacher, method, out_dir=out, data_dir=data, resume=resume)
+    student = run_distill(cfg, teacher, method, out_dir=out, data_dir=data, resume=resume)
     console.print(f"distilled [bold]{teacher}[/] ({method}) -> {student}")
 
 
@@ -216,9 +225,9 @@ def export_cmd(
     set_: SetOpt = None,
 ) -> None:
     """SavedModel + TFLite (float32/float16/int8), each checked for parity with Keras and timed."""
+    cfg = _load(params, set_)
     from imagegen.stages.export import report_table, run_export
 
-    cfg = _load(params, set_)
     out_dir = run_export(cfg, model, out, report)
     import json
 
@@ -242,7 +251,7 @@ def register_cmd(
     from imagegen.stages.register import run_register
 
     out = run_register(_load(params, set_), model, evaluation, export_dir, out)
-    console.print(out.read_text())
+    console.print(out.read_text(), soft_wrap=True)
 
 
 @app.command("promote")
@@ -254,14 +263,21 @@ def promote_cmd(
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Move `champion` to the `challenger` version if evaluation says it is better; exit 3 if refused."""
+    """Move `champion` to the `challenger` version if the gate passes; exit 3 if refused.
+
+    The gate: export parity passed, no collapse, the absolute floor (registry.*), and a better
+    registry.gate_metric than the champion's. Promoting the current champion again changes nothing (exit 0).
+    """
     from imagegen.registry import promote
 
     if force and not reason:
         raise ImagegenError("--force needs --reason TEXT: the override is recorded on the model version")
     decision = promote(_load(params, set_), name, force_reason=reason if force else None)
-    verdict = "[bold green]promoted[/]" if decision.promoted else "[bold yellow]refused[/]"
-    console.print(f"{name} v{decision.version}: {verdict}: {decision.reason}")
+    if not decision.changed:  # idempotent: the challenger already is the champion, nothing written
+        verdict = "[bold]unchanged[/]"
+    else:
+        verdict = "[bold green]promoted[/]" if decision.promoted else "[bold yellow]refused[/]"
+    console.print(f"{name} v{decision.version}: {verdict}: {decision.reason}", soft_wrap=True)
     if not decision.promoted:
         raise typer.Exit(code=3)
 

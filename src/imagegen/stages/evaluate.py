@@ -118,6 +118,8 @@ def run_evaluate(
             Path(model_dir), cfg.n_samples, seed=params.seed, show_progress=show_progress, params=params,
             **(sampler or {}),
         )
+        dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
+        dataset_context="evaluation",
         title = f"{model_meta.get('family', 'model')} ({model_dir})"
         if model_meta.get("family") == "vae":
             extra = vae_reconstruction(Path(model_dir), dataset, n=min(500, cfg.max_real))

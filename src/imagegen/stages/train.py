@@ -19,6 +19,7 @@ from imagegen.data.processed import ProcessedDataset
 from imagegen.fileio import write_json, write_text
 from imagegen.sampling import sampler_kwargs
 from imagegen.tracking import start_run
+from imagegen.training.distributed import follower_outputs, initialize_multihost, is_writer
 from imagegen.training.families import build_family, family_module
 from imagegen.training.loop import Trainer
 from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
@@ -46,6 +47,8 @@ def run_train(
     show_progress: bool = True,
 ) -> Path:
     """Train ``family_name`` on the processed dataset; write the model folder and return its path."""
+    if initialize_multihost() and not is_writer():  # JAX_* variables: process 0 writes, the others train
+        out_dir, params = follower_outputs(params, family_name)
     data_dir = Path(data_dir) if data_dir is not None else params.data.output_dir
     out_dir = Path(out_dir) if out_dir is not None else params.train.models_dir / family_name
     ckpt_dir = params.train.checkpoints_dir / family_name
@@ -115,3 +118,4 @@ def run_train(
             run.log_artifact(item, "model")
         run.log_artifact(report_dir / "train_log.csv")
     return out_dir
+        dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
