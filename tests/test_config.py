@@ -210,3 +210,62 @@ def test_cli_missing_params_file_exits_2_naming_it(tmp_path):
     result = CliRunner().invoke(app, ["params", "-p", str(missing)])
     assert result.exit_code == 2
     assert "missing.yaml" in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict types, duplicate keys, section-level messages (issue 11, rows 13 and 14)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.batch_size=true", "expected an integer, got the boolean true"),
+        ("vae.beta=false", "expected a number, got the boolean false"),
+        ("train.max_minutes=true", "expected a number, got the boolean true"),
+        ("data.download=1", "expected true or false, got 1"),
+        ("data.channels=true", "expected one of 1, 3, got the boolean true"),
+        ("ddpm.channel_mults=[1, true]", "list item True: expected an integer"),
+    ],
+)
+def test_a_boolean_is_not_a_number_nor_a_number_a_boolean(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_params(None, [override])
+    assert override.split("=")[0] in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_numbers_and_booleans_of_the_right_type_still_validate():
+    params = load_params(None, ["train.batch_size=8", "vae.beta=2", "data.download=false", "data.channels=3"])
+    assert (params.train.batch_size, params.vae.beta, params.data.download, params.data.channels) == (8, 2.0, False, 3)
+
+
+def test_a_duplicate_key_in_the_params_file_names_the_key_the_lines_and_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  batch_size: 8\n  log_every: 2\n  batch_size: 16\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert str(path) in msg and "duplicate key 'batch_size'" in msg and "lines 2 and 4" in msg
+
+
+def test_a_duplicate_section_is_refused_too(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("vae:\n  beta: 1.0\nvae:\n  beta: 2.0\n")
+    with pytest.raises(ConfigError, match="duplicate key 'vae'"):
+        load_params(path)
+
+
+def test_a_section_level_error_names_the_section_and_reason_without_dumping_it():
+    with pytest.raises(ConfigError) as err:
+        load_params(None, ["ddpm.groups=5"])
+    msg = str(err.value)
+    assert "ddpm: groups=5 must divide every U-Net width" in msg
+    assert "{" not in msg and "channel_mults" not in msg  # the section's dict is not printed
+
+
+def test_an_unknown_section_is_named_without_its_contents(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("trian:\n  batch_size: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: unknown key 'trian'; check the spelling"

@@ -1,35 +1,39 @@
 """A trained model on disk: ``model.json`` (what to rebuild) plus one ``<network>.weights.h5`` per network.
 
 ``.weights.h5`` files load under any Keras backend, so a model trained with JAX on a GPU is sampled,
-evaluated and exported with TensorFlow on a CPU. ``model.json`` is written last: its presence marks a
-complete artifact.
+evaluated and exported with TensorFlow on a CPU. The folder is written like a processed dataset or an
+export: complete in a temporary sibling, then swapped into place (:func:`imagegen.fileio.atomic_dir`), so a
+crash mid-save leaves the previous model whole. A model folder that cannot be read (``model.json`` not JSON,
+a truncated weights file) is a :class:`~imagegen.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imagegen.config import Params
 from imagegen.errors import DataError
-from imagegen.fileio import atomic_path, write_json
+from imagegen.fileio import atomic_dir, write_json
 from imagegen.training.families import Family, build_family
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
 
 
-def save_model(family: Family, out_dir: Path, meta: dict[str, Any]) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MODEL_FILE).unlink(missing_ok=True)  # incomplete until rewritten below
-    files = {}
-    for name, net in family.networks.items():
-        dest = out_dir / f"{name}.weights.h5"
-        with atomic_path(dest, suffix=".weights.h5") as tmp:
-            net.save_weights(tmp)
-        files[name] = dest.name
+def save_model(
+    family: Family, out_dir: Path, meta: dict[str, Any], include: dict[str, Path] | None = None
+) -> Path:
+    """Write the model folder ``out_dir`` whole (replacing any previous one only once complete).
+
+    ``include`` maps names inside the folder to files or folders copied in with it (e.g. the sample grids
+    written during training); anything else in a previous ``out_dir`` does not carry over.
+    """
+    out_dir = Path(out_dir)
+    files = {name: f"{name}.weights.h5" for name in family.networks}
     record = {
         "format_version": FORMAT_VERSION,
         "family": family.name,
@@ -38,8 +42,36 @@ def save_model(family: Family, out_dir: Path, meta: dict[str, Any]) -> Path:
         "parameters": {n: int(net.count_params()) for n, net in family.networks.items()},
         **meta,
     }
-    write_json(out_dir / MODEL_FILE, record)
+    with atomic_dir(out_dir, pause_point="save_model") as tmp:
+        for name, net in family.networks.items():
+            net.save_weights(tmp / files[name])
+        for name, source in (include or {}).items():
+            source = Path(source)
+            if source.is_dir():
+                shutil.copytree(source, tmp / name)
+            elif source.is_file():
+                shutil.copy2(source, tmp / name)
+        write_json(tmp / MODEL_FILE, record)
     return out_dir
+
+
+def read_model_meta(path: Path | str) -> dict[str, Any]:
+    """``model.json`` of the model folder ``path``, or a DataError naming the file and what was expected."""
+    meta_path = Path(path) / MODEL_FILE
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: no trained model here (expected the output folder of `imagegen train`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc}); expected the model.json of `imagegen train`") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    missing = [k for k in ("family", "spec", "weights") if k not in meta]
+    if missing:
+        raise DataError(f"{meta_path}: missing {', '.join(missing)}; expected the model.json of `imagegen train`")
+    return meta
 
 
 @dataclass
@@ -56,19 +88,26 @@ class LoadedModel:
 def load_model(path: Path | str) -> LoadedModel:
     """Rebuild the networks from ``model.json`` and load their weights (float32, any backend)."""
     path = Path(path)
+    meta = read_model_meta(path)
     meta_path = path / MODEL_FILE
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path}: no trained model here (expected the output folder of `imagegen train`)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    spec = meta["spec"]
-    name = meta["family"]
-    params = Params.model_validate({name: spec[name]})
-    family = build_family(name, params, tuple(spec["image_shape"]), spec["num_classes"])
+    try:
+        spec = meta["spec"]
+        name = meta["family"]
+        params = Params.model_validate({name: spec[name]})
+        family = build_family(name, params, tuple(spec["image_shape"]), spec["num_classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{meta_path}: 'spec' does not describe a model ({type(exc).__name__}: {exc})") from None
     for net_name, filename in meta["weights"].items():
         weights = path / filename
         if not weights.is_file():
             raise DataError(f"{weights}: weights file listed in {meta_path} is missing")
-        family.networks[net_name].load_weights(weights)
+        if net_name not in family.networks:
+            raise DataError(f"{meta_path}: weights for unknown network {net_name!r}")
+        try:
+            family.networks[net_name].load_weights(weights)
+        except Exception as exc:  # h5py/keras raise OSError, ValueError, KeyError... for a damaged file
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(
+                f"{weights}: unreadable weights ({reason}); expected the complete .weights.h5 of `imagegen train`"
+            ) from None
     return LoadedModel(path, meta, family)

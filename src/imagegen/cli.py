@@ -30,6 +30,23 @@ console = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", help="keep TensorFlow/XLA/CUDA start-up logs (also: IMAGEGEN_VERBOSE=1)"),
+    ] = False,
+) -> None:
+    """Quiet by default: third-party start-up noise is silenced before any stage imports TensorFlow."""
+    from imagegen.quiet import configure, verbose_requested
+
+    configure(verbose_requested(verbose), _print_warning)
+
+
+def _print_warning(message: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
 ParamsOpt = Annotated[
     Path | None,
     typer.Option("--params", "-p", help="params file (default: ./params.yaml, or built-in defaults if absent)"),

@@ -8,21 +8,69 @@ and what was expected. Stages receive the resulting :class:`Params` object and n
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from imagegen.errors import ConfigError
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 
+def _strict_problem(annotation: Any, value: Any) -> str | None:
+    """Why ``value`` must not be coerced to ``annotation`` (a bool for a number, a number for a bool), or None."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or len(args) != 1:
+            return None
+        annotation, origin = args[0], typing.get_origin(args[0])
+    if annotation in (int, float) and isinstance(value, bool):
+        kind = "an integer" if annotation is int else "a number"
+        return f"expected {kind}, got the boolean {str(value).lower()}"
+    if annotation is bool and not isinstance(value, bool):
+        return f"expected true or false, got {value!r}"
+    if origin is Literal and isinstance(value, bool):
+        choices = typing.get_args(annotation)
+        if not any(isinstance(c, bool) for c in choices):
+            return f"expected one of {', '.join(map(repr, choices))}, got the boolean {str(value).lower()}"
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(annotation) or (Any,)
+        for element in value:
+            if (problem := _strict_problem(item, element)) is not None:
+                return f"list item {element!r}: {problem}"
+    return None
+
+
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, assignments are re-validated."""
+    """Base of every params section: unknown keys are errors, assignments are re-validated.
+
+    Types are strict where lax coercion would hide a mistake: a boolean is not accepted for a number
+    (pydantic would read ``-S train.batch_size=true`` as 1), nor a number or string for a boolean.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        problem = _strict_problem(field.annotation, value) if field is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder"]
@@ -64,6 +112,15 @@ class TrackingConfig(Section):
     enabled: bool = True
     uri: str | None = None
     experiment: str = Field(default="imagegen", min_length=1)
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="Reachability check of an http(s) tracking server at run start."
+    )
+    http_timeout_s: int = Field(
+        default=10, ge=1, description="MLFLOW_HTTP_REQUEST_TIMEOUT unless set: seconds per HTTP request."
+    )
+    http_max_retries: int = Field(
+        default=2, ge=0, le=10, description="MLFLOW_HTTP_REQUEST_MAX_RETRIES unless set (MLflow's own is 7)."
+    )
 
 
 class TrainConfig(Section):
@@ -94,6 +151,18 @@ class TrainConfig(Section):
     max_minutes: float | None = Field(
         default=None, gt=0, description="Wall-clock budget; stop with a checkpoint at the first log step past it."
     )
+    min_sample_diversity: float = Field(
+        default=0.1,
+        ge=0,
+        description="Collapse check at the end of training: warn when the samples' mean pairwise distance is "
+        "below this fraction of real images' (mode collapse: every sample the same image).",
+    )
+    min_sample_contrast: float = Field(
+        default=0.1,
+        ge=0,
+        description="Collapse check: warn when the samples' mean pixel spread is below this fraction of real "
+        "images' (flat samples).",
+    )
     models_dir: Path = Path("models")
     reports_dir: Path = Field(default=Path("reports"), description="metrics.json and train_log.csv per stage.")
     checkpoints_dir: Path = Field(
@@ -114,6 +183,15 @@ class VAEConfig(Section):
     latent_dim: int = Field(default=16, gt=0)
     base_filters: int = Field(default=32, gt=0)
     beta: float = Field(default=1.0, ge=0)
+    free_bits: float = Field(
+        default=0.1,
+        ge=0,
+        description="Nats per latent dimension not penalised by the KL term (guards against posterior "
+        "collapse; 0: plain KL).",
+    )
+    min_kl_per_image: float = Field(
+        default=1.0, ge=0, description="Warn (and flag collapse_warning) when the KL per image falls below this."
+    )
     steps: int = Field(default=1500, gt=0)
     learning_rate: float = Field(default=1e-3, gt=0)
 
@@ -124,15 +202,6 @@ class DDPMConfig(Section):
     num_res_blocks: int = Field(default=1, gt=0)
     attention_resolutions: list[int] = Field(
         default_factory=list, description="Extra attention at these sides (the middle block always has one)."
-    connect_timeout_s: float = Field(
-        default=5.0, gt=0, le=60, description="Reachability check of an http(s) tracking server at run start."
-    )
-    http_timeout_s: int = Field(
-        default=10, ge=1, description="MLFLOW_HTTP_REQUEST_TIMEOUT unless set: seconds per HTTP request."
-    )
-    http_max_retries: int = Field(
-        default=2, ge=0, le=10, description="MLFLOW_HTTP_REQUEST_MAX_RETRIES unless set (MLflow's own is 7)."
-    )
     )
     groups: int = Field(default=8, gt=0, description="GroupNorm groups; must divide every width.")
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -284,6 +353,24 @@ class RegistryConfig(Section):
     min_improvement: float = Field(
         default=0.02, ge=0, lt=1, description="Relative improvement of the gate metric needed to replace the champion."
     )
+    # The absolute floor every version must clear (a first version too). Defaults: the digits models
+    # of the default pipeline score FID 2.9-5.8x the floor, precision >= 0.6, recall >= 0.75, coverage
+    # 1.0, class entropy >= 0.82; a collapsed model scores near 0 on all but FID.
+    max_fid_over_floor: float = Field(
+        default=10.0, gt=0, description="FID must be <= this x the real-vs-real floor FID (eval.floor.fid)."
+    )
+    min_precision: float = Field(default=0.2, ge=0, le=1)
+    min_recall: float = Field(default=0.2, ge=0, le=1)
+    min_coverage: float = Field(default=0.5, ge=0, le=1, description="Share of classes the samples cover.")
+    min_class_entropy: float = Field(
+        default=0.3, ge=0, le=1, description="Entropy of the predicted classes / log(num_classes)."
+    )
+    # Collapse: never promoted without --force; > 0 so no setting turns the check off.
+    collapse_class_entropy: float = Field(default=0.05, gt=0, le=1)
+    collapse_recall: float = Field(default=0.01, gt=0, le=1)
+    lock_timeout_s: float = Field(
+        default=120, gt=0, description="How long a promote waits for another promote of the same model."
+    )
 
 
 class Params(Section):
@@ -322,6 +409,49 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (lines {seen[key]} and {line})", key_node.start_mark
+                )
+            seen[key] = line
+        except TypeError:  # an unhashable key: let the base constructor report it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+class DuplicateKeyError(ConfigError):
+    """A YAML mapping names the same key twice."""
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML with duplicate keys refused; a ConfigError names ``source`` and the problem."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as exc:
+        if exc.problem and exc.problem.startswith("duplicate key"):
+            raise DuplicateKeyError(f"{source}: {exc.problem}; give each key once") from None
+        raise ConfigError(f"{source}: not valid YAML ({_one_line(exc)})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({_one_line(exc)})") from None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``key=value`` as ``dvc exp run -S`` spells it (an optional ``params.yaml:`` prefix too).
 
@@ -337,10 +467,7 @@ def parse_override(text: str) -> tuple[str, Any]:
             raise ConfigError(f"override {text!r}: only params.yaml keys can be overridden")
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    value = load_yaml(raw, f"override {text!r}: value") if raw.strip() else ""
     return key, value
 
 
@@ -363,34 +490,22 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "o
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem naming the key and the reason; a whole section's value is never dumped."""
     lines = []
     for err in exc.errors():
-    # The absolute floor every version must clear (a first version too). Defaults: the digits models
-    # of the default pipeline score FID 2.9-5.8x the floor, precision >= 0.6, recall >= 0.75, coverage
-    # 1.0, class entropy >= 0.82; a collapsed model scores near 0 on all but FID.
-    max_fid_over_floor: float = Field(
-        default=10.0, gt=0, description="FID must be <= this x the real-vs-real floor FID (eval.floor.fid)."
-    )
-    min_precision: float = Field(default=0.2, ge=0, le=1)
-    min_recall: float = Field(default=0.2, ge=0, le=1)
-    min_coverage: float = Field(default=0.5, ge=0, le=1, description="Share of classes the samples cover.")
-    min_class_entropy: float = Field(
-        default=0.3, ge=0, le=1, description="Entropy of the predicted classes / log(num_classes)."
-    )
-    # Collapse: never promoted without --force; > 0 so no setting turns the check off.
-    collapse_class_entropy: float = Field(default=0.05, gt=0, le=1)
-    collapse_recall: float = Field(default=0.01, gt=0, le=1)
-    lock_timeout_s: float = Field(
-        default=120, gt=0, description="How long a promote waits for another promote of the same model."
-    )
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err["input"]
+        # A section-level check (a model validator) or an unknown section: the reason, not the whole dict.
+        section_level = isinstance(value, dict) and err["type"] in ("value_error", "assertion_error", "extra_forbidden")
+        shown = "" if section_level else f" = {value!r}"
         if err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key {key!r} (value {err['input']!r}); check the spelling")
+            lines.append(f"{source}: unknown key {key!r}{shown.replace(' = ', ' (value ', 1) + ')' if shown else ''}"
+                         "; check the spelling")
         else:
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            lines.append(f"{source}: {key} = {err['input']!r}: {msg}")
+            lines.append(f"{source}: {key}{shown}: {msg}")
     return "\n".join(lines)
 
 
@@ -407,10 +522,7 @@ def load_params(path: Path | str | None = None, overrides: list[str] | None = No
     path = Path(path) if path is not None else DEFAULT_PARAMS_FILE
     tree: dict[str, Any] = {}
     if path.exists():
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        loaded = load_yaml(path.read_text(), str(path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -6,6 +6,11 @@ with stride-2 transposed convs and a tanh output. The trainer minimises
 ``reconstruction_loss + beta * kl_divergence``. The reconstruction term is the per-image *sum* of
 squared errors (a Gaussian likelihood with fixed variance 1/2, up to a constant), so it is on the
 same per-image scale as the KL sum; averaging over pixels instead would make the KL dominate.
+
+Against posterior collapse the KL term can be taken with *free bits* (Kingma et al. 2016, "Improved
+variational inference with inverse autoregressive flow"): ``sum_d max(lambda, KL_d)`` with ``KL_d`` the
+batch-mean KL of latent dimension ``d``, so a dimension carrying less than ``lambda`` nats is not pushed
+further towards the prior (see :func:`free_bits_kl`).
 """
 
 from __future__ import annotations
@@ -71,9 +76,21 @@ def reconstruction_loss(x: Any, x_hat: Any) -> Any:
     return ops.mean(per_image)
 
 
-def kl_divergence(z_mean: Any, z_log_var: Any) -> Any:
-    """KL(N(mean, exp(log_var)) || N(0, I)), summed over latent dims, mean over the batch; scalar."""
+def kl_per_dim(z_mean: Any, z_log_var: Any) -> Any:
+    """KL(N(mean, exp(log_var)) || N(0, 1)) of each latent dimension, mean over the batch; (latent_dim,)."""
     z_mean = ops.cast(z_mean, "float32")
     z_log_var = ops.cast(z_log_var, "float32")
     per_dim = -0.5 * (1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var))
-    return ops.mean(ops.sum(per_dim, axis=-1))
+    return ops.mean(per_dim, axis=0)
+
+
+def kl_divergence(z_mean: Any, z_log_var: Any) -> Any:
+    """KL(N(mean, exp(log_var)) || N(0, I)), summed over latent dims, mean over the batch; scalar."""
+    return ops.sum(kl_per_dim(z_mean, z_log_var))
+
+
+def free_bits_kl(per_dim: Any, free_bits: float) -> Any:
+    """The KL term with free bits: ``sum_d max(free_bits, KL_d)``; equals the plain sum when ``free_bits`` is 0."""
+    if free_bits <= 0:
+        return ops.sum(per_dim)
+    return ops.sum(ops.maximum(per_dim, free_bits))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,17 @@ def load_samples_npz(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable .npz ({exc})") from None
     if images.dtype != np.uint8 or images.ndim != 4:
         raise DataError(f"{path}: 'images' must be uint8 (N,H,W,C), got {images.dtype} {images.shape}")
+    return images
+
+
+def checked_samples(path: Path, knn_k: int) -> np.ndarray:
+    """The ``--samples`` images, refused with one line when too few to evaluate (k-NN needs k + 1)."""
+    images = load_samples_npz(path)
+    if len(images) <= knn_k:
+        raise DataError(
+            f"{path}: {len(images)} image(s) in 'images'; expected at least {knn_k + 1} "
+            f"(evaluate.knn_k={knn_k} neighbours per image for precision/recall, two for FID's covariance)"
+        )
     return images
 
 
@@ -100,6 +110,7 @@ def run_evaluate(
     if (model_dir is None) == (samples is None):
         raise DataError("evaluate: give exactly one of --model DIR or --samples FILE.npz")
     cfg = params.evaluate
+    given = checked_samples(Path(samples), cfg.knn_k) if samples is not None else None  # before any loading
     dataset = ProcessedDataset.open(Path(data_dir) if data_dir is not None else params.data.output_dir)
     extractor = load_extractor(Path(features_dir) if features_dir is not None else cfg.features_dir)
     if extractor.meta["dataset"]["content_hash"] != dataset.content_hash:
@@ -111,20 +122,19 @@ def run_evaluate(
     extra: dict[str, float] = {}
     model_meta: dict[str, Any] = {}
     if model_dir is not None:
+        from imagegen.artifact import read_model_meta
         from imagegen.sampling import generate_images
 
-        model_meta = json.loads((Path(model_dir) / "model.json").read_text()) if (Path(model_dir) / "model.json").is_file() else {}
+        model_meta = read_model_meta(Path(model_dir))  # a DataError naming model.json if it is unreadable
         images, _ = generate_images(
             Path(model_dir), cfg.n_samples, seed=params.seed, show_progress=show_progress, params=params,
             **(sampler or {}),
         )
-        dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
-        dataset_context="evaluation",
         title = f"{model_meta.get('family', 'model')} ({model_dir})"
         if model_meta.get("family") == "vae":
             extra = vae_reconstruction(Path(model_dir), dataset, n=min(500, cfg.max_real))
     else:
-        images = load_samples_npz(Path(samples))
+        images = given
         title = str(samples)
 
     real_f, real_p, _ = real_features(extractor, dataset, cfg.max_real, params.seed, cfg.batch_size)
@@ -151,6 +161,8 @@ def run_evaluate(
         run_name=f"evaluate-{model_meta.get('family', 'samples')}",
         stage="evaluate",
         dataset_hash=dataset.content_hash,
+        dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
+        dataset_context="evaluation",
         params={"model": str(model_dir or ""), "samples": str(samples or ""), "n_samples": cfg.n_samples},
     ) as run:
         run.log_metrics(flat)

@@ -1,11 +1,24 @@
 """Stage ``train_<family>``: processed dataset -> trained model folder (weights and sample grids), plus
-``<reports_dir>/train_<family>/metrics.json`` and ``train_log.csv`` (the loss curve) for dvc metrics/plots."""
+``<reports_dir>/train_<family>/metrics.json`` and ``train_log.csv`` (the loss curve) for dvc metrics/plots.
+
+Crash safety: sample grids are staged beside the checkpoints (``<checkpoints_dir>/<family>/samples/``) and
+copied into the model folder, which is written whole and swapped in at the end, so the previous model stays
+intact until then. A resumed run's ``train_log.csv`` holds the whole curve: the rows stored with the
+checkpoint (or, for an older checkpoint, the existing log's rows up to its step), then the new ones.
+
+Collapse checks (:mod:`imagegen.training.collapse`): the VAE's KL per image is watched during training, and
+a fixed batch of samples drawn at the end is compared with real images (non-finite, identical or flat samples
+for every family); problems are logged as warnings and reported as ``collapse_warning`` in ``metrics.json``
+and ``collapse`` in ``model.json``.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +27,12 @@ import numpy as np
 
 from imagegen.artifact import save_model
 from imagegen.config import Params
-from imagegen.data.loader import BatchStream
+from imagegen.data.loader import BatchStream, to_unit_range
 from imagegen.data.processed import ProcessedDataset
 from imagegen.fileio import write_json, write_text
 from imagegen.sampling import sampler_kwargs
 from imagegen.tracking import start_run
+from imagegen.training.collapse import KLWatch, sample_health, sample_problems
 from imagegen.training.distributed import follower_outputs, initialize_multihost, is_writer
 from imagegen.training.families import build_family, family_module
 from imagegen.training.loop import Trainer
@@ -26,6 +40,8 @@ from imagegen.training.precision import accelerator, dtype_policy, resolve_polic
 from imagegen.training.seeding import seed_everything
 
 __all__ = ["history_csv", "run_train", "sampler_kwargs", "seed_everything"]
+
+log = logging.getLogger(__name__)
 
 
 def history_csv(history: list[dict[str, float]]) -> str:
@@ -36,6 +52,47 @@ def history_csv(history: list[dict[str, float]]) -> str:
     for row in history:
         writer.writerow([int(row["step"]), *(f"{row.get(k, float('nan')):.6g}" for k in keys)])
     return buf.getvalue()
+
+
+def read_history_csv(path: Path, up_to_step: int) -> list[dict[str, float]]:
+    """Rows of an earlier ``train_log.csv`` up to ``up_to_step`` (for checkpoints that carry no history)."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as fh:
+            rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+    except (ValueError, csv.Error):
+        log.warning("%s: unreadable, the resumed loss curve starts at the checkpoint", path)
+        return []
+    return [row for row in rows if "step" in row and row["step"] <= up_to_step]
+
+
+def collapse_report(
+    params: Params, family_name: str, family: Any, sample_fn: Any, dataset: ProcessedDataset, kl: KLWatch | None,
+    history: list[dict[str, float]],
+) -> tuple[dict[str, float], list[str]]:
+    """Collapse figures for metrics.json and the problems found (see the module docstring)."""
+    n = max(2, params.train.grid_size)
+    train = dataset.split("train")
+    idx = np.sort(np.random.default_rng([params.seed, 4]).permutation(train.images.shape[0])[:n])
+    real = to_unit_range(np.asarray(train.images[idx]))
+    samples = sample_fn(family, n, np.random.default_rng([params.seed, 3]))
+    health = sample_health(samples, real)
+    problems = sample_problems(health, params.train.min_sample_diversity, params.train.min_sample_contrast)
+    figures = {f"samples.{k}": v for k, v in health.items()}
+    if kl is not None:
+        figures["kl_per_image"] = kl.final_kl(history)
+        threshold = params.vae.min_kl_per_image
+        if np.isfinite(figures["kl_per_image"]) and figures["kl_per_image"] < threshold:
+            problems.insert(
+                0,
+                f"KL per image {figures['kl_per_image']:.3g} < vae.min_kl_per_image={threshold:g} "
+                "(posterior collapse)",
+            )
+    figures["collapse_warning"] = float(bool(problems))
+    for problem in problems:
+        log.warning("%s: %s", family_name, problem)
+    return figures, problems
 
 
 def run_train(
@@ -67,6 +124,11 @@ def run_train(
     def sample_fn(fam: Any, n: int, rng: np.random.Generator) -> np.ndarray:
         return module.generate(fam, n, rng, **sampler_kwargs(params))
 
+    samples_stage = ckpt_dir / "samples"  # grids wait here, beside the resume state, until the model is saved
+    if not resume:
+        shutil.rmtree(samples_stage, ignore_errors=True)
+    kl_watch = KLWatch(params.vae.min_kl_per_image, family_cfg.steps // 5) if family_name == "vae" else None
+
     run_params = {"family": family_name, "seed": params.seed}
     for section in ("data", "train", family_name, "sample"):
         run_params.update({f"{section}.{k}": v for k, v in getattr(params, section).model_dump(mode="json").items()})
@@ -75,6 +137,7 @@ def run_train(
         run_name=f"train-{family_name}",
         stage=f"train_{family_name}",
         dataset_hash=dataset.content_hash,
+        dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
         params=run_params,
         tags={"keras.backend": keras.backend.backend(), "device": accelerator(), "dtype_policy": policy},
     ) as run:
@@ -84,16 +147,20 @@ def run_train(
             cfg,
             seed=params.seed,
             checkpoint_dir=ckpt_dir,
-            samples_dir=out_dir / "samples",
+            samples_dir=samples_stage,
             sample_fn=sample_fn,
-            on_metrics=lambda step, m: run.log_metrics(m, step=step),
+            on_metrics=lambda step, m: _on_metrics(run, kl_watch, step, m),
             on_grid=lambda step, path, _: run.log_artifact(path, "samples"),
             show_progress=show_progress,
         )
         resumed = trainer.resume() if resume else None
         if not resume:
-            trainer.clear_checkpoints()
+            trainer.clear_checkpoints()  # removed once this run's first checkpoint exists
+        elif resumed is not None and not trainer.previous_history and trainer.step:
+            trainer.previous_history = read_history_csv(report_dir / "train_log.csv", trainer.step)
         result = trainer.fit(family_cfg.steps)
+        history = trainer.full_history
+        figures, problems = collapse_report(params, family_name, family, sample_fn, dataset, kl_watch, history)
 
         meta = {
             "dataset": {"name": dataset.manifest["dataset"], "content_hash": dataset.content_hash},
@@ -102,20 +169,34 @@ def run_train(
             "resumed_from": str(resumed) if resumed else None,
             "stopped_early": trainer.stopped_early,
             "mlflow_run_id": run.run_id,  # None when tracking is off; lets a distillation link back to this run
+            "collapse": {"warning": bool(problems), "problems": problems, **figures},
         }
-        save_model(family, out_dir, meta)
+        save_model(family, out_dir, meta, include={"samples": samples_stage})
         metrics = {
             "step": result.step,
-            **{f"final.{k}": v for k, v in result.metrics.items()},
+            **{f"final.{k}": v for k, v in _final_values(result.metrics, history).items()},
             "images_per_sec": result.images_per_sec,
             "ms_per_step": result.ms_per_step,
             "parameters": family.trainable_count(),
+            **figures,
         }
         write_json(report_dir / "metrics.json", metrics)
-        write_text(report_dir / "train_log.csv", history_csv(result.history))
+        write_text(report_dir / "train_log.csv", history_csv(history))
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)})
         for item in [out_dir / "model.json", *(out_dir / f for f in os.listdir(out_dir) if f.endswith(".weights.h5"))]:
             run.log_artifact(item, "model")
         run.log_artifact(report_dir / "train_log.csv")
     return out_dir
-        dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
+
+
+def _final_values(values: dict[str, float], history: list[dict[str, float]]) -> dict[str, float]:
+    """The last logged values (from the history when this process had no step left to run)."""
+    if values or not history:
+        return values
+    return {k: v for k, v in history[-1].items() if k not in ("step", "images_per_sec")}
+
+
+def _on_metrics(run: Any, kl_watch: KLWatch | None, step: int, metrics: dict[str, float]) -> None:
+    run.log_metrics(metrics, step=step)
+    if kl_watch is not None:
+        kl_watch(step, metrics)

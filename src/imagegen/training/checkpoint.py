@@ -3,7 +3,12 @@
 One HDF5 file per checkpoint (``ckpt-000200.h5``), written atomically, so an interrupted write never
 replaces the last good one. Values are stored by position in ``model.weights`` / ``optimizer.variables``,
 which is deterministic for a given architecture; a fingerprint of the architecture guards against
-resuming into a different one.
+resuming into a different one. The loop's logged history (the loss curve up to the checkpoint's step) is
+stored with it, so a resumed run's ``train_log.csv`` is whole.
+
+A checkpoint that cannot be read (truncated, corrupt) is :class:`UnreadableCheckpoint`; the trainer then
+falls back to the previous one. A checkpoint of another architecture is a plain :class:`TrainingError`:
+falling back would not help.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ import keras
 import numpy as np
 
 from imagegen.errors import TrainingError
-from imagegen.fileio import atomic_path
+from imagegen.fileio import atomic_path, pause_for_tests
 from imagegen.training.families.base import Family
 
 _NAME = re.compile(r"^ckpt-(\d{6,})\.h5$")
+
+
+class UnreadableCheckpoint(TrainingError):
+    """The checkpoint file is truncated or corrupt (not: written for another model)."""
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -50,26 +59,48 @@ def fingerprint(family: Family) -> str:
     return json.dumps(parts, sort_keys=True)
 
 
-def save_checkpoint(folder: Path, family: Family, step: int, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    folder: Path,
+    family: Family,
+    step: int,
+    state: dict[str, Any],
+    keep: int,
+    history: list[dict[str, float]] | None = None,
+    stale: tuple[Path, ...] = (),
+) -> Path:
+    """Write ``ckpt-<step>.h5`` atomically; then remove ``stale`` (an earlier run's checkpoints) and all but
+    the newest ``keep`` checkpoints."""
     dest = checkpoint_path(folder, step)
-    with atomic_path(dest, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["state"] = json.dumps(state)
-        f.attrs["fingerprint"] = fingerprint(family)
-        for name, net in family.networks.items():
-            g = f.create_group(f"nets/{name}")
-            for i, w in enumerate(net.weights):
-                g.create_dataset(str(i), data=keras.ops.convert_to_numpy(w.value))
-        for phase in family.phases:
-            g = f.create_group(f"opts/{phase.name}")
-            for i, v in enumerate(phase.optimizer.variables):
-                g.create_dataset(str(i), data=keras.ops.convert_to_numpy(v.value))
+    with atomic_path(dest, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            _write(f, family, state, history or [])
+        pause_for_tests("checkpoint")
+    for old in stale:
+        if old != dest:
+            old.unlink(missing_ok=True)
     for _, old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return dest
 
 
+def _write(f: h5py.File, family: Family, state: dict[str, Any], history: list[dict[str, float]]) -> None:
+    f.attrs["state"] = json.dumps(state)
+    f.attrs["fingerprint"] = fingerprint(family)
+    # JSON bytes in a dataset: an HDF5 attribute is limited to 64 KiB, a long history is not.
+    f.create_dataset("history", data=np.frombuffer(json.dumps(history).encode(), dtype=np.uint8))
+    for name, net in family.networks.items():
+        g = f.create_group(f"nets/{name}")
+        for i, w in enumerate(net.weights):
+            g.create_dataset(str(i), data=keras.ops.convert_to_numpy(w.value))
+    for phase in family.phases:
+        g = f.create_group(f"opts/{phase.name}")
+        for i, v in enumerate(phase.optimizer.variables):
+            g.create_dataset(str(i), data=keras.ops.convert_to_numpy(v.value))
+
+
 def load_checkpoint(path: Path, family: Family) -> dict[str, Any]:
-    """Restore weights and optimiser state into ``family`` (optimisers must be built); return loop state."""
+    """Restore weights and optimiser state into ``family`` (optimisers must be built); return loop state
+    (with the logged ``history`` under that key, empty for checkpoints written before it was stored)."""
     try:
         with h5py.File(path, "r") as f:
             if f.attrs["fingerprint"] != fingerprint(family):
@@ -77,14 +108,19 @@ def load_checkpoint(path: Path, family: Family) -> dict[str, Any]:
                     f"{path}: checkpoint was written for a different model or optimiser configuration; "
                     "start without --resume or restore the params it was trained with"
                 )
-            for name, net in family.networks.items():
-                g = f[f"nets/{name}"]
-                for i, w in enumerate(net.weights):
-                    w.assign(np.asarray(g[str(i)]))
-            for phase in family.phases:
-                g = f[f"opts/{phase.name}"]
-                for i, v in enumerate(phase.optimizer.variables):
-                    v.assign(np.asarray(g[str(i)]))
-            return json.loads(f.attrs["state"])
-    except (OSError, KeyError) as exc:
-        raise TrainingError(f"{path}: unreadable checkpoint ({exc})") from None
+            # Read everything before assigning anything: a corrupt file leaves the networks untouched.
+            nets = {n: [np.asarray(f[f"nets/{n}/{i}"]) for i in range(len(m.weights))]
+                    for n, m in family.networks.items()}
+            opts = {p.name: [np.asarray(f[f"opts/{p.name}/{i}"]) for i in range(len(p.optimizer.variables))]
+                    for p in family.phases}
+            state = json.loads(f.attrs["state"])
+            state["history"] = json.loads(bytes(np.asarray(f["history"]))) if "history" in f else []
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({exc})") from None
+    for name, net in family.networks.items():
+        for w, value in zip(net.weights, nets[name], strict=True):
+            w.assign(value)
+    for phase in family.phases:
+        for v, value in zip(phase.optimizer.variables, opts[phase.name], strict=True):
+            v.assign(value)
+    return state

@@ -1,12 +1,18 @@
 """The training loop shared by every family and backend.
 
 It gives: host-side seeded noise and batches (so a resumed run continues exactly), EMA via the steppers,
-checkpoints every N steps with optimiser/RNG/data state, resume from the latest, a stop on a non-finite loss
-that keeps the last good checkpoint, a rich progress bar with loss and images/s, and sample grids.
+checkpoints every N steps with optimiser/RNG/data state and the logged history, resume from the latest
+readable checkpoint (falling back past a truncated one with a warning), a stop on a non-finite loss that keeps
+the last good checkpoint, a rich progress bar with loss and images/s, and sample grids.
+
+A fresh run (no resume) never deletes an earlier run's checkpoints up front: :meth:`Trainer.clear_checkpoints`
+marks them stale and they are removed only once this run's own first checkpoint is on disk, so a crash (or a
+forgotten ``--resume``) before then still leaves the earlier resume state.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,9 +26,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from imagegen.config import TrainConfig
 from imagegen.data.loader import BatchStream, to_uint8
 from imagegen.errors import TrainingError
+from imagegen.fileio import remove_stale_temps
 from imagegen.images import save_grid
 from imagegen.training.checkpoint import (
-    latest_checkpoint,
+    UnreadableCheckpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -35,6 +42,8 @@ from imagegen.training.steppers import make_stepper
 MetricsHook = Callable[[int, dict[str, float]], None]
 GridHook = Callable[[int, Path, np.ndarray], None]
 SampleFn = Callable[[Family, int, np.random.Generator], np.ndarray]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,41 +87,70 @@ class Trainer:
         self.noise_rng = np.random.default_rng([seed, 1])
         self.step = 0
         self.stopped_early = False
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []  # rows logged by this process
+        self.previous_history: list[dict[str, float]] = []  # rows up to the resumed checkpoint's step
+        self.stale: tuple[Path, ...] = ()  # an earlier run's checkpoints, removed after our first one
+        self.last_checkpoint: Path | None = None  # this run's (or the resumed) latest checkpoint
+        remove_stale_temps(self.checkpoint_dir)  # half-written checkpoints of killed runs
 
     # ---------------------------------------------------------------------------------------------
     def loop_state(self) -> dict[str, Any]:
         return {"step": self.step, "noise_rng": self.noise_rng.bit_generator.state, "stream": self.stream.state()}
 
+    @property
+    def full_history(self) -> list[dict[str, float]]:
+        """The whole loss curve: the resumed checkpoint's rows, then this process's."""
+        return [*self.previous_history, *self.history]
+
     def save(self) -> Path | None:
         self.stepper.push()
         if not is_writer():  # multi-host: process 0 writes; the others hold the same replicated state
-            return None
-        return save_checkpoint(
-            self.checkpoint_dir, self.family, self.step, self.loop_state(), keep=self.cfg.keep_checkpoints
+            return self.last_checkpoint
+        self.last_checkpoint = save_checkpoint(
+            self.checkpoint_dir,
+            self.family,
+            self.step,
+            self.loop_state(),
+            keep=self.cfg.keep_checkpoints,
+            history=self.full_history,
+            stale=self.stale,
         )
+        self.stale = ()
+        return self.last_checkpoint
 
     def resume(self, path: Path | None = None) -> Path | None:
-        """Restore the latest (or the given) checkpoint; returns it, or None if there is none."""
-        path = path or latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return None
-        state = load_checkpoint(path, self.family)
-        self.step = int(state["step"])
-        self.noise_rng.bit_generator.state = state["noise_rng"]
-        self.stream.restore(state["stream"])
-        self.stepper.pull()
-        return path
+        """Restore the given checkpoint, else the newest readable one; returns it, or None if there is none.
+
+        An unreadable (truncated, corrupt) newest checkpoint is skipped with a warning for the one before it;
+        one of another architecture stops with a :class:`TrainingError`.
+        """
+        candidates = [path] if path is not None else [p for _, p in reversed(list_checkpoints(self.checkpoint_dir))]
+        for i, candidate in enumerate(candidates):
+            try:
+                state = load_checkpoint(candidate, self.family)
+            except UnreadableCheckpoint as exc:
+                if path is not None or i == len(candidates) - 1:
+                    raise
+                log.warning("%s; resuming from the previous checkpoint %s instead", exc, candidates[i + 1])
+                continue
+            self.step = int(state["step"])
+            self.noise_rng.bit_generator.state = state["noise_rng"]
+            self.stream.restore(state["stream"])
+            self.previous_history = [row for row in state["history"] if row["step"] <= self.step]
+            self.stepper.pull()
+            self.last_checkpoint = candidate
+            return candidate
+        return None
 
     def clear_checkpoints(self) -> None:
-        for _, path in list_checkpoints(self.checkpoint_dir):
-            path.unlink()
+        """Start afresh: the checkpoints now in the folder are removed once this run's first one is written."""
+        self.stale = tuple(p for _, p in list_checkpoints(self.checkpoint_dir))
 
     # ---------------------------------------------------------------------------------------------
     def _check_finite(self, values: dict[str, float]) -> None:
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
-            last = latest_checkpoint(self.checkpoint_dir)
+            last = self.last_checkpoint
             kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
             raise TrainingError(
                 f"non-finite loss at step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "

@@ -2,7 +2,9 @@
 
 Layouts accepted: images directly in the folder (one class, named after the folder), or only subfolders
 each holding images (class = subfolder name, sorted). Anything else in the tree (a text file, a truncated
-image) stops ingestion with an error naming the file: a silently skipped file is a silently wrong dataset.
+image, an empty class subfolder) stops ingestion with an error naming the file or folder: a silently skipped
+file is a silently wrong dataset. So does a folder too small for a non-empty held-out split at
+``data.test_fraction``: evaluation needs held-out images.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
         if stray:
             raise DataError(f"{stray[0]}: file beside class subfolders; put every image inside a class folder")
         classes = [(d.name, _list_images(d)) for d in subdirs]
+        for d, (_, files) in zip(subdirs, classes, strict=True):
+            if not files:
+                raise DataError(
+                    f"{d}: empty class folder; expected PNG/JPEG images in every class subfolder (remove it or add images)"
+                )
     else:
         classes = [(root.name, _list_images(root))]
     if not any(files for _, files in classes):
@@ -83,6 +90,11 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
             listing.update(f"{path.relative_to(root).as_posix()}:{md5_file(path)}\n".encode())
     y = np.asarray(labels, dtype=np.int64)
     train_idx, test_idx = stratified_split(y, cfg.test_fraction, seed)
+    if len(test_idx) == 0:
+        raise DataError(
+            f"{root}: {len(y)} image(s) leave the held-out split empty at data.test_fraction={cfg.test_fraction:g}; "
+            "expected enough images per class for at least one test image (add images or raise data.test_fraction)"
+        )
     return Dataset(
         name="folder",
         splits=_splits(paths, y, {"train": train_idx, "test": test_idx}, mode, cfg.image_size, stream),
@@ -90,6 +102,7 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
         source=f"image folder {root}",
         files=[{"name": f"{root.name}/ ({len(y)} images)", "sha256_of_listing": listing.hexdigest()}],
     )
+
 
 def _splits(
     paths: list[Path], labels: np.ndarray, indices: dict[str, np.ndarray], mode: str, size: int, stream: bool
