@@ -1,1 +1,1 @@
-"""Prefect flows and deployments for the imagegen pipeline (they call the same stage functions as dvc.yaml)."""
+"""Prefect orchestration of the imagegen pipeline: a flow derived from dvc.yaml (one task per DVC stage)."""
