@@ -25,7 +25,7 @@ def _num(value: Any) -> str:
         return "" if value is None else str(value).lower()
     if isinstance(value, int | float):
         return f"{value:.4g}"
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")  # one table cell
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
