@@ -47,6 +47,7 @@ def _global_options(
 def _print_warning(message: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, markup=True, soft_wrap=True)
 
+
 ParamsOpt = Annotated[
     Path | None,
     typer.Option("--params", "-p", help="params file (default: ./params.yaml, or built-in defaults if absent)"),

@@ -20,6 +20,7 @@ printed, one ``warning: ...`` line each on stderr.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -102,10 +103,8 @@ def filter_native_stderr() -> bool:
     thread.start()
 
     def restore() -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
         os.dup2(original, 2)  # closes the pipe's last write end: the pump sees EOF and drains
         thread.join(timeout=5)
 
