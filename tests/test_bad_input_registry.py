@@ -1,9 +1,8 @@
 """Issue 11's bad-input catalogue, registry rows (2, 4, 5, 6) and collapse: one test per row.
 
-Every case runs the real CLI against a real SQLite MLflow store holding a champion (v1, promoted through
-the gate), and checks the exit code, the one-line message naming the key or file, and that the champion
-alias and its tags are exactly as before. ``pytest -k bad_input`` selects them.
-"""
+Every case runs the real CLI against a real SQLite MLflow store holding a champion (v1, promoted
+through the gate), and checks the exit code, the one-line message naming the key or file, and that
+the champion alias and its tags are exactly as before. ``pytest -k bad_input`` selects them."""
 
 from __future__ import annotations
 
@@ -20,7 +19,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_registry import GOOD_EVAL, add_version, evaluation, store_params, tiny_vae, version_tags
+from tests.test_registry import (
+    GOOD_EVAL,
+    add_version,
+    evaluation,
+    store_params,
+    tiny_vae,
+    version_tags,
+)
 
 NAME = "imagegen-vae-digits"
 
@@ -55,7 +61,8 @@ class Store:
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A store whose champion is v1 (a good version, promoted by the gate), and a tiny trained model."""
+    """A store whose champion is v1 (a good version, promoted by the gate), and a tiny trained
+    model."""
     from imagegen.registry import promote
 
     root = tmp_path_factory.mktemp("bad_input_registry")
@@ -89,9 +96,18 @@ def one_line(text: str) -> str:
 def test_bad_input_row2_a_version_registered_without_export_is_refused(store: Store) -> None:
     before = store.champion()
     report = store.root / "metrics.json"
-    report.write_text(json.dumps(evaluation(fid=1.5)))  # much better than the champion, but no parity
-    registered = store.cli("register", "--model", str(store.model_dir), "--evaluation", str(report),
-                           "--out", str(store.root / "register.json"))
+    report.write_text(
+        json.dumps(evaluation(fid=1.5))
+    )  # much better than the champion, but no parity
+    registered = store.cli(
+        "register",
+        "--model",
+        str(store.model_dir),
+        "--evaluation",
+        str(report),
+        "--out",
+        str(store.root / "register.json"),
+    )
     assert registered.exit_code == 0, registered.output
 
     result = store.cli("promote", NAME)
@@ -115,8 +131,10 @@ def test_bad_input_row4_promote_is_idempotent_and_serialised(store: Store, how: 
     v2 = add_version(store.client(), NAME, version_tags(evaluation(fid=2.0)))
     cmd = [sys.executable, "-m", "imagegen", "promote", NAME, "-S", f"tracking.uri={store.uri}"]
     env = {**os.environ, "COLUMNS": "400"}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     said = [one_line(out) for out, _ in outs]
@@ -145,9 +163,21 @@ def test_bad_input_row5_a_first_version_must_clear_the_absolute_floor(store: Sto
     ("case", "metrics", "named"),
     [
         ("dcgan_mode_collapse", {"class_entropy": 0.01, "coverage": 0.1}, "eval.class_entropy"),
-        ("vae_posterior_collapse", {"precision": 0.0, "recall": 0.0, "class_entropy": 0.0}, "eval.recall"),
-        ("ddpm_flat_samples", {"recall": 0.001, "class_entropy": 0.0, "coverage": 0.1}, "eval.class_entropy"),
-        ("ddpm_non_finite_samples", {"fid": float("nan"), "kid_mean": float("nan")}, "eval.fid=nan"),
+        (
+            "vae_posterior_collapse",
+            {"precision": 0.0, "recall": 0.0, "class_entropy": 0.0},
+            "eval.recall",
+        ),
+        (
+            "ddpm_flat_samples",
+            {"recall": 0.001, "class_entropy": 0.0, "coverage": 0.1},
+            "eval.class_entropy",
+        ),
+        (
+            "ddpm_non_finite_samples",
+            {"fid": float("nan"), "kid_mean": float("nan")},
+            "eval.fid=nan",
+        ),
     ],
 )
 def test_bad_input_collapse_never_passes_the_gate(

@@ -1,8 +1,8 @@
 """MLflow over HTTP: a real ``mlflow server`` (loopback, SQLite backend, proxied artifacts in tmp).
 
-What works with the SQLite file works against the server: tracking, registering, promoting, and loading
-``models:/NAME@champion`` in a fresh process. A server that does not answer is one line and exit 2, fast.
-"""
+What works with the SQLite file works against the server: tracking, registering, promoting, and
+loading ``models:/NAME@champion`` in a fresh process. A server that does not answer is one line and
+exit 2, fast."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -43,19 +45,41 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow server`` on a free loopback port; stopped (its whole process group) also on failure."""
+    """``mlflow server`` on a free loopback port; stopped (its whole process group) also on
+    failure."""
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = root / "server.log"
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+    }
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{root / 'backend.db'}",
-             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{root / 'backend.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+            start_new_session=True,
         )
     try:
         _wait_healthy(url, proc, log)
@@ -78,7 +102,11 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _child_env(url: str, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+    }
     env.update(MLFLOW_TRACKING_URI=url, IMAGEGEN_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="400")
     return env
 
@@ -98,8 +126,14 @@ def test_register_promote_and_load_the_champion_in_a_fresh_process(
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"  # MLflow's own retries were capped
 
     env = _child_env(mlflow_server, tmp_path)
-    promote = subprocess.run([sys.executable, "-m", "imagegen", "promote", name], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+    promote = subprocess.run(
+        [sys.executable, "-m", "imagegen", "promote", name],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert promote.returncode == 0, promote.stdout + promote.stderr
     assert f"v{version}: promoted" in promote.stdout
 
@@ -109,8 +143,14 @@ def test_register_promote_and_load_the_champion_in_a_fresh_process(
         "images = m.predict(pd.DataFrame({'n': [4], 'seed': [0]}))\n"
         "print('IMAGES', images.shape, images.dtype)\n"
     )
-    fresh = subprocess.run([sys.executable, "-c", load], env=env, cwd=tmp_path, capture_output=True,
-                           text=True, timeout=600)
+    fresh = subprocess.run(
+        [sys.executable, "-c", load],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert "IMAGES (4, 8, 8, 1) uint8" in fresh.stdout, fresh.stderr[-3000:]
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
@@ -125,8 +165,22 @@ def test_an_unreachable_tracking_server_fails_fast_with_one_line(tmp_path: Path)
     env = {**_child_env(dead, tmp_path), "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "imagegen", "train", "vae", "-S", "vae.steps=3", "-S", "data.image_size=8"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "imagegen",
+            "train",
+            "vae",
+            "-S",
+            "vae.steps=3",
+            "-S",
+            "data.image_size=8",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 2, result.stderr

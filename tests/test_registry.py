@@ -1,8 +1,8 @@
-"""The MLflow model registry on a real SQLite store: versions, the promotion gate, loading the champion.
+"""The MLflow model registry on a real SQLite store: versions, the promotion gate, loading the
+champion.
 
-The helpers at the top (a tiny trained model, evaluation reports, a cheap tagged version) are shared by
-test_bad_input_registry.py and test_mlflow_server.py.
-"""
+The helpers at the top (a tiny trained model, evaluation reports, a cheap tagged version) are shared
+by test_bad_input_registry.py and test_mlflow_server.py."""
 
 from __future__ import annotations
 
@@ -17,8 +17,14 @@ from imagegen.config import Params, RegistryConfig, load_params
 
 # An evaluation report as `imagegen evaluate` writes it (the digits models score like this today).
 GOOD_EVAL: dict[str, Any] = {
-    "fid": 3.0, "kid_mean": 0.02, "precision": 0.65, "recall": 0.85, "coverage": 1.0,
-    "class_entropy": 0.93, "n_generated": 1000, "floor": {"fid": 1.0, "precision": 0.92, "recall": 0.91},
+    "fid": 3.0,
+    "kid_mean": 0.02,
+    "precision": 0.65,
+    "recall": 0.85,
+    "coverage": 1.0,
+    "class_entropy": 0.93,
+    "n_generated": 1000,
+    "floor": {"fid": 1.0, "precision": 0.92, "recall": 0.91},
 }
 PARITY_OK: dict[str, Any] = {"artifacts": {"float32": {"passed": True}, "int8": {"passed": True}}}
 
@@ -32,9 +38,20 @@ def tiny_vae(root: Path) -> Path:
     from imagegen.stages.ingest import run_ingest
     from imagegen.stages.train import run_train
 
-    p = load_params(None, ["tracking.enabled=false", "data.image_size=8", "vae.steps=3", "vae.base_filters=4",
-                           "train.batch_size=16", "train.jit_compile=false", f"data.processed_dir={root / 'd'}",
-                           f"train.checkpoints_dir={root / 'c'}", f"train.reports_dir={root / 'r'}"])
+    p = load_params(
+        None,
+        [
+            "tracking.enabled=false",
+            "data.image_size=8",
+            "vae.steps=3",
+            "vae.base_filters=4",
+            "train.batch_size=16",
+            "train.jit_compile=false",
+            f"data.processed_dir={root / 'd'}",
+            f"train.checkpoints_dir={root / 'c'}",
+            f"train.reports_dir={root / 'r'}",
+        ],
+    )
     return run_train(p, "vae", data_dir=run_ingest(p), out_dir=root / "vae", show_progress=False)
 
 
@@ -43,14 +60,14 @@ def store_params(uri: str, *overrides: str) -> Params:
 
 
 def add_version(client: Any, name: str, tags: dict[str, str], alias: str = "challenger") -> str:
-    """A registry version carrying ``tags`` (as `register` writes them) without logging a model: the gate
-    only reads tags, and this takes milliseconds rather than the seconds of a pyfunc log."""
+    """A registry version carrying ``tags`` (as `register` writes them) without logging a model: the
+    gate only reads tags, and this takes milliseconds rather than the seconds of a pyfunc log."""
+    import contextlib
+
     from mlflow.exceptions import MlflowException
 
-    try:
+    with contextlib.suppress(MlflowException):  # it exists
         client.create_registered_model(name)
-    except MlflowException:
-        pass  # exists
     version = str(client.create_model_version(name, source="file:///nowhere", tags=tags).version)
     client.set_registered_model_alias(name, alias, version)
     return version
@@ -74,13 +91,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # The gate as a function of tags
 
 
-def _gate(tags: dict[str, str], champion: dict[str, str] | None = None, **cfg: Any) -> tuple[bool, str]:
+def _gate(
+    tags: dict[str, str], champion: dict[str, str] | None = None, **cfg: Any
+) -> tuple[bool, str]:
     from imagegen.registry.gate import gate
 
     return gate(RegistryConfig(**cfg), "7", tags, None if champion is None else "6", champion)
 
 
-def test_the_default_floor_passes_todays_digits_models_and_refuses_a_collapsed_first_version() -> None:
+def test_the_default_floor_passes_todays_digits_models_and_refuses_a_collapsed_first_version() -> (
+    None
+):
     import json
 
     reports = sorted(Path(__file__).resolve().parents[1].glob("reports/evaluate_*/metrics.json"))
@@ -96,11 +117,20 @@ def test_collapse_never_passes_even_against_a_worse_champion() -> None:
     champion = version_tags(evaluation(fid=50.0))
     for collapsed in (
         evaluation(class_entropy=0.01, fid=2.0),  # DCGAN mode collapse: one class
-        evaluation(recall=0.0, precision=0.0, class_entropy=0.0, coverage=0.1),  # VAE: the mean image
+        evaluation(
+            recall=0.0, precision=0.0, class_entropy=0.0, coverage=0.1
+        ),  # VAE: the mean image
         evaluation(fid=math.nan),  # DDPM non-finite samples
     ):
-        ok, reason = _gate(version_tags(collapsed), champion, min_precision=0, min_recall=0,
-                           min_coverage=0, min_class_entropy=0, max_fid_over_floor=1e9)
+        ok, reason = _gate(
+            version_tags(collapsed),
+            champion,
+            min_precision=0,
+            min_recall=0,
+            min_coverage=0,
+            min_class_entropy=0,
+            max_fid_over_floor=1e9,
+        )
         assert not ok and "collapse" in reason, reason
     with pytest.raises(ValueError):
         RegistryConfig(collapse_class_entropy=0)  # the collapse check cannot be switched off
@@ -117,7 +147,9 @@ def test_the_gate_names_a_missing_parity_verdict_and_missing_metrics() -> None:
 # On a real store
 
 
-def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(trained, tmp_path, monkeypatch) -> None:
+def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(
+    trained, tmp_path, monkeypatch
+) -> None:
     import mlflow.pyfunc
     import pandas as pd
 
@@ -129,13 +161,23 @@ def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(trained, tmp_p
     name, v1 = register(params, trained, evaluation(fid=5.0), PARITY_OK)
     assert name == "imagegen-vae-digits"
     first = promote(params, name)
-    assert first.promoted and "no champion yet" in first.reason and "absolute quality floor" in first.reason
+    assert (
+        first.promoted
+        and "no champion yet" in first.reason
+        and "absolute quality floor" in first.reason
+    )
 
     client = client_for(params)
-    v2 = add_version(client, name, version_tags(evaluation(fid=5.0 * 0.99)))  # better, by less than 2%
+    v2 = add_version(
+        client, name, version_tags(evaluation(fid=5.0 * 0.99))
+    )  # better, by less than 2%
     refused = promote(params, name)
     assert not refused.promoted
-    assert f"champion v{v1}" in refused.reason and "not better" in refused.reason and "2%" in refused.reason
+    assert (
+        f"champion v{v1}" in refused.reason
+        and "not better" in refused.reason
+        and "2%" in refused.reason
+    )
 
     v3 = add_version(client, name, version_tags(evaluation(fid=3.0)))
     better = promote(params, name)
@@ -145,7 +187,9 @@ def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(trained, tmp_p
     tags = client.get_model_version(name, v2).tags
     assert tags["promotion.decision"] == "refused" and "not better" in tags["promotion.reason"]
     v1_tags = client.get_model_version(name, v1).tags
-    assert v1_tags["dataset.content_hash"].startswith("sha256:") and len(v1_tags["git.commit"]) == 40
+    assert (
+        v1_tags["dataset.content_hash"].startswith("sha256:") and len(v1_tags["git.commit"]) == 40
+    )
 
     client.set_registered_model_alias(name, CHAMPION, v1)  # load the real pyfunc
     model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
@@ -178,17 +222,38 @@ def test_the_registered_pyfunc_pins_imagegen_and_its_backend_and_validates_reque
     for package in ("keras", "tensorflow", "numpy"):
         assert f"{package}=={importlib.metadata.version(package)}" in requirements
 
-    # The wheel is a real one: pip installs it (no index, no dependencies) and it imports from there.
+    # A real wheel: pip installs it (no index, no dependencies) and imagegen imports from it.
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--target", str(target), str(local / "code" / wheel)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(local / "code" / wheel),
+        ],
+        check=True,
+    )
     probe = "import imagegen, sys; print(imagegen.__file__)"
-    out = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(target)},
-                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
     assert out.startswith(str(target))
 
     model = mlflow.pyfunc.load_model(str(local))
-    schema = str(model.metadata.get_input_schema())  # inferred from the type hint list[GenerateRequest]
+    schema = str(
+        model.metadata.get_input_schema()
+    )  # inferred from the type hint list[GenerateRequest]
     assert "n: long" in schema and "seed: long" in schema
     with pytest.raises(MlflowException, match="greater than or equal to 1"):
         model.predict(pd.DataFrame({"n": [0], "seed": [0]}))
@@ -214,6 +279,9 @@ def test_promote_cli_names_a_model_without_a_challenger(tmp_path, monkeypatch) -
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IMAGEGEN_CACHE_DIR", str(tmp_path / "cache"))
-    result = CliRunner().invoke(app, ["promote", "imagegen-nothing-here", "-S", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
+    result = CliRunner().invoke(
+        app,
+        ["promote", "imagegen-nothing-here", "-S", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"],
+    )
     assert result.exit_code == 2
     assert "imagegen-nothing-here" in result.output

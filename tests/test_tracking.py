@@ -56,7 +56,10 @@ def test_a_failing_body_marks_the_run_failed(monkeypatch, tmp_path: Path) -> Non
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    with pytest.raises(RuntimeError), start_run(TrackingConfig(uri=uri), "boom", stage="test") as run:
+    with (
+        pytest.raises(RuntimeError),
+        start_run(TrackingConfig(uri=uri), "boom", stage="test") as run,
+    ):
         run_id = run.run_id
         raise RuntimeError("boom")
     assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FAILED"
@@ -80,7 +83,9 @@ def test_every_run_records_git_commit_dvc_lock_and_the_orchestrators_parent_and_
     parent_exp = client.create_experiment("pipeline-runs")
     parent = client.create_run(parent_exp, run_name="pipeline").info.run_id
     monkeypatch.setenv("IMAGEGEN_MLFLOW_PARENT_RUN_ID", parent)
-    monkeypatch.setenv("IMAGEGEN_RUN_TAGS", json.dumps({"prefect.flow_run_id": "fr-1", "dvc.experiment": "x"}))
+    monkeypatch.setenv(
+        "IMAGEGEN_RUN_TAGS", json.dumps({"prefect.flow_run_id": "fr-1", "dvc.experiment": "x"})
+    )
 
     with start_run(TrackingConfig(uri=uri), "child", stage="test") as run:
         run_id = run.run_id
@@ -98,14 +103,18 @@ def test_bad_run_tags_or_a_missing_parent_are_one_line_errors(monkeypatch, tmp_p
     monkeypatch.chdir(tmp_path)
     cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'm.db'}")
     monkeypatch.setenv("IMAGEGEN_RUN_TAGS", "[1, 2]")
-    with pytest.raises(ImagegenError, match="IMAGEGEN_RUN_TAGS: expected a JSON object"):
-        with start_run(cfg, "x", stage="test"):
-            pass
+    with (
+        pytest.raises(ImagegenError, match="IMAGEGEN_RUN_TAGS: expected a JSON object"),
+        start_run(cfg, "x", stage="test"),
+    ):
+        pass
     monkeypatch.delenv("IMAGEGEN_RUN_TAGS")
     monkeypatch.setenv("IMAGEGEN_MLFLOW_PARENT_RUN_ID", "0" * 32)
-    with pytest.raises(ImagegenError, match="parent run 0{32}.*does not exist"):
-        with start_run(cfg, "x", stage="test"):
-            pass
+    with (
+        pytest.raises(ImagegenError, match="parent run 0{32}.*does not exist"),
+        start_run(cfg, "x", stage="test"),
+    ):
+        pass
 
 
 def test_a_training_run_logs_its_dataset_as_an_mlflow_input(monkeypatch, tmp_path: Path) -> None:
@@ -118,9 +127,20 @@ def test_a_training_run_logs_its_dataset_as_an_mlflow_input(monkeypatch, tmp_pat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("IMAGEGEN_MLFLOW_PARENT_RUN_ID", raising=False)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    p = load_params(None, [f"tracking.uri={uri}", "data.image_size=8", "vae.steps=2", "vae.base_filters=4",
-                           "train.batch_size=16", "train.jit_compile=false", f"data.processed_dir={tmp_path / 'd'}",
-                           f"train.checkpoints_dir={tmp_path / 'c'}", f"train.reports_dir={tmp_path / 'r'}"])
+    p = load_params(
+        None,
+        [
+            f"tracking.uri={uri}",
+            "data.image_size=8",
+            "vae.steps=2",
+            "vae.base_filters=4",
+            "train.batch_size=16",
+            "train.jit_compile=false",
+            f"data.processed_dir={tmp_path / 'd'}",
+            f"train.checkpoints_dir={tmp_path / 'c'}",
+            f"train.reports_dir={tmp_path / 'r'}",
+        ],
+    )
     data = run_ingest(p)
     model = run_train(p, "vae", data_dir=data, out_dir=tmp_path / "vae", show_progress=False)
     manifest = json.loads((data / "manifest.json").read_text())
@@ -132,7 +152,10 @@ def test_a_training_run_logs_its_dataset_as_an_mlflow_input(monkeypatch, tmp_pat
     assert dataset_input.dataset.digest == manifest["content_hash"].split(":")[1][:32]
     assert str(data.resolve()) in dataset_input.dataset.source
     tags = {t.key: t.value for t in dataset_input.tags}
-    assert tags["mlflow.data.context"] == "training" and tags["imagegen.content_hash"] == manifest["content_hash"]
+    assert (
+        tags["mlflow.data.context"] == "training"
+        and tags["imagegen.content_hash"] == manifest["content_hash"]
+    )
 
 
 def test_a_broken_sqlite_store_is_named_before_mlflow_touches_it(tmp_path: Path) -> None:
@@ -140,7 +163,10 @@ def test_a_broken_sqlite_store_is_named_before_mlflow_touches_it(tmp_path: Path)
 
     db = tmp_path / "mlflow.db"
     db.write_text("this is not a database, it is a note\n" * 10)
-    with pytest.raises(TrackingStoreError, match=f"{db}: not an SQLite database"):
-        with start_run(TrackingConfig(uri=f"sqlite:///{db}"), "x", stage="test"):
-            pass
+    cfg = TrackingConfig(uri=f"sqlite:///{db}")
+    with (
+        pytest.raises(TrackingStoreError, match=f"{db}: not an SQLite database"),
+        start_run(cfg, "x", stage="test"),
+    ):
+        pass
     assert db.read_text().startswith("this is not a database")

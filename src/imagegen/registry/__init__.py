@@ -1,10 +1,11 @@
-"""MLflow model registry: register a model version as ``challenger``; promote it to ``champion`` through a gate.
+"""MLflow model registry: register a model version as ``challenger``; promote it to ``champion``
+through a gate.
 
-Registry stages are deprecated since MLflow 2.9; this uses aliases. The gate (:mod:`imagegen.registry.gate`)
-reads evaluation metrics and the export's parity verdict stored as tags on each version, so every decision
-can be re-read later (``promotion.*`` tags on the version). Works the same on a SQLite file and on an
-``mlflow server`` (the store is checked first: a dead server or a broken file is one line naming it).
-"""
+Registry stages are deprecated since MLflow 2.9; this uses aliases. The gate
+(:mod:`imagegen.registry.gate`) reads evaluation metrics and the export's parity verdict stored as
+tags on each version, so every decision can be re-read later (``promotion.*`` tags on the version).
+Works the same on a SQLite file and on an ``mlflow server`` (the store is checked first: a dead
+server or a broken file is one line naming it)."""
 
 from __future__ import annotations
 
@@ -63,15 +64,16 @@ def registered_name(params: Params, family: str, dataset: str) -> str:
 
 
 def registry_family(meta: dict[str, Any]) -> str:
-    """``ddpm``, or ``ddpm-student`` for a distilled model: a student competes with earlier students, not with
-    its teacher (it trades some quality for speed by design)."""
+    """``ddpm``, or ``ddpm-student`` for a distilled model: a student competes with earlier
+    students, not with its teacher (it trades some quality for speed by design)."""
     return f"{meta['family']}-student" if meta.get("distillation") else str(meta["family"])
 
 
 def _needs_tracking(params: Params, what: str) -> None:
     if not params.tracking.enabled:
         raise ImagegenError(
-            f"tracking.enabled is false: the model registry lives in MLflow, so {what} needs tracking on"
+            f"tracking.enabled is false: the model registry lives in MLflow, "
+            f"so {what} needs tracking on"
         )
 
 
@@ -81,8 +83,9 @@ def client_for(params: Params) -> Any:
 
 
 def eval_tags(evaluation: dict[str, Any]) -> dict[str, str]:
-    """``eval.<metric>`` and ``eval.floor.<metric>`` for every number of an evaluation report; non-finite
-    values are kept (``nan``, ``inf``) because they are what the gate must see to refuse."""
+    """``eval.<metric>`` and ``eval.floor.<metric>`` for every number of an evaluation report;
+    non-finite values are kept (``nan``, ``inf``) because they are what the gate must see to
+    refuse."""
     tags: dict[str, str] = {}
     floor = evaluation.get("floor") if isinstance(evaluation.get("floor"), dict) else {}
     for prefix, tree in (("eval.", evaluation), ("eval.floor.", floor)):
@@ -91,6 +94,20 @@ def eval_tags(evaluation: dict[str, Any]) -> dict[str, str]:
                 number = float(value)
                 tags[f"{prefix}{key}"] = repr(number) if math.isfinite(number) else str(number)
     return tags
+
+
+def training_collapse_tags(meta: dict[str, Any]) -> dict[str, str]:
+    """What training's collapse checks said (``collapse`` in model.json), for whoever reads the
+    version. Informational: the gate decides on the evaluation, which measures the samples the
+    version makes."""
+    collapse = meta.get("collapse")
+    if not isinstance(collapse, dict):
+        return {}
+    problems = "; ".join(str(p) for p in collapse.get("problems", []))
+    return {
+        "train.collapse_warning": "true" if collapse.get("warning") else "false",
+        **({"train.collapse_problems": problems[:5000]} if problems else {}),
+    }
 
 
 def parity_passed(export_report: dict[str, Any]) -> bool:
@@ -106,8 +123,8 @@ def register(
     export_dir: Path | None = None,
 ) -> tuple[str, str]:
     """Log ``model_dir`` as a pyfunc in a run, register a new version, alias it ``challenger``;
-    return (name, version). The run is an ordinary ``imagegen.tracking`` run (a child of the pipeline's
-    parent run, with its provenance tags)."""
+    return (name, version). The run is an ordinary ``imagegen.tracking`` run (a child of the
+    pipeline's parent run, with its provenance tags)."""
     import tempfile
 
     import mlflow
@@ -135,7 +152,9 @@ def register(
                 if export_dir is not None:  # the deployable files travel with the version's run
                     mlflow.log_artifacts(str(export_dir), artifact_path="export")
                 if export_report is not None:
-                    mlflow.log_metrics(finite_metrics({"export": export_report.get("artifacts", {})}))
+                    mlflow.log_metrics(
+                        finite_metrics({"export": export_report.get("artifacts", {})})
+                    )
                 version = str(mlflow.register_model(info.model_uri, name).version)
         client = run.client
         tags = {
@@ -149,6 +168,7 @@ def register(
         }
         if export_report is not None:
             tags[PARITY_TAG] = "true" if parity_passed(export_report) else "false"
+        tags.update(training_collapse_tags(meta))
         with store_errors(uri):
             for key, value in tags.items():
                 client.set_model_version_tag(name, version, key, value)
@@ -169,10 +189,11 @@ def _alias(client: Any, name: str, alias: str) -> Any | None:
 
 
 def promote(params: Params, name: str, force_reason: str | None = None) -> Decision:
-    """Move ``champion`` to the current ``challenger`` if the gate passes (or ``force_reason`` is given).
+    """Move ``champion`` to the current ``challenger`` if the gate passes (or ``force_reason`` is
+    given).
 
-    Idempotent: when the challenger already is the champion nothing is written. Promotes of one model
-    are serialised (:mod:`imagegen.registry.lock`), so two at once leave one consistent state.
+    Idempotent: when the challenger already is the champion nothing is written. Promotes of one
+    model are serialised (:mod:`imagegen.registry.lock`), so two at once leave one consistent state.
     """
     _needs_tracking(params, "promote")
     client, uri = open_store(params.tracking)
@@ -188,18 +209,30 @@ def promote(params: Params, name: str, force_reason: str | None = None) -> Decis
         previous = None if champion is None else str(champion.version)
         if previous == version:
             return Decision(
-                name, version, True, f"version {version} is already the champion; nothing changed",
-                previous, changed=False,
+                name,
+                version,
+                True,
+                f"version {version} is already the champion; nothing changed",
+                previous,
+                changed=False,
             )
         ok, reason = gate(
-            params.registry, version, challenger.tags, previous, None if champion is None else champion.tags
+            params.registry,
+            version,
+            challenger.tags,
+            previous,
+            None if champion is None else champion.tags,
         )
         if not ok and force_reason:
             ok, reason = True, f"forced: {force_reason} (gate said: {reason})"
         # Tags first, then the alias: a champion always carries the decision that made it one.
-        client.set_model_version_tag(name, version, "promotion.decision", "promoted" if ok else "refused")
+        client.set_model_version_tag(
+            name, version, "promotion.decision", "promoted" if ok else "refused"
+        )
         client.set_model_version_tag(name, version, "promotion.reason", reason)
-        client.set_model_version_tag(name, version, "promotion.previous_champion", previous or "none")
+        client.set_model_version_tag(
+            name, version, "promotion.previous_champion", previous or "none"
+        )
         if ok:
             client.set_registered_model_alias(name, CHAMPION, version)
     return Decision(name, version, ok, reason, previous)

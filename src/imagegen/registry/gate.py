@@ -2,17 +2,19 @@
 
 Checks, in order; the first that fails is the reason recorded on the version:
 
-1. **Parity**: the export's parity verdict must be present and passed (``export.parity_passed=true``).
-   A version registered without ``--export`` has no verdict and is refused.
+1. **Parity**: the export's parity verdict must be present and passed
+   (``export.parity_passed=true``). A version registered without ``--export`` has no verdict and is
+   refused.
 2. **Evaluated**: the tags the gate reads (``eval.fid``, ``eval.precision``, ``eval.recall``,
    ``eval.coverage``, ``eval.class_entropy``, ``eval.floor.fid``) must exist.
 3. **Collapse**: a non-finite metric, or class entropy or recall near 0, is collapse (DCGAN mode
    collapse, VAE posterior collapse: every sample the mean image, DDPM flat or non-finite samples).
    The thresholds must be > 0, so no setting lets a collapsed model through; only ``--force``.
-4. **Absolute floor**: FID at most ``max_fid_over_floor`` x the real-vs-real floor FID, and precision,
-   recall, class coverage and class entropy at least their minimums. Every version must clear it, so a
-   first version (no champion yet) is not promoted just for being first.
-5. **Improvement**: with a champion, ``gate_metric`` must beat the champion's by ``min_improvement``.
+4. **Absolute floor**: FID at most ``max_fid_over_floor`` x the real-vs-real floor FID, and
+   precision, recall, class coverage and class entropy at least their minimums. Every version must
+   clear it, so a first version (no champion yet) is not promoted just for being first.
+5. **Improvement**: with a champion, ``gate_metric`` must beat the champion's by
+   ``min_improvement``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def missing_problem(version: str, tags: Mapping[str, str]) -> str | None:
     if not missing:
         return None
     return (
-        f"version {version} has no {', '.join(missing)} tag{'s' if len(missing) > 1 else ''}: register "
+        f"version {version} has no {', '.join(missing)} tag{'s' if len(missing) > 1 else ''}: "
+        f"register "
         f"it with the metrics.json of `imagegen evaluate` (with its floor)"
     )
 
@@ -72,7 +75,8 @@ def collapse_problem(version: str, tags: Mapping[str, str], cfg: RegistryConfig)
         )
     if values["recall"] < cfg.collapse_recall:
         found.append(
-            f"eval.recall {values['recall']:.3g} < registry.collapse_recall {cfg.collapse_recall:g} "
+            f"eval.recall {values['recall']:.3g} < registry.collapse_recall "
+            f"{cfg.collapse_recall:g} "
             f"(samples cover almost none of the real data)"
         )
     return f"version {version}: collapse: {'; '.join(found)}" if found else None
@@ -135,6 +139,7 @@ def gate(
             f"(needed <= {needed:.4g}); {floor_ok}"
         )
     return False, (
-        f"{key} {new:.4g} is not better than champion v{champion_version}'s {old:.4g} by the required "
+        f"{key} {new:.4g} is not better than champion v{champion_version}'s {old:.4g} "
+        f"by the required "
         f"{margin:.0%} (needed <= {needed:.4g}); champion unchanged"
     )

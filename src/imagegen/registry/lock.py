@@ -1,12 +1,12 @@
 """One promote at a time per registered model, across processes on this machine.
 
 MLflow has no compare-and-set on aliases, so two promotes that interleave could leave a version that
-is champion with a "refused" decision tag. An exclusive ``flock`` on a file named after the store and
-the model serialises them: the second promote then sees the first one's champion. The lock file lives
-in imagegen's cache folder (not beside the store, which may be a server or a read-only folder).
-Promotes on *different* machines against one server are not serialised by this; the decision is a
-function of the versions' tags, so two identical promotes still converge on the same state.
-"""
+is champion with a "refused" decision tag. An exclusive ``flock`` on a file named after the store
+and the model serialises them: the second promote then sees the first one's champion. The lock file
+lives in imagegen's cache folder (not beside the store, which may be a server or a read-only
+folder). Promotes on *different* machines against one server are not serialised by this; the
+decision is a function of the versions' tags, so two identical promotes still converge on the same
+state."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Log an imagegen model folder as an MLflow pyfunc that a serving environment can rebuild.
 
-Requirements pin what the model needs to generate outside this environment
-(``mlflow models serve`` without ``--env-manager local``): imagegen itself as a wheel logged with
-the model (:mod:`imagegen.registry.wheel`, referenced as ``code/imagegen-<version>-py3-none-any.whl``),
-and the exact Keras, backend, numpy, pandas, pydantic and h5py versions installed here.
-"""
+Requirements pin what the model needs to generate outside this environment (``mlflow models serve``
+without ``--env-manager local``): imagegen itself as a wheel logged with the model
+(:mod:`imagegen.registry.wheel`, referenced as ``code/imagegen-<version>-py3-none-any.whl``), and
+the exact Keras, backend, numpy, pandas, pydantic and h5py versions installed here."""
 
 from __future__ import annotations
 
@@ -24,13 +23,15 @@ def _pin(package: str) -> str:
 
 
 def requirements(wheel: Path, backend: str) -> list[str]:
-    """The model's pip requirements: the imagegen wheel (path relative to the model folder), then pins."""
+    """The model's pip requirements: the imagegen wheel (path relative to the model folder), then
+    pins."""
     pins = [_pin(p) for p in (*RUNTIME_PACKAGES, *BACKEND_PACKAGES.get(backend, ()))]
     return [f"code/{wheel.name}", *pins]
 
 
 def log_pyfunc(model_dir: Path, params: Params, tmp: Path) -> tuple[Any, list[str]]:
-    """``mlflow.pyfunc.log_model`` of ``model_dir`` into the active run; (model info, requirements)."""
+    """``mlflow.pyfunc.log_model`` of ``model_dir`` into the active run; (model info,
+    requirements)."""
     import keras
     import mlflow
 

@@ -1,15 +1,14 @@
 """The registered model: an MLflow ``pyfunc`` wrapping an imagegen model folder.
 
 ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(pd.DataFrame({"n": [8], "seed": [0]}))``
-returns uint8 images (N, H, W, C); so does ``predict([{"n": 8, "seed": 0}])``. A pyfunc rather than the
-``mlflow.keras`` flavour because generating is more than one forward pass (a diffusion model runs its
-sampler), and because the folder loads under any Keras backend.
+returns uint8 images (N, H, W, C); so does ``predict([{"n": 8, "seed": 0}])``. A pyfunc rather than
+the ``mlflow.keras`` flavour because generating is more than one forward pass (a diffusion model
+runs its sampler), and because the folder loads under any Keras backend.
 
-``predict`` is type-hinted with ``list[GenerateRequest]`` (a pydantic model): MLflow 3 infers the input
-schema from the hint and validates every request against it (``n`` >= 1 and at most ``MAX_IMAGES``,
-``seed`` >= 0) before ``predict`` runs, also behind ``mlflow models serve``. A DataFrame with ``n`` and
-``seed`` columns is turned into the list of requests by MLflow.
-"""
+``predict`` is type-hinted with ``list[GenerateRequest]`` (a pydantic model): MLflow 3 infers the
+input schema from the hint and validates every request against it (``n`` >= 1 and at most
+``MAX_IMAGES``, ``seed`` >= 0) before ``predict`` runs, also behind ``mlflow models serve``. A
+DataFrame with ``n`` and ``seed`` columns is turned into the list of requests by MLflow."""
 
 from __future__ import annotations
 
@@ -20,7 +19,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_IMAGES = 4096
-# Diffusion sampler settings a request may give as MLflow params; these defaults mean "the model's own"
+# Diffusion sampler settings a request may give as MLflow params; these defaults mean
+# "the model's own"
 # (a distilled student's grid, else sample.* defaults), as `imagegen sample` without flags.
 SAMPLER_PARAMS: dict[str, Any] = {"sampler": "", "steps": 0, "eta": -1.0}
 
@@ -48,8 +48,8 @@ def sampler_overrides(params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class ImagegenModel(mlflow.pyfunc.PythonModel):
-    """``sample`` is the project's ``sample:`` section at registration (sampler defaults a model's own
-    grid and request params override, as for `imagegen sample`)."""
+    """``sample`` is the project's ``sample:`` section at registration (sampler defaults a model's
+    own grid and request params override, as for `imagegen sample`)."""
 
     def __init__(self, sample: dict[str, Any] | None = None, backend: str | None = None) -> None:
         self._sample = dict(sample or {})

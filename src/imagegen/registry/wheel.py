@@ -1,14 +1,14 @@
 """Pack the imagegen that is running now as a wheel, to travel inside a registered model.
 
-imagegen is not on a package index, so a serving environment built by MLflow (``mlflow models serve``
-with the default virtualenv/uv env manager, ``build-docker``) cannot ``pip install imagegen==X`` from
-one. Instead the wheel is logged with the model (``code_paths``: it lands in the model's ``code/``) and
-the model's requirements name it by relative path, which MLflow resolves against the model folder.
+imagegen is not on a package index, so a serving environment built by MLflow (``mlflow models
+serve`` with the default virtualenv/uv env manager, ``build-docker``) cannot ``pip install
+imagegen==X`` from one. Instead the wheel is logged with the model (``code_paths``: it lands in the
+model's ``code/``) and the model's requirements name it by relative path, which MLflow resolves
+against the model folder.
 
 The wheel is built from the imported package and its installed metadata, without a build backend, a
-source tree or the network, so it works from an editable checkout and from an installed package alike.
-Timestamps are fixed: the same code gives the same bytes.
-"""
+source tree or the network, so it works from an editable checkout and from an installed package
+alike. Timestamps are fixed: the same code gives the same bytes."""
 
 from __future__ import annotations
 
@@ -64,9 +64,9 @@ def build_wheel(dest_dir: Path) -> Path:
     if entry_points:
         files[f"{info}/entry_points.txt"] = entry_points.encode()
     files[f"{info}/WHEEL"] = (
-        "Wheel-Version: 1.0\nGenerator: imagegen.registry.wheel\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n"
-    ).encode()
+        b"Wheel-Version: 1.0\nGenerator: imagegen.registry.wheel\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n"
+    )
     files[f"{info}/top_level.txt"] = b"imagegen\n"
     record = [_record_line(name, data) for name, data in files.items()] + [f"{info}/RECORD,,"]
     files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()

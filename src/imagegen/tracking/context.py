@@ -1,7 +1,8 @@
-"""What every run records about where it came from: git commit, ``dvc.lock``, and the orchestrator's context.
+"""What every run records about where it came from: git commit, ``dvc.lock``, and the orchestrator's
+context.
 
-The contract with an orchestrator (the Prefect flow), through the environment so that a stage run as a
-subprocess (``dvc repro``, the CLI) inherits it unchanged:
+The contract with an orchestrator (the Prefect flow), through the environment so that a stage run as
+a subprocess (``dvc repro``, the CLI) inherits it unchanged:
 
 * ``IMAGEGEN_MLFLOW_PARENT_RUN_ID``: every run started here becomes a child of this run (tag
   ``mlflow.parentRunId``) in the parent's experiment;
@@ -36,9 +37,13 @@ def run_tags_from_env() -> dict[str, str]:
     try:
         tags = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ImagegenError(f"${RUN_TAGS_ENV}: not JSON ({exc.msg}); expected a JSON object of tags") from None
+        raise ImagegenError(
+            f"${RUN_TAGS_ENV}: not JSON ({exc.msg}); expected a JSON object of tags"
+        ) from None
     if not isinstance(tags, dict):
-        raise ImagegenError(f"${RUN_TAGS_ENV}: expected a JSON object of tags, got {type(tags).__name__}")
+        raise ImagegenError(
+            f"${RUN_TAGS_ENV}: expected a JSON object of tags, got {type(tags).__name__}"
+        )
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()}
 
 

@@ -1,9 +1,9 @@
 """A processed dataset as an MLflow dataset input (``mlflow.log_input``), built from its manifest.
 
 The arrays are not read: the manifest's content hash *is* the dataset version, so it becomes the
-dataset's digest, and the folder becomes its source. MLflow caps a digest at 36 characters, so the digest
-is the hash's first 32 hex digits and the full ``sha256:...`` is an input tag (``imagegen.content_hash``).
-"""
+dataset's digest, and the folder becomes its source. MLflow caps a digest at 36 characters, so the
+digest is the hash's first 32 hex digits and the full ``sha256:...`` is an input tag
+(``imagegen.content_hash``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import json
 import warnings
 from pathlib import Path
 from typing import Any
-
 
 DIGEST_LEN = 32
 
@@ -28,7 +27,9 @@ def manifest_dataset(dataset_dir: Path) -> Any:
 
     folder = Path(dataset_dir).resolve()
     manifest = json.loads((folder / "manifest.json").read_text())
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+    with (
+        warnings.catch_warnings()
+    ):  # "can be interpreted in multiple ways": both are the local source
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(folder))
     return MetaDataset(
@@ -39,7 +40,8 @@ def manifest_dataset(dataset_dir: Path) -> Any:
 
 
 def log_dataset_input(client: Any, run_id: str, dataset_dir: Path, context: str) -> None:
-    """What ``mlflow.log_input(dataset, context=...)`` does, on ``run_id`` rather than the active run."""
+    """What ``mlflow.log_input(dataset, context=...)`` does, on ``run_id`` rather than the active
+    run."""
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 

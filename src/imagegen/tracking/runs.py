@@ -74,7 +74,8 @@ class NullRun:
 
 
 class Run:
-    """An active MLflow run; all calls go to this run explicitly (no reliance on the global active run)."""
+    """An active MLflow run; all calls go to this run explicitly (no reliance on the global active
+    run)."""
 
     def __init__(self, client: Any, run_id: str, tracking_uri: str) -> None:
         self._client = client
@@ -128,7 +129,8 @@ class Run:
 
 
 def finite_metrics(tree: Mapping[str, Any]) -> dict[str, float]:
-    """The finite numbers of a nested report as dotted keys (booleans and text left out), for ``log_metrics``."""
+    """The finite numbers of a nested report as dotted keys (booleans and text left out), for
+    ``log_metrics``."""
     from imagegen.config import flatten
 
     return {
@@ -210,7 +212,8 @@ def store_errors(uri: str) -> Iterator[None]:
 
 
 def _run_experiment(client: Any, cfg: TrackingConfig, uri: str, parent: str | None) -> str:
-    """The parent's experiment for a child run (MLflow shows children under their parent), else ours."""
+    """The parent's experiment for a child run (MLflow shows children under their parent), else
+    ours."""
     if parent is None:
         return _experiment_id(client, cfg.experiment, uri)
     from mlflow.exceptions import MlflowException
@@ -236,13 +239,14 @@ def start_run(
     dataset_dir: Path | None = None,
     dataset_context: str = "training",
 ) -> Iterator[Run | NullRun]:
-    """Open a run (or a :class:`NullRun` when tracking is disabled); it ends FAILED if the body raises.
+    """Open a run (or a :class:`NullRun` when tracking is disabled); it ends FAILED if the body
+    raises.
 
     The store is checked first (an unreachable server or a broken SQLite file is one line naming it,
-    before any work). A run is a child of ``parent_run_id``, else of ``$IMAGEGEN_MLFLOW_PARENT_RUN_ID``;
-    it carries ``$IMAGEGEN_RUN_TAGS``, ``git.commit`` and ``dvc.lock_md5``; given ``dataset_dir`` (a
-    processed dataset folder), its manifest is logged as the run's dataset input.
-    """
+    before any work). A run is a child of ``parent_run_id``, else of
+    ``$IMAGEGEN_MLFLOW_PARENT_RUN_ID``; it carries ``$IMAGEGEN_RUN_TAGS``, ``git.commit`` and
+    ``dvc.lock_md5``; given ``dataset_dir`` (a processed dataset folder), its manifest is logged as
+    the run's dataset input."""
     if not cfg.enabled:
         yield NullRun()
         return

@@ -5,9 +5,11 @@ timeouts) and meets a corrupt or read-only SQLite file with a long SQLAlchemy tr
 
 * ``http(s)://``: one ``GET /health`` with a short timeout; and MLflow's own HTTP retries and
   timeouts are capped (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``..._TIMEOUT`` /
-  ``..._BACKOFF_FACTOR``, unless the user set them) so a server dying mid-run cannot hang for minutes.
+  ``..._BACKOFF_FACTOR``, unless the user set them) so a server dying mid-run cannot hang for
+  minutes.
 * ``sqlite:///``: the file (when it exists) must be an SQLite database with MLflow's tables, intact
-  (``PRAGMA quick_check``) and writable, and its folder writable (SQLite writes a journal beside it).
+  (``PRAGMA quick_check``) and writable, and its folder writable (SQLite writes a journal beside
+  it).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def check_server(uri: str, timeout_s: float) -> None:
     """One ``GET <uri>/health``; any answer but 200 within ``timeout_s`` is a one-line error."""
     url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http(s) only
+        # http(s) only: is_http() chose this path
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
             if response.status == 200:
                 return
             why = f"HTTP {response.status} from {url}"
@@ -75,7 +78,8 @@ def _writable(path: Path) -> bool:
 
 
 def check_sqlite(path: Path) -> None:
-    """The SQLite file of an MLflow store: absent (MLflow creates it), or an intact, writable store."""
+    """The SQLite file of an MLflow store: absent (MLflow creates it), or an intact, writable
+    store."""
     where = f"MLflow store {path}"
     hint = f"(tracking.uri / MLFLOW_TRACKING_URI; or switch tracking off with {SWITCH_OFF})"
     folder = path.parent
@@ -89,7 +93,9 @@ def check_sqlite(path: Path) -> None:
     if not path.exists():
         return
     if not path.is_file():
-        raise TrackingStoreError(f"{where}: expected an SQLite database file, found a folder {hint}")
+        raise TrackingStoreError(
+            f"{where}: expected an SQLite database file, found a folder {hint}"
+        )
     if path.stat().st_size == 0:
         return  # an empty file is an empty database: MLflow creates its tables
     with path.open("rb") as fh:
@@ -103,6 +109,13 @@ def check_sqlite(path: Path) -> None:
             verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         db.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return  # another process is writing to it: a live store, not a broken one
+        raise TrackingStoreError(
+            f"{where}: unreadable SQLite database ({exc}); expected MLflow's SQLite store: "
+            f"restore it from a backup or move it away {hint}"
+        ) from None
     except sqlite3.Error as exc:
         raise TrackingStoreError(
             f"{where}: unreadable SQLite database ({exc}); expected MLflow's SQLite store: "
@@ -115,7 +128,8 @@ def check_sqlite(path: Path) -> None:
         )
     if tables and "alembic_version" not in tables:
         raise TrackingStoreError(
-            f"{where}: an SQLite database without MLflow's tables (has {', '.join(sorted(tables)[:5])}); "
+            f"{where}: an SQLite database without MLflow's tables "
+            f"(has {', '.join(sorted(tables)[:5])}); "
             f"expected an MLflow store {hint}"
         )
     if not _writable(path):
