@@ -481,7 +481,7 @@ def test_folder_labels_follow_sorted_subfolders_png_and_jpeg(isolated_env, helpe
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_folder_channels_and_resize(isolated_env, helpers, channels):
-    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=3, side=8)
+    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=4, side=8)
     cfg = helpers.make_params("data.name=folder", "data.image_size=12", f"data.channels={channels}", path=root).data
     ds = load_folder(cfg, seed=0)
     for split in ds.splits.values():
@@ -504,19 +504,20 @@ def test_folder_ingest_end_to_end(isolated_env, helpers):
     assert manifest["ingest"]["test_fraction"] == 0.15
 
 
-def test_folder_too_small_for_a_test_split_ingests_with_empty_test(isolated_env, helpers):
-    # 2 images per class at test_fraction 0.15 rounds to 0 held out: every image trains, test is empty.
+def test_folder_too_small_for_a_test_split_is_an_error_naming_it(isolated_env, helpers):
+    # 2 images per class at test_fraction 0.15 rounds to 0 held out: no held-out images to evaluate on
+    # (issue 11, row 12: this used to ingest with an empty test split).
     root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=2, side=8)
-    out = run_ingest(helpers.make_params("data.name=folder", "data.image_size=8", path=root))
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["counts"] == {"train": 6, "test": 0}
-    assert manifest["content_hash"].startswith("sha256:")
-    assert ProcessedDataset.open(out).split("test").images.shape == (0, 8, 8, 3)
+    with pytest.raises(DataError) as err:
+        run_ingest(helpers.make_params("data.name=folder", "data.image_size=8", path=root))
+    assert str(root) in str(err.value) and "data.test_fraction=0.15" in str(err.value)
+    out = run_ingest(helpers.make_params("data.name=folder", "data.image_size=8", "data.test_fraction=0.5", path=root))
+    assert json.loads((out / MANIFEST).read_text())["counts"] == {"train": 3, "test": 3}
 
 
 def test_folder_of_loose_images_is_one_class_named_after_it(isolated_env, helpers):
     root = isolated_env.root / "faces"
-    for i in range(3):
+    for i in range(4):  # 4 images at test_fraction 0.15: one held out
         helpers.write_image(root / f"{i}.png", np.full((8, 8), 50 * i, dtype=np.uint8))
     ds = load_folder(helpers.make_params("data.name=folder", "data.image_size=8", path=root).data, seed=0)
     assert ds.class_names == ["faces"]
@@ -524,7 +525,7 @@ def test_folder_of_loose_images_is_one_class_named_after_it(isolated_env, helper
 
 @pytest.mark.parametrize("where", ["in-class-folder", "beside-class-folders"])
 def test_folder_with_text_file_names_it(isolated_env, helpers, where):
-    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=2, side=8)
+    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=4, side=8)
     notes = (root / "bee" / "notes.txt") if where == "in-class-folder" else (root / "notes.txt")
     notes.write_text("labels are in the folder names")
     cfg = helpers.make_params("data.name=folder", "data.image_size=8", path=root).data
@@ -534,7 +535,7 @@ def test_folder_with_text_file_names_it(isolated_env, helpers, where):
 
 
 def test_folder_truncated_png_names_it(isolated_env, helpers):
-    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=2, side=8)
+    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=4, side=8)
     bad = root / "bee" / "broken.png"
     noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     helpers.write_image(bad, noise)
@@ -574,7 +575,7 @@ def test_folder_data_path_that_does_not_exist_names_it(isolated_env, helpers):
 
 
 def _broken_folder(root: Path, helpers) -> Path:
-    helpers.write_image_folder(root, COLOURS, per_class=2, side=8)
+    helpers.write_image_folder(root, COLOURS, per_class=4, side=8)
     bad = root / "cat" / "zz_truncated.png"
     helpers.write_image(bad, np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     bad.write_bytes(bad.read_bytes()[:100])
@@ -592,7 +593,7 @@ def test_failed_ingest_leaves_no_output_and_no_tmp(isolated_env, helpers):
 
 
 def test_failed_reingest_keeps_previous_output(isolated_env, helpers):
-    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=2, side=8)
+    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=4, side=8)
     params = helpers.make_params("data.name=folder", "data.image_size=8", path=root)
     out = run_ingest(params)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -606,7 +607,7 @@ def test_failed_reingest_keeps_previous_output(isolated_env, helpers):
 
 @pytest.mark.parametrize("previous", [False, True])
 def test_failure_while_writing_rolls_back(isolated_env, helpers, monkeypatch, previous):
-    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=2, side=8)
+    root = helpers.write_image_folder(isolated_env.root / "imgs", COLOURS, per_class=4, side=8)
     params = helpers.make_params("data.name=folder", "data.image_size=8", path=root)
     out = params.data.output_dir
     before = {}
