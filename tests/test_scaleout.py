@@ -132,6 +132,82 @@ def test_training_specifications_hold_on_four_devices() -> None:
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
+MULTIHOST_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from imagegen.training.distributed import initialize_multihost
+joined = initialize_multihost()
+import jax, numpy as np
+from imagegen.config import load_params
+from imagegen.data.loader import BatchStream
+from imagegen.data.processed import Dataset, Split, ProcessedDataset, write_processed
+from imagegen.stages.train import seed_everything
+from imagegen.training.families import build_family
+from imagegen.training.loop import Trainer
+
+family_name, tmp, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+pid = jax.process_index()
+data = tmp / f"data{pid}"
+rng = np.random.default_rng(0)
+split = Split(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, 64).astype(np.int64))
+write_processed(Dataset("toy", {"train": split, "test": split}, ["a", "b", "c"], "test"), data)
+dataset = ProcessedDataset.open(data)
+small = {"ddpm": ["ddpm.base_channels=8", "ddpm.groups=4", "ddpm.timesteps=50", "ddpm.channel_mults=[1]"],
+         "dcgan": ["dcgan.base_filters=8", "dcgan.latent_dim=8"]}[family_name]
+params = load_params(None, ["tracking.enabled=false", "data.image_size=8", "train.batch_size=16",
+                            "train.log_every=1", f"train.checkpoint_every={steps}", "train.sample_every=1000",
+                            f"train.devices={sys.argv[4]}", *small])
+seed_everything(params.seed)
+family = build_family(family_name, params, dataset.image_shape, dataset.num_classes)
+stream = BatchStream(dataset.split("train"), 16, params.seed)
+trainer = Trainer(family, stream, params.train, params.seed, tmp / "ckpt", show_progress=False)
+result = trainer.fit(steps)
+print("RESULT " + json.dumps({"pid": pid, "procs": jax.process_count(), "devices": jax.device_count(),
+      "rows": stream.rows and [stream.rows.start, stream.rows.stop],
+      "ckpts": sorted(p.name for p in (tmp / "ckpt").glob("*.h5")),
+      "loss": [r[k] for r in result.history for k in sorted(r) if k not in ("step", "images_per_sec")]}))
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_of_two_devices_train_like_one_device_and_only_process_0_writes(tmp_path: Path) -> None:
+    """Multi-host on one machine: 2 processes joined by jax.distributed (the JAX_* variables), 2 simulated
+    devices each, a 4-device mesh; each process feeds only its own rows of every global batch."""
+    steps = 6
+    single = run_jax(["-c", MULTIHOST_SCRIPT, "dcgan", str(tmp_path / "single"), str(steps), "1"], devices=1)
+    assert single.returncode == 0, single.stderr[-4000:]
+    port = free_port()
+    procs = []
+    for pid in (0, 1):
+        env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+               "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
+        args = [sys.executable, "-c", MULTIHOST_SCRIPT, "dcgan", str(tmp_path / "multi"), str(steps), "2"]
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    try:
+        outs = [p.communicate(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    results = []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+        results.append(json.loads(next(x for x in out.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT ")))
+    expected = json.loads(next(x for x in single.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    assert [(r["procs"], r["devices"], r["rows"]) for r in results] == [(2, 4, [0, 8]), (2, 4, [8, 16])]
+    for r in results:
+        np.testing.assert_allclose(r["loss"], expected["loss"], rtol=RTOL, atol=ATOL)
+    assert sorted(p.name for p in (tmp_path / "multi" / "ckpt").iterdir()) == [f"ckpt-{steps:06d}.h5"]
+
+
 TF_SCRIPT = r"""
 from imagegen.errors import ConfigError
 from imagegen.training.distributed import resolve_devices
