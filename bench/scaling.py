@@ -76,14 +76,27 @@ params = load_params(None, ["tracking.enabled=false", "data.name=folder", f"data
 INGEST_CHILD = INGEST_PREAMBLE + "run_ingest(params, out_dir=Path(sys.argv[2]))\n"
 
 
-def bench_train(family: str, devices: list[int], batch: int, steps: int, size: int, real: bool) -> list[dict]:
+def bench_train(
+    family: str, devices: list[int], batch: int, steps: int, size: int, real: bool
+) -> list[dict]:
     rows = []
     for n in devices:
         env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
         if not real:
             env["JAX_PLATFORMS"] = "cpu"
-            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
-        args = [sys.executable, "-c", TRAIN_CHILD, family, str(n), str(batch), str(steps), str(size)]
+            env["XLA_FLAGS"] = (
+                f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+            )
+        args = [
+            sys.executable,
+            "-c",
+            TRAIN_CHILD,
+            family,
+            str(n),
+            str(batch),
+            str(steps),
+            str(size),
+        ]
         proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{n} device(s) failed:\n{proc.stderr[-3000:]}")
@@ -91,7 +104,11 @@ def bench_train(family: str, devices: list[int], batch: int, steps: int, size: i
         row = json.loads(line.removeprefix("RESULT "))
         row["per_device_images_per_sec"] = row["images_per_sec"] / row["devices"]
         rows.append(row)
-        print(json.dumps({"bench": "train", "family": family, "batch_size": batch, "image_size": size, **row}))
+        print(
+            json.dumps(
+                {"bench": "train", "family": family, "batch_size": batch, "image_size": size, **row}
+            )
+        )
     return rows
 
 
@@ -108,9 +125,18 @@ def write_folder(root: Path, n: int, side: int, classes: int = 10) -> None:
 
 
 def peak_rss_mib(code: str, args: list[str], src: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(src), "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(src),
+        "KERAS_BACKEND": "jax",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, code, *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-c", LAUNCHER, code, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise SystemExit(f"ingest child failed:\n{proc.stderr[-3000:]}")
@@ -122,38 +148,72 @@ def bench_ingest(images: int, side: int, reference_src: Path | None) -> None:
         root = Path(tmp) / "imgs"
         write_folder(root, images, side)
         raw_mib = images * side * side * 3 / 2**20
-        sources = [("this checkout", REPO / "src")] + ([("reference", reference_src)] if reference_src else [])
+        sources = [("this checkout", REPO / "src")] + (
+            [("reference", reference_src)] if reference_src else []
+        )
         for label, src in sources:
             base = peak_rss_mib(INGEST_PREAMBLE, [str(root), "-", str(side)], src)
-            peak = peak_rss_mib(INGEST_CHILD, [str(root), str(Path(tmp) / f"out-{len(label)}"), str(side)], src)
-            print(json.dumps({
-                "bench": "ingest", "code": label, "images": images, "side": side, "dataset_mib": round(raw_mib, 1),
-                "peak_rss_mib": round(peak, 1), "baseline_rss_mib": round(base, 1),
-                "above_baseline_mib": round(peak - base, 1),
-            }))
+            peak = peak_rss_mib(
+                INGEST_CHILD, [str(root), str(Path(tmp) / f"out-{len(label)}"), str(side)], src
+            )
+            print(
+                json.dumps(
+                    {
+                        "bench": "ingest",
+                        "code": label,
+                        "images": images,
+                        "side": side,
+                        "dataset_mib": round(raw_mib, 1),
+                        "peak_rss_mib": round(peak, 1),
+                        "baseline_rss_mib": round(base, 1),
+                        "above_baseline_mib": round(peak - base, 1),
+                    }
+                )
+            )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--part", choices=["all", "train", "ingest"], default="all")
     ap.add_argument("--family", default="ddpm", choices=["ddpm", "dcgan", "vae"])
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30, help="timed steps (after one compiling step)")
     ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--real-devices", action="store_true", help="use the host's accelerators, not simulated CPUs")
-    ap.add_argument("--images", type=int, default=50_000, help="ingest: PNGs in the generated folder")
+    ap.add_argument(
+        "--real-devices",
+        action="store_true",
+        help="use the host's accelerators, not simulated CPUs",
+    )
+    ap.add_argument(
+        "--images", type=int, default=50_000, help="ingest: PNGs in the generated folder"
+    )
     ap.add_argument("--side", type=int, default=16, help="ingest: PNG side (and data.image_size)")
-    ap.add_argument("--reference-src", type=Path, default=None, help="ingest: also measure this src folder")
+    ap.add_argument(
+        "--reference-src", type=Path, default=None, help="ingest: also measure this src folder"
+    )
     args = ap.parse_args()
     if args.part in ("all", "train"):
-        rows = bench_train(args.family, args.devices, args.batch_size, args.steps, args.image_size, args.real_devices)
+        rows = bench_train(
+            args.family,
+            args.devices,
+            args.batch_size,
+            args.steps,
+            args.image_size,
+            args.real_devices,
+        )
         kind = "devices" if args.real_devices else "simulated CPU devices (shared cores)"
-        print(f"\n{args.family}, global batch {args.batch_size}, {args.image_size}x{args.image_size}, {kind}")
+        print(
+            f"\n{args.family}, global batch {args.batch_size}, {args.image_size}x{args.image_size}, {kind}"
+        )
         print(f"{'devices':>8} {'images/s':>10} {'per device':>11} {'ms/step':>9}")
         for r in rows:
-            print(f"{r['devices']:>8} {r['images_per_sec']:>10.1f} {r['per_device_images_per_sec']:>11.1f} "
-                  f"{r['ms_per_step']:>9.1f}")
+            print(
+                f"{r['devices']:>8} {r['images_per_sec']:>10.1f} {r['per_device_images_per_sec']:>11.1f} "
+                f"{r['ms_per_step']:>9.1f}"
+            )
     if args.part in ("all", "ingest"):
         bench_ingest(args.images, args.side, args.reference_src)
 

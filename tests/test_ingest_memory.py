@@ -24,7 +24,13 @@ import numpy as np
 from PIL import Image
 
 from imagegen.config import load_params
-from imagegen.data.processed import MANIFEST, Dataset, ProcessedDataset, content_hash, write_processed
+from imagegen.data.processed import (
+    MANIFEST,
+    Dataset,
+    ProcessedDataset,
+    content_hash,
+    write_processed,
+)
 from imagegen.data.sources.folder import load_folder
 from imagegen.stages.ingest import run_ingest
 
@@ -58,14 +64,21 @@ def write_folder(root: Path, n: int, side: int, classes: int = 4) -> Path:
     for i in range(n):
         folder = root / f"class{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
+            folder / f"{i:05d}.png"
+        )
     return root
 
 
 def peak_rss_bytes(code: str, *args: str) -> int:
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, code, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", LAUNCHER, code, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return int(proc.stdout.strip().splitlines()[-1]) * 1024
@@ -78,8 +91,10 @@ def test_folder_ingest_peak_memory_stays_far_below_the_dataset(tmp_path: Path) -
     manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
     assert sum(manifest["counts"].values()) == N_IMAGES
     grown = peak - baseline
-    print(f"ingest peak RSS {peak / 2**20:.1f} MiB, baseline {baseline / 2**20:.1f} MiB, "
-          f"grown {grown / 2**20:.1f} MiB for a {DATASET_BYTES / 2**20:.1f} MiB dataset")
+    print(
+        f"ingest peak RSS {peak / 2**20:.1f} MiB, baseline {baseline / 2**20:.1f} MiB, "
+        f"grown {grown / 2**20:.1f} MiB for a {DATASET_BYTES / 2**20:.1f} MiB dataset"
+    )
     assert DATASET_BYTES > 3 * BOUND_BYTES  # the bound means something
     assert grown < BOUND_BYTES, f"ingest grew {grown / 2**20:.1f} MiB above the baseline"
 
@@ -100,27 +115,40 @@ def reference_content_hash(splits: dict, class_names: list[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def test_streamed_ingest_writes_the_bytes_and_hash_of_the_in_memory_format(tmp_path: Path, monkeypatch) -> None:
+def test_streamed_ingest_writes_the_bytes_and_hash_of_the_in_memory_format(
+    tmp_path: Path, monkeypatch
+) -> None:
     """The same data written from memory (np.save, the former hash) and streamed in chunks: identical files."""
     monkeypatch.setattr("imagegen.data.processed.CHUNK_BYTES", 7 * 8 * 8 * 3)  # 7 images a chunk
     root = write_folder(tmp_path / "imgs", 90, 12, classes=3)
-    params = load_params(None, ["tracking.enabled=false", "data.name=folder", f"data.path={root}",
-                                "data.image_size=8"])
+    params = load_params(
+        None,
+        ["tracking.enabled=false", "data.name=folder", f"data.path={root}", "data.image_size=8"],
+    )
     streamed_dir = run_ingest(params, out_dir=tmp_path / "streamed")
     ds = load_folder(params.data, params.seed)  # in memory
-    assert reference_content_hash(ds.splits, ds.class_names) == ProcessedDataset.open(streamed_dir).content_hash
-    assert content_hash(ds.splits, ds.class_names) == ProcessedDataset.open(streamed_dir).content_hash  # type: ignore[arg-type]
+    assert (
+        reference_content_hash(ds.splits, ds.class_names)
+        == ProcessedDataset.open(streamed_dir).content_hash
+    )
+    assert (
+        content_hash(ds.splits, ds.class_names) == ProcessedDataset.open(streamed_dir).content_hash
+    )  # type: ignore[arg-type]
     for name, split in ds.splits.items():
         np.save(tmp_path / f"{name}.npy", split.images, allow_pickle=False)
         expected = hashlib.md5((tmp_path / f"{name}.npy").read_bytes()).hexdigest()
-        assert hashlib.md5((streamed_dir / f"{name}_images.npy").read_bytes()).hexdigest() == expected
+        assert (
+            hashlib.md5((streamed_dir / f"{name}_images.npy").read_bytes()).hexdigest() == expected
+        )
 
     # Chunk boundaries do not matter: a Dataset of in-memory arrays gives the same manifest hash.
     memory = write_processed(Dataset("folder", ds.splits, ds.class_names, "s"), tmp_path / "memory")
     assert memory["content_hash"] == ProcessedDataset.open(streamed_dir).content_hash
 
 
-def test_cifar10_streams_one_batch_file_at_a_time_with_the_same_hash(tmp_path: Path, helpers) -> None:
+def test_cifar10_streams_one_batch_file_at_a_time_with_the_same_hash(
+    tmp_path: Path, helpers
+) -> None:
     """CIFAR-10 is written batch file by batch file; the result is the in-memory dataset's, byte for byte."""
     import gc
 
@@ -136,8 +164,12 @@ def test_cifar10_streams_one_batch_file_at_a_time_with_the_same_hash(tmp_path: P
     chunks = list(streamed.splits["train"].read())
     assert [len(c) for c in chunks] == [3] * 5  # one chunk per batch file
     manifest = write_processed(streamed, tmp_path / "out")
-    assert manifest["content_hash"] == reference_content_hash(in_memory.splits, in_memory.class_names)
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / "train_images.npy"), in_memory.splits["train"].images)
+    assert manifest["content_hash"] == reference_content_hash(
+        in_memory.splits, in_memory.class_names
+    )
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "out" / "train_images.npy"), in_memory.splits["train"].images
+    )
 
     del streamed
     gc.collect()

@@ -48,7 +48,9 @@ def multihost_settings(env: Mapping[str, str]) -> tuple[str, int, int] | None:
             "expected integers"
         ) from None
     if count < 1 or not 0 <= index < count:
-        raise ConfigError(f"{ENV_PROCESS_ID}={index} with {ENV_NUM_PROCESSES}={count}: expected 0 <= id < count")
+        raise ConfigError(
+            f"{ENV_PROCESS_ID}={index} with {ENV_NUM_PROCESSES}={count}: expected 0 <= id < count"
+        )
     return given[ENV_COORDINATOR], count, index
 
 
@@ -68,7 +70,9 @@ def initialize_multihost(env: Mapping[str, str] | None = None) -> bool:
 
     if not jax.distributed.is_initialized():
         coordinator, count, index = settings
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=count, process_id=index)
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=count, process_id=index
+        )
     return True
 
 
@@ -101,7 +105,9 @@ def resolve_devices(requested: str | int, batch_size: int, backend: str) -> int:
     local = jax.local_device_count()
     n = local if requested == "auto" else int(requested)
     if n > local:
-        raise ConfigError(f"train.devices = {n}: this process sees only {local} {jax.default_backend()} device(s)")
+        raise ConfigError(
+            f"train.devices = {n}: this process sees only {local} {jax.default_backend()} device(s)"
+        )
     total = n * jax.process_count()
     if batch_size % total:
         raise ConfigError(
@@ -129,7 +135,9 @@ class DataParallel:
 
         count = jax.process_count()
         devices = [
-            d for p in range(count) for d in [x for x in jax.devices() if x.process_index == p][:devices_per_process]
+            d
+            for p in range(count)
+            for d in [x for x in jax.devices() if x.process_index == p][:devices_per_process]
         ]
         mesh = Mesh(np.array(devices), (BATCH_AXIS,))
         local = batch_size // count
@@ -193,6 +201,10 @@ def follower_outputs(params: Any, family_name: str) -> tuple[Any, Any]:
     from pathlib import Path
 
     scratch = Path(tempfile.mkdtemp(prefix="imagegen-follower-"))
-    train = params.train.model_copy(update={"reports_dir": scratch / "reports", "models_dir": scratch / "models"})
+    train = params.train.model_copy(
+        update={"reports_dir": scratch / "reports", "models_dir": scratch / "models"}
+    )
     tracking = params.tracking.model_copy(update={"enabled": False})
-    return scratch / "models" / family_name, params.model_copy(update={"train": train, "tracking": tracking})
+    return scratch / "models" / family_name, params.model_copy(
+        update={"train": train, "tracking": tracking}
+    )
