@@ -107,20 +107,12 @@ def generate(
     else:
         eps_fn = predictor_eps_fn(predict)
 
+    common = {"progress": progress, "clip_x0": clip_x0, "x_T": x_T}
     if sampler == "ddpm":
-        x0 = ddpm_sample(eps_fn, schedule, shape, rng, progress=progress, clip_x0=clip_x0, x_T=x_T)
+        x0 = ddpm_sample(eps_fn, schedule, shape, rng, **common)
     elif sampler == "ddim":
         x0 = ddim_sample(
-            eps_fn,
-            schedule,
-            shape,
-            rng,
-            steps=steps,
-            eta=eta,
-            clip_x0=clip_x0,
-            progress=progress,
-            x_T=x_T,
-            timesteps=timesteps,
+            eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common
         )
     else:
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
