@@ -124,7 +124,9 @@ def write_folder(root: Path, n: int, side: int, classes: int = 10) -> None:
         Image.fromarray(img).save(root / f"class{i % classes}" / f"{i:06d}.png")
 
 
-def peak_rss_mib(code: str, args: list[str], src: Path) -> float:
+def peak_rss_mib(code: str, args: list[str], src: Path, cwd: Path) -> float:
+    """Peak RSS of ``code`` run with ``src`` first on the path, from ``cwd`` (no params.yaml there: the
+    defaults of that checkout's own schema, so an older checkout can be measured too)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(src),
@@ -133,7 +135,7 @@ def peak_rss_mib(code: str, args: list[str], src: Path) -> float:
     }
     proc = subprocess.run(
         [sys.executable, "-c", LAUNCHER, code, *args],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -152,10 +154,9 @@ def bench_ingest(images: int, side: int, reference_src: Path | None) -> None:
             [("reference", reference_src)] if reference_src else []
         )
         for label, src in sources:
-            base = peak_rss_mib(INGEST_PREAMBLE, [str(root), "-", str(side)], src)
-            peak = peak_rss_mib(
-                INGEST_CHILD, [str(root), str(Path(tmp) / f"out-{len(label)}"), str(side)], src
-            )
+            out = Path(tmp) / f"out-{len(label)}"
+            base = peak_rss_mib(INGEST_PREAMBLE, [str(root), "-", str(side)], src, Path(tmp))
+            peak = peak_rss_mib(INGEST_CHILD, [str(root), str(out), str(side)], src, Path(tmp))
             print(
                 json.dumps(
                     {
