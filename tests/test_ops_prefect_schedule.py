@@ -100,7 +100,8 @@ def test_scheduled_run_fires_a_second_run_waits_and_dvc_is_clean(tmp_path: Path)
 
     with processes(tmp_path / "logs") as procs:
         api_url, client = start_prefect_server(procs, tmp_path / "prefect")
-        env = clean_env(project, PWD=str(project), **client)
+        # COLUMNS: rich tables of the CLI (`prefect artifact ls`) print whole keys, not "imagegen-evalu…".
+        env = clean_env(project, PWD=str(project), COLUMNS="250", **client)
         prefect = [str(BIN / "prefect"), "--no-prompt"]
         run([*prefect, "work-pool", "create", POOL, "--type", "process"], project, env)
         # The schedule is set after the slow parts of starting, just before `prefect deploy`.
