@@ -7,7 +7,7 @@
 * :mod:`imagegen.distill.setup`: what both give the training loop (a :class:`Distillation`: the family the
   :class:`~imagegen.training.loop.Trainer` runs, plus the student as a normal model family).
 * :mod:`imagegen.distill.runner`: a whole distillation: the progressive round loop (or the
-  architecture run), each student measured beside its teacher, resume and cleanup of earlier outputs.
+  architecture run), each student measured beside its teacher, resume and cleanup.
 * :mod:`imagegen.distill.cost`: parameters, multiply-accumulates and sampling speed of a model.
 * :mod:`imagegen.distill.agreement`: student vs teacher on the same noise (SSIM/PSNR) and side-by-side grids.
 

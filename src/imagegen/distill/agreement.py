@@ -1,8 +1,8 @@
 """Student vs teacher on the same noise: SSIM/PSNR of paired images and a side-by-side grid.
 
-Paired images come from :func:`imagegen.sampling.sample_images` with one seed: a DDIM sampler with eta = 0
-draws only x_T and a DCGAN/VAE only z, so image ``i`` of the teacher and of the student start from the same
-noise. SSIM and PSNR are scikit-image's, through :func:`imagegen.evaluation.metrics.image_similarity`.
+Paired images come from :func:`imagegen.sampling.sample_images` with one seed: a DDIM sampler with
+eta = 0 draws only x_T and a DCGAN/VAE only z, so image ``i`` of the teacher and of the student start
+from the same noise. SSIM and PSNR are scikit-image's, through :func:`imagegen.evaluation.metrics.image_similarity`.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def sampling_record(grid: np.ndarray) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TargetCoefficients:
-    """Per-example float32 (B,) coefficients of x0~ = target_z * z_t'' - target_x * z_t; its weight."""
+    """Per-example float32 (B,) coefficients of x0~ = target_z * z_t'' - target_x * z_t, weight."""
 
     target_z: np.ndarray
     target_x: np.ndarray
