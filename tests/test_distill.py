@@ -41,10 +41,9 @@ from imagegen.distill.progressive import (
 from imagegen.distill.setup import evaluate_loss
 from imagegen.errors import ConfigError, DataError
 from imagegen.models import diffusion as D
-from imagegen.sampling import sampler_kwargs
+from imagegen.sampling import generate_images, sampler_kwargs
 from imagegen.stages.distill import run_distill
 from imagegen.stages.ingest import run_ingest
-from imagegen.sampling import generate_images
 from imagegen.stages.train import run_train
 from imagegen.training.loop import Trainer
 
