@@ -39,7 +39,8 @@ from imagegen.stages.train import seed_everything
 from imagegen.training.families import build_family
 from imagegen.training.loop import Trainer
 
-family_name, devices, batch, steps, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+family_name = sys.argv[1]
+devices, batch, steps, size = (int(a) for a in sys.argv[2:6])
 tmp = Path(tempfile.mkdtemp(prefix="imagegen-scaling-"))
 rng = np.random.default_rng(0)
 split = Split(rng.integers(0, 256, (1024, size, size, 1), dtype=np.uint8), rng.integers(0, 10, 1024).astype(np.int64))
@@ -76,17 +77,13 @@ params = load_params(None, ["tracking.enabled=false", "data.name=folder", f"data
 INGEST_CHILD = INGEST_PREAMBLE + "run_ingest(params, out_dir=Path(sys.argv[2]))\n"
 
 
-def bench_train(
-    family: str, devices: list[int], batch: int, steps: int, size: int, real: bool
-) -> list[dict]:
+def bench_train(family: str, devices: list[int], batch: int, steps: int, size: int, real: bool) -> list[dict]:
     rows = []
     for n in devices:
         env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
         if not real:
             env["JAX_PLATFORMS"] = "cpu"
-            env["XLA_FLAGS"] = (
-                f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
-            )
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
         args = [
             sys.executable,
             "-c",
@@ -104,11 +101,7 @@ def bench_train(
         row = json.loads(line.removeprefix("RESULT "))
         row["per_device_images_per_sec"] = row["images_per_sec"] / row["devices"]
         rows.append(row)
-        print(
-            json.dumps(
-                {"bench": "train", "family": family, "batch_size": batch, "image_size": size, **row}
-            )
-        )
+        print(json.dumps({"bench": "train", "family": family, "batch_size": batch, "image_size": size, **row}))
     return rows
 
 
@@ -150,9 +143,7 @@ def bench_ingest(images: int, side: int, reference_src: Path | None) -> None:
         root = Path(tmp) / "imgs"
         write_folder(root, images, side)
         raw_mib = images * side * side * 3 / 2**20
-        sources = [("this checkout", REPO / "src")] + (
-            [("reference", reference_src)] if reference_src else []
-        )
+        sources = [("this checkout", REPO / "src")] + ([("reference", reference_src)] if reference_src else [])
         for label, src in sources:
             out = Path(tmp) / f"out-{len(label)}"
             base = peak_rss_mib(INGEST_PREAMBLE, [str(root), "-", str(side)], src, Path(tmp))
@@ -174,9 +165,7 @@ def bench_ingest(images: int, side: int, reference_src: Path | None) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["all", "train", "ingest"], default="all")
     ap.add_argument("--family", default="ddpm", choices=["ddpm", "dcgan", "vae"])
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
@@ -188,13 +177,9 @@ def main() -> None:
         action="store_true",
         help="use the host's accelerators, not simulated CPUs",
     )
-    ap.add_argument(
-        "--images", type=int, default=50_000, help="ingest: PNGs in the generated folder"
-    )
+    ap.add_argument("--images", type=int, default=50_000, help="ingest: PNGs in the generated folder")
     ap.add_argument("--side", type=int, default=16, help="ingest: PNG side (and data.image_size)")
-    ap.add_argument(
-        "--reference-src", type=Path, default=None, help="ingest: also measure this src folder"
-    )
+    ap.add_argument("--reference-src", type=Path, default=None, help="ingest: also measure this src folder")
     args = ap.parse_args()
     if args.part in ("all", "train"):
         rows = bench_train(
@@ -206,9 +191,7 @@ def main() -> None:
             args.real_devices,
         )
         kind = "devices" if args.real_devices else "simulated CPU devices (shared cores)"
-        print(
-            f"\n{args.family}, global batch {args.batch_size}, {args.image_size}x{args.image_size}, {kind}"
-        )
+        print(f"\n{args.family}, global batch {args.batch_size}, {args.image_size}x{args.image_size}, {kind}")
         print(f"{'devices':>8} {'images/s':>10} {'per device':>11} {'ms/step':>9}")
         for r in rows:
             print(

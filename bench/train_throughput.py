@@ -24,7 +24,9 @@ from imagegen.training.precision import accelerator, dtype_policy, resolve_polic
 from imagegen.training.steppers import make_stepper
 
 
-def measure(family_name: str, batch: int, size: int, channels: int, steps: int, warmup: int, overrides: list[str]) -> dict:
+def measure(
+    family_name: str, batch: int, size: int, channels: int, steps: int, warmup: int, overrides: list[str]
+) -> dict:
     params = load_params(None, overrides)
     keras.utils.set_random_seed(0)
     policy = resolve_policy(params.train.mixed_precision)
@@ -77,7 +79,12 @@ def main() -> None:
     families = FAMILIES if args.family == "all" else (args.family,)
     for fam in families:
         for batch in args.batch_sizes:
-            print(json.dumps(measure(fam, batch, args.image_size, args.channels, args.steps, args.warmup, args.overrides)), flush=True)
+            print(
+                json.dumps(
+                    measure(fam, batch, args.image_size, args.channels, args.steps, args.warmup, args.overrides)
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

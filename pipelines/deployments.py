@@ -19,18 +19,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--name", default="imagegen-nightly")
     ap.add_argument("--cron", default="0 3 * * *", help="schedule (cron, UTC)")
-    ap.add_argument(
-        "-S", "--set", dest="overrides", action="append", default=[], help="param override"
-    )
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="param override")
     args = ap.parse_args()
     imagegen_pipeline.serve(
         name=args.name,
         cron=args.cron,
         parameters={"overrides": args.overrides},
         tags=["imagegen"],
-        global_limit=ConcurrencyLimitConfig(
-            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-        ),
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
     )
 
 

@@ -34,18 +34,14 @@ def read_stages(root: Path | str) -> list[Stage]:
 
     root = Path(root)
     if not (root / "dvc.yaml").is_file():
-        raise ImagegenError(
-            f"{root / 'dvc.yaml'}: no dvc.yaml here; run the pipeline from the project folder"
-        )
+        raise ImagegenError(f"{root / 'dvc.yaml'}: no dvc.yaml here; run the pipeline from the project folder")
     try:
         with Repo(str(root)) as repo:
             index = repo.index
             written = {stage: i for i, stage in enumerate(index.stages)}
             graph = index.graph  # edges: stage -> the stages whose outputs it depends on
             dependents_first = graph.reverse(copy=True)
-            order = nx.lexicographical_topological_sort(
-                dependents_first, key=lambda s: f"{written[s]:06d}"
-            )
+            order = nx.lexicographical_topological_sort(dependents_first, key=lambda s: f"{written[s]:06d}")
             return [
                 Stage(
                     s.name,

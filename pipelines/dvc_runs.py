@@ -43,9 +43,7 @@ def run_dvc(args: Sequence[str], root: Path, env: Mapping[str, str], log: Log) -
     A failing command raises with the command, the exit status and the output's last lines.
     """
     cmd = [sys.executable, "-m", "dvc", *args]
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = subprocess.Popen(cmd, cwd=root, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -89,9 +87,7 @@ def experiment_ref(name: str, root: Path) -> str:
     ).stdout.split()
     refs = [ref for ref in out if ref.rsplit("/", 1)[-1] == name]
     if len(refs) != 1:
-        raise ImagegenError(
-            f"DVC experiment {name!r}: expected one ref under refs/exps, found {refs}"
-        )
+        raise ImagegenError(f"DVC experiment {name!r}: expected one ref under refs/exps, found {refs}")
     return refs[0]
 
 
@@ -100,7 +96,5 @@ def read_text(root: Path, path: Path | str, rev: str | None) -> str | None:
     if rev is None:
         file = Path(root) / path
         return file.read_text() if file.is_file() else None
-    proc = subprocess.run(
-        ["git", "show", f"{rev}:{Path(path).as_posix()}"], cwd=root, capture_output=True, text=True
-    )
+    proc = subprocess.run(["git", "show", f"{rev}:{Path(path).as_posix()}"], cwd=root, capture_output=True, text=True)
     return proc.stdout if proc.returncode == 0 else None

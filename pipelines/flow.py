@@ -41,26 +41,20 @@ def dvc_stage(stage: str, root: str, env: dict[str, str]) -> str:
         "dvc.stage": stage,
         "dvc.lock_md5": dvc_runs.lock_md5(Path(root)),
     }
-    stage_env = dvc_runs.stage_env(
-        {**env, mlflow_parent.TAGS_ENV: json.dumps(tags, sort_keys=True)}
-    )
+    stage_env = dvc_runs.stage_env({**env, mlflow_parent.TAGS_ENV: json.dumps(tags, sort_keys=True)})
     dvc_runs.repro_stage(stage, Path(root), stage_env, logger.info)
     return stage
 
 
 @task(name="dvc-experiment", task_run_name="exp-run-{name}", **TASK_OPTIONS)
-def dvc_experiment(
-    name: str, overrides: list[str], targets: list[str], root: str, env: dict[str, str]
-) -> str:
+def dvc_experiment(name: str, overrides: list[str], targets: list[str], root: str, env: dict[str, str]) -> str:
     """The stages with ``-S`` overrides as DVC experiment ``name``; returns the experiment's git ref."""
     logger = get_run_logger()
     tags = {
         **json.loads(env[mlflow_parent.TAGS_ENV]),
         "dvc.lock_md5": dvc_runs.lock_md5(Path(root)),
     }
-    stage_env = dvc_runs.stage_env(
-        {**env, mlflow_parent.TAGS_ENV: json.dumps(tags, sort_keys=True)}
-    )
+    stage_env = dvc_runs.stage_env({**env, mlflow_parent.TAGS_ENV: json.dumps(tags, sort_keys=True)})
     dvc_runs.experiment_run(name, overrides, targets, Path(root), stage_env, logger.info)
     return dvc_runs.experiment_ref(name, Path(root))
 
@@ -93,9 +87,7 @@ def _tracking_uri(params: Params, root: Path) -> str | None:
         return None
     from imagegen.tracking import default_tracking_uri
 
-    return (
-        params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
-    )
+    return params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
 
 
 @flow(name="imagegen-pipeline", log_prints=True)
@@ -171,9 +163,7 @@ def imagegen_pipeline(
     }
 
 
-def _promotions(
-    params: Params, plan: list, root: Path, rev: str | None
-) -> dict[str, dict[str, Any]]:
+def _promotions(params: Params, plan: list, root: Path, rev: str | None) -> dict[str, dict[str, Any]]:
     """A promotion decision for every shipped model whose register stage is part of this run."""
     ran = {s.name for s in plan}
     decisions = {}
@@ -213,15 +203,12 @@ def _publish(
         texts["export.md"] = summaries.export_table(exports) + f"\n\nfrom the {where}"
     if decisions:
         links = {
-            n: parent.model_version_url(d["registered"], d["version"]) if parent else None
-            for n, d in decisions.items()
+            n: parent.model_version_url(d["registered"], d["version"]) if parent else None for n, d in decisions.items()
         }
         texts["promotion.md"] = summaries.promotion_table(decisions, links)
     if parent is not None:
         me = {"name": "pipeline", "run_id": parent.run_id, "url": parent.url()}
-        texts["mlflow_runs.md"] = summaries.runs_table(
-            me, mlflow_parent.child_runs(parent), parent.tracking_uri
-        )
+        texts["mlflow_runs.md"] = summaries.runs_table(me, mlflow_parent.child_runs(parent), parent.tracking_uri)
     for name, text in texts.items():
         key = "imagegen-" + name.removesuffix(".md").replace("_", "-")
         create_markdown_artifact(markdown=text, key=key, description=f"imagegen pipeline: {key}")

@@ -47,23 +47,17 @@ def child_env(parent: ParentRun | None, tags: Mapping[str, str]) -> dict[str, st
     return env
 
 
-def start_parent(
-    tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str]
-) -> ParentRun:
+def start_parent(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str]) -> ParentRun:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id if found is not None else client.create_experiment(experiment)
-    )
+    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
     return ParentRun(tracking_uri, experiment_id, run.info.run_id)
 
 
-def finish_parent(
-    parent: ParentRun, ok: bool, tags: Mapping[str, str], texts: Mapping[str, str]
-) -> None:
+def finish_parent(parent: ParentRun, ok: bool, tags: Mapping[str, str], texts: Mapping[str, str]) -> None:
     """Final tags (the ``dvc.lock`` the run left), the markdown reports as artifacts, the run's status."""
     from mlflow.tracking import MlflowClient
 
@@ -80,9 +74,7 @@ def child_runs(parent: ParentRun) -> list[dict[str, Any]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=parent.tracking_uri)
-    experiments = [
-        e.experiment_id for e in client.search_experiments()
-    ]  # a stage may log elsewhere
+    experiments = [e.experiment_id for e in client.search_experiments()]  # a stage may log elsewhere
     runs = client.search_runs(
         experiments,
         filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'",

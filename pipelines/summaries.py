@@ -75,9 +75,7 @@ def export_table(reports: Mapping[str, Mapping[str, Any] | None]) -> str:
     return text
 
 
-def promotion_table(
-    decisions: Mapping[str, Mapping[str, Any]], links: Mapping[str, str | None]
-) -> str:
+def promotion_table(decisions: Mapping[str, Mapping[str, Any]], links: Mapping[str, str | None]) -> str:
     """The promotion decision per shipped model, with its reason (as recorded on the model version)."""
     rows = []
     for name, d in decisions.items():
@@ -88,9 +86,7 @@ def promotion_table(
     return "## Promotion\n\n" + _table(header, rows)
 
 
-def runs_table(
-    parent: Mapping[str, Any], children: Sequence[Mapping[str, Any]], tracking_uri: str
-) -> str:
+def runs_table(parent: Mapping[str, Any], children: Sequence[Mapping[str, Any]], tracking_uri: str) -> str:
     """The MLflow parent run and its child runs, linked when the store has a UI."""
 
     def link(run: Mapping[str, Any]) -> str:
@@ -98,9 +94,7 @@ def runs_table(
 
     rows = [("pipeline (parent)", parent.get("name", ""), link(parent))]
     rows += [(c.get("stage") or "", c["name"], link(c)) for c in children]
-    text = f"## MLflow runs\n\nstore: `{tracking_uri}`\n\n" + _table(
-        ("stage", "run", "run id"), rows
-    )
+    text = f"## MLflow runs\n\nstore: `{tracking_uri}`\n\n" + _table(("stage", "run", "run id"), rows)
     if not tracking_uri.startswith(("http://", "https://")):
         text += f"\n\nopen with `mlflow ui --backend-store-uri {tracking_uri}`"
     return text

@@ -118,9 +118,7 @@ class IdxSet:
     def raw_files(self, base_url: str = "http://example.invalid/idx/") -> tuple:
         from imagegen.data.raw import RawFile
 
-        return tuple(
-            RawFile(name, md5_of(self.folder / name), base_url + name) for name in self.arrays
-        )
+        return tuple(RawFile(name, md5_of(self.folder / name), base_url + name) for name in self.arrays)
 
 
 def tiny_idx_arrays(n_train: int = 12, n_test: int = 5, side: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
@@ -154,9 +152,7 @@ def cifar_batch(n: int, seed: int) -> dict[bytes, object]:
     }
 
 
-def write_cifar_tarball(
-    path: Path, per_batch: int = 2, batches: Mapping[str, dict] | None = None
-) -> dict[str, dict]:
+def write_cifar_tarball(path: Path, per_batch: int = 2, batches: Mapping[str, dict] | None = None) -> dict[str, dict]:
     """A CIFAR-10-format python tarball: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}.
 
     Returns the batch dicts written (name -> dict) so tests can check values they planted.
@@ -205,7 +201,9 @@ def write_image(path: Path, array: np.ndarray, fmt: str | None = None) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path, format=fmt, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(
+        path, format=fmt, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {})
+    )
     return path
 
 

@@ -77,8 +77,11 @@ def model_json_not_json(tmp: Path, digits: Path, model: Path, helpers) -> Case:
     broken = shutil.copytree(model, tmp / "vae")
     (broken / "model.json").write_text('{"format_version": 1, "family": "vae", ')
     out = previous_output(tmp / "samples")
-    return Case(["sample", "--model", str(broken), "--out", str(out), *OFF],
-                [str(broken / "model.json"), "not valid JSON"], [broken, out])
+    return Case(
+        ["sample", "--model", str(broken), "--out", str(out), *OFF],
+        [str(broken / "model.json"), "not valid JSON"],
+        [broken, out],
+    )
 
 
 def truncated_weights(tmp: Path, digits: Path, model: Path, helpers) -> Case:
@@ -86,8 +89,11 @@ def truncated_weights(tmp: Path, digits: Path, model: Path, helpers) -> Case:
     weights = broken / "decoder.weights.h5"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     out = previous_output(tmp / "samples")
-    return Case(["sample", "--model", str(broken), "--out", str(out), *OFF],
-                [str(weights), "expected the complete .weights.h5"], [broken, out])
+    return Case(
+        ["sample", "--model", str(broken), "--out", str(out), *OFF],
+        [str(weights), "expected the complete .weights.h5"],
+        [broken, out],
+    )
 
 
 def samples_npz(count: int) -> Callable[..., Case]:
@@ -95,8 +101,11 @@ def samples_npz(count: int) -> Callable[..., Case]:
         path = tmp / f"{count}.npz"
         np.savez(path, images=np.zeros((count, 8, 8, 1), dtype=np.uint8))
         out = previous_output(tmp / "report")
-        return Case(["evaluate", "--samples", str(path), "--out", str(out), "--data", str(digits), *OFF],
-                    [str(path), f"{count} image(s)", "expected at least 4"], [out])
+        return Case(
+            ["evaluate", "--samples", str(path), "--out", str(out), "--data", str(digits), *OFF],
+            [str(path), f"{count} image(s)", "expected at least 4"],
+            [out],
+        )
 
     return make
 
@@ -105,35 +114,50 @@ def folder_with_empty_class(tmp: Path, digits: Path, model: Path, helpers) -> Ca
     root = helpers.write_image_folder(tmp / "images", {"red": (255, 0, 0), "blue": (0, 0, 255)}, per_class=4)
     (root / "green").mkdir()
     out = shutil.copytree(digits, tmp / "processed" / "folder")
-    return Case(["ingest", "-S", "data.name=folder", "-S", f"data.path={root}", "--out", str(out), *OFF],
-                [str(root / "green"), "empty class folder"], [out])
+    return Case(
+        ["ingest", "-S", "data.name=folder", "-S", f"data.path={root}", "--out", str(out), *OFF],
+        [str(root / "green"), "empty class folder"],
+        [out],
+    )
 
 
 def folder_with_one_image(tmp: Path, digits: Path, model: Path, helpers) -> Case:
     root = helpers.write_image_folder(tmp / "images", {"red": (255, 0, 0)}, per_class=1)
     out = shutil.copytree(digits, tmp / "processed" / "folder")
-    return Case(["ingest", "-S", "data.name=folder", "-S", f"data.path={root}", "--out", str(out), *OFF],
-                [str(root), "held-out split empty", "data.test_fraction"], [out])
+    return Case(
+        ["ingest", "-S", "data.name=folder", "-S", f"data.path={root}", "--out", str(out), *OFF],
+        [str(root), "held-out split empty", "data.test_fraction"],
+        [out],
+    )
 
 
 def boolean_batch_size(tmp: Path, digits: Path, model: Path, helpers) -> Case:
     out = shutil.copytree(model, tmp / "vae")
-    return Case(["train", "vae", "-S", "train.batch_size=true", "--data", str(digits), "--out", str(out), *OFF],
-                ["train.batch_size", "expected an integer, got the boolean true"], [out])
+    return Case(
+        ["train", "vae", "-S", "train.batch_size=true", "--data", str(digits), "--out", str(out), *OFF],
+        ["train.batch_size", "expected an integer, got the boolean true"],
+        [out],
+    )
 
 
 def duplicate_key(tmp: Path, digits: Path, model: Path, helpers) -> Case:
     params = tmp / "params.yaml"
     params.write_text("train:\n  batch_size: 8\n  batch_size: 16\n")
     out = shutil.copytree(model, tmp / "vae")
-    return Case(["train", "vae", "-p", str(params), "--data", str(digits), "--out", str(out), *OFF],
-                [str(params), "duplicate key 'batch_size'"], [out, params])
+    return Case(
+        ["train", "vae", "-p", str(params), "--data", str(digits), "--out", str(out), *OFF],
+        [str(params), "duplicate key 'batch_size'"],
+        [out, params],
+    )
 
 
 def section_level_error(tmp: Path, digits: Path, model: Path, helpers) -> Case:
     out = shutil.copytree(model, tmp / "ddpm")
-    return Case(["train", "ddpm", "-S", "ddpm.groups=5", "--data", str(digits), "--out", str(out), *OFF],
-                ["ddpm: groups=5 must divide every U-Net width"], [out])
+    return Case(
+        ["train", "ddpm", "-S", "ddpm.groups=5", "--data", str(digits), "--out", str(out), *OFF],
+        ["ddpm: groups=5 must divide every U-Net width"],
+        [out],
+    )
 
 
 CASES = {

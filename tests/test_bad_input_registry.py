@@ -96,9 +96,7 @@ def one_line(text: str) -> str:
 def test_bad_input_row2_a_version_registered_without_export_is_refused(store: Store) -> None:
     before = store.champion()
     report = store.root / "metrics.json"
-    report.write_text(
-        json.dumps(evaluation(fid=1.5))
-    )  # much better than the champion, but no parity
+    report.write_text(json.dumps(evaluation(fid=1.5)))  # much better than the champion, but no parity
     registered = store.cli(
         "register",
         "--model",
@@ -132,8 +130,7 @@ def test_bad_input_row4_promote_is_idempotent_and_serialised(store: Store, how: 
     cmd = [sys.executable, "-m", "imagegen", "promote", NAME, "-S", f"tracking.uri={store.uri}"]
     env = {**os.environ, "COLUMNS": "400"}
     procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for _ in range(2)
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

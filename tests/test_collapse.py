@@ -82,11 +82,19 @@ def test_a_collapsing_vae_is_reported_in_metrics_and_model_json(
     """A huge beta without free bits drives the KL to ~0: the run warns and its metrics say so."""
     from imagegen.stages.train import run_train
 
-    params = load_params(None, [
-        *TINY, "vae.beta=1000", "vae.free_bits=0", "vae.steps=20", "vae.min_kl_per_image=0.5",
-        f"train.checkpoints_dir={tmp_path / 'ckpt'}", f"train.models_dir={tmp_path / 'models'}",
-        f"train.reports_dir={tmp_path / 'reports'}",
-    ])
+    params = load_params(
+        None,
+        [
+            *TINY,
+            "vae.beta=1000",
+            "vae.free_bits=0",
+            "vae.steps=20",
+            "vae.min_kl_per_image=0.5",
+            f"train.checkpoints_dir={tmp_path / 'ckpt'}",
+            f"train.models_dir={tmp_path / 'models'}",
+            f"train.reports_dir={tmp_path / 'reports'}",
+        ],
+    )
     data = run_ingest(params, tmp_path / "digits")
     with caplog.at_level(logging.WARNING, logger="imagegen"):
         out = run_train(params, "vae", data_dir=data, show_progress=False)

@@ -63,8 +63,9 @@ NATIVE_LOG = re.compile(
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_ingest(load_params(None, ["tracking.enabled=false", "data.image_size=8"]),
-                      tmp_path_factory.mktemp("data") / "digits")
+    return run_ingest(
+        load_params(None, ["tracking.enabled=false", "data.image_size=8"]), tmp_path_factory.mktemp("data") / "digits"
+    )
 
 
 def workdir(root: Path, digits: Path, **vae: int) -> Path:
@@ -85,7 +86,11 @@ def train(cwd: Path, *extra: str, pause: str | None = None) -> subprocess.Popen:
         env["IMAGEGEN_TEST_PAUSE"] = pause
     return subprocess.Popen(
         [sys.executable, "-m", "imagegen", "train", "vae", *extra],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -118,8 +123,11 @@ def checkpoint_temps(folder: Path) -> list[Path]:
 def weights_of(model_dir: Path) -> dict[str, np.ndarray]:
     """Every weight of the model folder, by network and position (layer names play no part)."""
     family = load_model(model_dir).family
-    return {f"{net}/{i}": np.asarray(w.numpy() if hasattr(w, "numpy") else w)
-            for net, model in family.networks.items() for i, w in enumerate(model.get_weights())}
+    return {
+        f"{net}/{i}": np.asarray(w.numpy() if hasattr(w, "numpy") else w)
+        for net, model in family.networks.items()
+        for i, w in enumerate(model.get_weights())
+    }
 
 
 def loss_curve(cwd: Path) -> list[tuple[int, float]]:

@@ -93,14 +93,8 @@ def test_schedule_arrays_are_read_only() -> None:
 
 
 def test_schedule_from_config_uses_the_ddpm_section() -> None:
-    s = D.schedule_from_config(
-        DDPMConfig(schedule="linear", timesteps=50, beta_start=1e-3, beta_end=0.05)
-    )
-    assert (
-        s.timesteps == 50
-        and s.betas[0] == pytest.approx(1e-3)
-        and s.betas[-1] == pytest.approx(0.05)
-    )
+    s = D.schedule_from_config(DDPMConfig(schedule="linear", timesteps=50, beta_start=1e-3, beta_end=0.05))
+    assert s.timesteps == 50 and s.betas[0] == pytest.approx(1e-3) and s.betas[-1] == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize(
@@ -189,9 +183,7 @@ def test_ddim_with_eta_one_and_all_steps_is_ddpm_with_posterior_variance(clip_x0
         eta=1.0,
         clip_x0=clip_x0,
     )
-    ddpm = D.ddpm_sample(
-        linear_eps_fn, s, SHAPE, np.random.default_rng(11), variance="posterior", clip_x0=clip_x0
-    )
+    ddpm = D.ddpm_sample(linear_eps_fn, s, SHAPE, np.random.default_rng(11), variance="posterior", clip_x0=clip_x0)
     np.testing.assert_allclose(to_np(ddim), to_np(ddpm), atol=1e-5)
     beta = D.ddpm_sample(linear_eps_fn, s, SHAPE, np.random.default_rng(11), variance="beta")
     assert not np.allclose(to_np(beta), to_np(ddpm), atol=1e-3)
@@ -217,9 +209,7 @@ def test_deterministic_ddim_with_the_true_noise_recovers_x0(steps: int) -> None:
     eps = np.random.default_rng(8).standard_normal(SHAPE).astype("float32")
     t_last = np.full(SHAPE[0], s.timesteps - 1, "int32")
     x_T = D.q_sample(s, x0, t_last, eps)
-    out = D.ddim_sample(
-        oracle_eps_fn(s, x0), s, SHAPE, np.random.default_rng(0), steps=steps, x_T=x_T
-    )
+    out = D.ddim_sample(oracle_eps_fn(s, x0), s, SHAPE, np.random.default_rng(0), steps=steps, x_T=x_T)
     np.testing.assert_allclose(to_np(out), x0, atol=1e-4)
 
 
@@ -325,16 +315,20 @@ def conditional_family(num_classes: int = 10):
     from imagegen.config import load_params
     from imagegen.training.families import build_family
 
-    params = load_params(None, [
-        "ddpm.base_channels=8", "ddpm.groups=4", "ddpm.timesteps=20", "ddpm.conditional=true",
-    ])
+    params = load_params(
+        None,
+        [
+            "ddpm.base_channels=8",
+            "ddpm.groups=4",
+            "ddpm.timesteps=20",
+            "ddpm.conditional=true",
+        ],
+    )
     return build_family("ddpm", params, (4, 4, 2), num_classes)
 
 
 @pytest.mark.parametrize(("scale", "passes"), [(0.0, 1), (1.0, 1), (3.0, 2)])
-def test_guided_sampling_extrapolates_from_the_unconditional_prediction(
-    scale: float, passes: int
-) -> None:
+def test_guided_sampling_extrapolates_from_the_unconditional_prediction(scale: float, passes: int) -> None:
     """generate() with guidance s samples with eps_u + s (eps_c - eps_u): two passes of batch B per
     step (conditional, then the null label), one when s is 1 (conditional) or 0 (unconditional)."""
     from imagegen.training.families import ddpm
@@ -342,9 +336,7 @@ def test_guided_sampling_extrapolates_from_the_unconditional_prediction(
     family = conditional_family()
     labels = np.array([1, 2, 3], "int32")
     predict = CountingPredictor()
-    got = ddpm.generate(
-        family, 3, np.random.default_rng(0), labels, steps=4, guidance_scale=scale, predict=predict
-    )
+    got = ddpm.generate(family, 3, np.random.default_rng(0), labels, steps=4, guidance_scale=scale, predict=predict)
     assert len(predict.labels) == 4 * passes
     step_labels = predict.labels[:passes]
     expected_labels = {0.0: [[10] * 3], 1.0: [labels], 3.0: [labels, [10] * 3]}[scale]

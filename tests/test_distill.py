@@ -85,15 +85,18 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def params_for(root: Path, *extra: str):
-    return load_params(None, [
-        *TINY,
-        f"data.processed_dir={root / 'data'}",
-        f"train.models_dir={root / 'models'}",
-        f"train.reports_dir={root / 'reports'}",
-        f"train.checkpoints_dir={root / 'checkpoints'}",
-        f"evaluate.features_dir={root / 'models' / 'features'}",
-        *extra,
-    ])
+    return load_params(
+        None,
+        [
+            *TINY,
+            f"data.processed_dir={root / 'data'}",
+            f"train.models_dir={root / 'models'}",
+            f"train.reports_dir={root / 'reports'}",
+            f"train.checkpoints_dir={root / 'checkpoints'}",
+            f"evaluate.features_dir={root / 'models' / 'features'}",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +128,14 @@ def test_ddim_with_explicit_timesteps_equal_to_the_default_grid_is_identical(ste
     )
     np.testing.assert_array_equal(ops.convert_to_numpy(by_steps), ops.convert_to_numpy(by_grid))
     # The grid overrides steps.
-    other = D.ddim_sample(linear_eps_fn, s, shape, np.random.default_rng(1), steps=2, timesteps=D.ddim_timesteps(20, steps))
-    np.testing.assert_allclose(ops.convert_to_numpy(other), ops.convert_to_numpy(
-        D.ddim_sample(linear_eps_fn, s, shape, np.random.default_rng(1), steps=steps)), rtol=1e-6)
+    other = D.ddim_sample(
+        linear_eps_fn, s, shape, np.random.default_rng(1), steps=2, timesteps=D.ddim_timesteps(20, steps)
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(other),
+        ops.convert_to_numpy(D.ddim_sample(linear_eps_fn, s, shape, np.random.default_rng(1), steps=steps)),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize(
@@ -211,19 +219,31 @@ def test_one_round_lowers_the_students_one_step_error_against_the_teachers_two_s
     teacher = load_model(ddpm_teacher)
     keras.utils.set_random_seed(0)
     dist = build_progressive(
-        teacher.family.networks["unet_ema"], teacher.family.spec, D.ddim_timesteps(T, 4), params.distill,
+        teacher.family.networks["unet_ema"],
+        teacher.family.spec,
+        D.ddim_timesteps(T, 4),
+        params.distill,
         clip_x0=True,
     )
     ds = ProcessedDataset.open(digits)
     held_out = next(BatchStream(ds.split("test"), 128, seed=5))
-    feed = {"images": held_out.images, "labels": held_out.labels,
-            **dist.family.noise(np.random.default_rng(1), held_out.labels)}
+    feed = {
+        "images": held_out.images,
+        "labels": held_out.labels,
+        **dist.family.noise(np.random.default_rng(1), held_out.labels),
+    }
     teacher_before = [w.copy() for w in teacher.family.networks["unet_ema"].get_weights()]
 
     before = evaluate_loss(dist.family, feed)
     assert before["loss"] > 0  # the student starts as the teacher, whose 1 step is not its 2 steps
-    trainer = Trainer(dist.family, BatchStream(ds.split("train"), 32, 0), params.train, seed=0,
-                      checkpoint_dir=root / "ckpt-a", show_progress=False)
+    trainer = Trainer(
+        dist.family,
+        BatchStream(ds.split("train"), 32, 0),
+        params.train,
+        seed=0,
+        checkpoint_dir=root / "ckpt-a",
+        show_progress=False,
+    )
     trainer.fit(20)
     after = evaluate_loss(dist.family, feed)
 
@@ -271,7 +291,9 @@ def test_the_stage_writes_one_model_per_round_a_final_copy_and_a_report(root: Pa
     assert (root / "reports" / "distill_ddpm_progressive" / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_mlflow_has_a_parent_run_linked_to_the_teacher_and_a_child_run_per_round(root: Path, progressive, ddpm_teacher) -> None:
+def test_mlflow_has_a_parent_run_linked_to_the_teacher_and_a_child_run_per_round(
+    root: Path, progressive, ddpm_teacher
+) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
@@ -298,8 +320,22 @@ def test_a_distilled_student_samples_the_same_images_for_the_same_seed_on_its_ow
     assert not np.array_equal(a, even)
 
     out = root / "cli-sample"
-    result = CliRunner().invoke(app, ["sample", "--model", str(student), "--out", str(out), "--n", "6", "--seed", "3",
-                                      "-S", "tracking.enabled=false"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--model",
+            str(student),
+            "--out",
+            str(out),
+            "--n",
+            "6",
+            "--seed",
+            "3",
+            "-S",
+            "tracking.enabled=false",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with np.load(out / "samples.npz") as npz:
         np.testing.assert_array_equal(npz["images"], a)  # the CLI samples a student on its own grid too
@@ -326,13 +362,24 @@ def test_a_half_width_student_has_about_a_quarter_of_the_parameters(root: Path, 
     assert student_width(8, 0.5, multiple=4) == 4 and student_width(8, 0.1, multiple=4) == 4
 
 
-def test_architecture_distillation_of_a_dcgan_trains_a_narrow_student_that_loads_and_samples(root: Path, digits: Path) -> None:
+def test_architecture_distillation_of_a_dcgan_trains_a_narrow_student_that_loads_and_samples(
+    root: Path, digits: Path
+) -> None:
     """With the evaluation feature model present: feature matching on, FID/KID reported for both."""
     from imagegen.stages.train_features import run_train_features
 
-    params = params_for(root, "evaluate.feature_epochs=1", "evaluate.feature_width=8", "evaluate.feature_dim=16",
-                        "evaluate.n_samples=64", "evaluate.kid_subset_size=32", "evaluate.kid_subsets=5",
-                        "evaluate.max_real=200", "distill.architecture_steps=30", "distill.architecture_learning_rate=0.005")
+    params = params_for(
+        root,
+        "evaluate.feature_epochs=1",
+        "evaluate.feature_width=8",
+        "evaluate.feature_dim=16",
+        "evaluate.n_samples=64",
+        "evaluate.kid_subset_size=32",
+        "evaluate.kid_subsets=5",
+        "evaluate.max_real=200",
+        "distill.architecture_steps=30",
+        "distill.architecture_learning_rate=0.005",
+    )
     run_train_features(params, data_dir=digits)
     teacher = run_train(params, "dcgan", data_dir=digits, show_progress=False)
     student = run_distill(params, teacher, "architecture", data_dir=digits, show_progress=False)
@@ -362,11 +409,20 @@ def test_architecture_distillation_lowers_the_students_error_against_the_teacher
     dist = build_architecture(teacher, params.distill.model_copy(update={"architecture_learning_rate": 0.005}))
     ds = ProcessedDataset.open(digits)
     held_out = next(BatchStream(ds.split("test"), 128, seed=5))
-    feed = {"images": held_out.images, "labels": held_out.labels,
-            **dist.family.noise(np.random.default_rng(1), held_out.labels)}
+    feed = {
+        "images": held_out.images,
+        "labels": held_out.labels,
+        **dist.family.noise(np.random.default_rng(1), held_out.labels),
+    }
     before = evaluate_loss(dist.family, feed)
-    Trainer(dist.family, BatchStream(ds.split("train"), 32, 0), params.train, seed=0,
-            checkpoint_dir=root / "ckpt-b", show_progress=False).fit(30)
+    Trainer(
+        dist.family,
+        BatchStream(ds.split("train"), 32, 0),
+        params.train,
+        seed=0,
+        checkpoint_dir=root / "ckpt-b",
+        show_progress=False,
+    ).fit(30)
     after = evaluate_loss(dist.family, feed)
     assert after["decoder_mse"] < 0.5 * before["decoder_mse"] and after["encoder_mse"] < 0.5 * before["encoder_mse"]
 
@@ -392,12 +448,15 @@ def test_macs_are_counted_from_layer_shapes() -> None:
 def test_a_teacher_folder_without_model_json_is_refused_naming_it(root: Path, digits: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))}.*no model.json"):
         run_distill(params_for(root), tmp_path, "progressive", data_dir=digits)
-    result = CliRunner().invoke(app, ["distill", "--teacher", str(tmp_path), "--method", "progressive",
-                                      "-S", "tracking.enabled=false"])
+    result = CliRunner().invoke(
+        app, ["distill", "--teacher", str(tmp_path), "--method", "progressive", "-S", "tracking.enabled=false"]
+    )
     assert result.exit_code == 2 and "no model.json" in result.output and "Traceback" not in result.output
 
 
-def test_progressive_distillation_of_a_non_diffusion_teacher_is_refused_naming_the_family(root: Path, tmp_path: Path) -> None:
+def test_progressive_distillation_of_a_non_diffusion_teacher_is_refused_naming_the_family(
+    root: Path, tmp_path: Path
+) -> None:
     fake = tmp_path / "gan"
     fake.mkdir()
     (fake / "model.json").write_text(json.dumps({"family": "dcgan", "format_version": 1}))

@@ -16,17 +16,31 @@ from imagegen.stages.evaluate import run_evaluate
 from imagegen.stages.ingest import run_ingest
 from imagegen.stages.train_features import run_train_features
 
-BASE = ["tracking.enabled=false", "data.image_size=8", "data.test_fraction=0.4", "evaluate.feature_epochs=6",
-        "evaluate.feature_width=16", "evaluate.feature_dim=32", "evaluate.kid_subset_size=200",
-        "evaluate.kid_subsets=20"]
+BASE = [
+    "tracking.enabled=false",
+    "data.image_size=8",
+    "data.test_fraction=0.4",
+    "evaluate.feature_epochs=6",
+    "evaluate.feature_width=16",
+    "evaluate.feature_dim=32",
+    "evaluate.kid_subset_size=200",
+    "evaluate.kid_subsets=20",
+]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     """Digits (8x8, 40% held out so both halves of the floor have ~360 images) and a trained classifier."""
     root = tmp_path_factory.mktemp("eval")
-    params = load_params(None, [*BASE, f"train.reports_dir={root / 'reports'}", f"data.processed_dir={root / 'data'}",
-                                f"evaluate.features_dir={root / 'features'}"])
+    params = load_params(
+        None,
+        [
+            *BASE,
+            f"train.reports_dir={root / 'reports'}",
+            f"data.processed_dir={root / 'data'}",
+            f"evaluate.features_dir={root / 'features'}",
+        ],
+    )
     data = run_ingest(params)
     features = run_train_features(params, data_dir=data)
     return params, data, features, root
@@ -64,7 +78,11 @@ def test_a_collapsed_generator_is_caught(setup, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("IMAGEGEN_CACHE_DIR", str(tmp_path / "cache"))
     one = np.asarray(ProcessedDataset.open(data).split("train").images[:1])
     samples = write_npz(tmp_path / "collapsed.npz", np.repeat(one, 500, axis=0))
-    m = json.loads((run_evaluate(params, tmp_path / "o", samples=samples, data_dir=data, features_dir=features) / "metrics.json").read_text())
+    m = json.loads(
+        (
+            run_evaluate(params, tmp_path / "o", samples=samples, data_dir=data, features_dir=features) / "metrics.json"
+        ).read_text()
+    )
     assert m["coverage"] == pytest.approx(0.1)  # one class of ten
     assert m["recall"] < 0.05
     assert m["class_entropy"] < 0.05
@@ -78,8 +96,13 @@ def test_fid_rises_with_the_strength_of_noise_added_to_real_images(setup, tmp_pa
     fids = []
     for sigma in (0, 20, 50, 100):
         noisy = np.clip(real + rng.normal(0, sigma, real.shape), 0, 255).astype(np.uint8)
-        out = run_evaluate(params, tmp_path / f"s{sigma}", samples=write_npz(tmp_path / f"{sigma}.npz", noisy),
-                           data_dir=data, features_dir=features)
+        out = run_evaluate(
+            params,
+            tmp_path / f"s{sigma}",
+            samples=write_npz(tmp_path / f"{sigma}.npz", noisy),
+            data_dir=data,
+            features_dir=features,
+        )
         fids.append(json.loads((out / "metrics.json").read_text())["fid"])
     assert fids == sorted(fids) and fids[-1] > 2 * fids[0], fids
 
@@ -100,12 +123,26 @@ def test_evaluating_a_vae_adds_reconstruction_ssim_and_psnr(setup, tmp_path, mon
 
     params, data, features, root = setup
     monkeypatch.setenv("IMAGEGEN_CACHE_DIR", str(tmp_path / "cache"))
-    p = load_params(None, [*BASE, "vae.steps=20", "vae.base_filters=8", "train.batch_size=32", "train.jit_compile=false",
-                           "evaluate.n_samples=200", f"train.checkpoints_dir={tmp_path / 'ck'}",
-                           f"train.reports_dir={tmp_path / 'r'}"])
+    p = load_params(
+        None,
+        [
+            *BASE,
+            "vae.steps=20",
+            "vae.base_filters=8",
+            "train.batch_size=32",
+            "train.jit_compile=false",
+            "evaluate.n_samples=200",
+            f"train.checkpoints_dir={tmp_path / 'ck'}",
+            f"train.reports_dir={tmp_path / 'r'}",
+        ],
+    )
     model = run_train(p, "vae", data_dir=data, out_dir=tmp_path / "vae", show_progress=False)
-    m = json.loads((run_evaluate(p, tmp_path / "o", model_dir=model, data_dir=data, features_dir=features,
-                                 show_progress=False) / "metrics.json").read_text())
+    m = json.loads(
+        (
+            run_evaluate(p, tmp_path / "o", model_dir=model, data_dir=data, features_dir=features, show_progress=False)
+            / "metrics.json"
+        ).read_text()
+    )
     assert m["n_generated"] == 200
     assert 0 < m["ssim"] < 1 and 0 < m["psnr"] < 60
 
@@ -114,8 +151,16 @@ def test_evaluating_a_vae_adds_reconstruction_ssim_and_psnr(setup, tmp_path, mon
 def test_feature_classifier_reaches_85_percent_on_fashion_mnist(shared_datasets, tmp_path, monkeypatch) -> None:
     """Bound checked: >= 85% test accuracy after 3 epochs on the full 60k training split at 16x16."""
     monkeypatch.setenv("IMAGEGEN_DATA_DIR", str(shared_datasets))
-    params = load_params(None, ["tracking.enabled=false", "data.name=fashion_mnist", "evaluate.feature_epochs=3",
-                                f"data.processed_dir={tmp_path / 'd'}", f"train.reports_dir={tmp_path / 'r'}"])
+    params = load_params(
+        None,
+        [
+            "tracking.enabled=false",
+            "data.name=fashion_mnist",
+            "evaluate.feature_epochs=3",
+            f"data.processed_dir={tmp_path / 'd'}",
+            f"train.reports_dir={tmp_path / 'r'}",
+        ],
+    )
     features = run_train_features(params, data_dir=run_ingest(params), out_dir=tmp_path / "f")
     acc = load_extractor(features).meta["scores"]["test_accuracy"]
     assert acc >= 0.85, acc

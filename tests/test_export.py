@@ -65,9 +65,7 @@ def train_tiny(params: Params, family_name: str, data: Path, root: Path) -> Path
     ds = ProcessedDataset.open(data)
     family = build_family(family_name, params, ds.image_shape, ds.num_classes)
     stream = BatchStream(ds.split("train"), params.train.batch_size, params.seed)
-    trainer = Trainer(
-        family, stream, params.train, seed=params.seed, checkpoint_dir=root / "ckpt", show_progress=False
-    )
+    trainer = Trainer(family, stream, params.train, seed=params.seed, checkpoint_dir=root / "ckpt", show_progress=False)
     trainer.fit(2)
     return save_model(trainer.family, root / "model", {"step": 2})
 
@@ -103,7 +101,9 @@ def test_every_artifact_reproduces_the_keras_images_within_its_thresholds(export
         assert entry["ssim"] >= params.export.min_ssim[name], (name, entry)
         assert entry["latency_ms_per_image"] > 0
         path = out / ("savedmodel" if name == "savedmodel" else FILES[name])
-        on_disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        on_disk = (
+            sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        )
         assert entry["bytes"] == on_disk
     # The float graphs compute what Keras computes: at most one level off after rounding.
     assert metrics["artifacts"]["savedmodel"]["max_abs_error"] <= 1
@@ -238,17 +238,16 @@ def test_a_distilled_student_is_exported_on_its_own_timestep_grid(exports, tmp_p
     assert build_serving(loaded, ddpm_steps=2).meta["timesteps"] == grid  # the graph unrolls the student's grid
 
 
-def test_a_conditional_ddpm_trains_samples_with_guidance_and_exports_with_parity(
-    digits, tmp_path
-) -> None:
+def test_a_conditional_ddpm_trains_samples_with_guidance_and_exports_with_parity(digits, tmp_path) -> None:
     """End to end: a few training steps with labels (and label dropout), guided sampling at s = 3,
     export, and the exported graph draws what the guided Keras sampler draws for the same labels."""
     from imagegen.export.parity import keras_images, savedmodel_runner
     from imagegen.sampling import generate_images
     from imagegen.training.families import ddpm
 
-    params = tiny_params("ddpm.conditional=true", "sample.guidance_scale=3.0", "sample.steps=2",
-                         "export.tflite_variants=[float32]")
+    params = tiny_params(
+        "ddpm.conditional=true", "sample.guidance_scale=3.0", "sample.steps=2", "export.tflite_variants=[float32]"
+    )
     model_dir = train_tiny(params, "ddpm", digits, tmp_path)
     loaded = load_model(model_dir)
 
@@ -256,8 +255,7 @@ def test_a_conditional_ddpm_trains_samples_with_guidance_and_exports_with_parity
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
     assert labels.tolist() == [0, 1, 2, 3, 4, 5]
     guided, plain = (
-        ddpm.generate(loaded.family, 3, np.random.default_rng(0), np.arange(3), steps=2,
-                      guidance_scale=s)
+        ddpm.generate(loaded.family, 3, np.random.default_rng(0), np.arange(3), steps=2, guidance_scale=s)
         for s in (3.0, 1.0)
     )
     assert not np.array_equal(guided, plain)  # the null-label branch was trained and is used

@@ -1,4 +1,7 @@
-"""Training (and distillation) run where only Keras and a backend exist: nothing they import needs mlflow, prefect or dvc."""
+"""Training (and distillation) run where only Keras and a backend exist.
+
+Nothing they import needs mlflow, prefect or dvc.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ p = load_params(None, ["tracking.enabled=false", "data.image_size=8", "vae.steps
 run_train(p, "vae", data_dir=run_ingest(p), out_dir=sys.argv[1] + "/m", show_progress=False)
 from imagegen.stages.distill import run_distill
 q = load_params(None, ["tracking.enabled=false", "data.image_size=8", "vae.base_filters=4", "train.batch_size=8",
-                       "train.jit_compile=false", f"data.processed_dir={sys.argv[1]}/d", f"train.checkpoints_dir={sys.argv[1]}/c",
+                       "train.jit_compile=false", f"data.processed_dir={sys.argv[1]}/d",
+                       f"train.checkpoints_dir={sys.argv[1]}/c",
                        f"train.reports_dir={sys.argv[1]}/r", f"evaluate.features_dir={sys.argv[1]}/none",
                        "distill.architecture_steps=2", "distill.compare_n=4", "distill.speed_n=4"])
 run_distill(q, sys.argv[1] + "/m", "architecture", out_dir=sys.argv[1] + "/s", show_progress=False)

@@ -64,9 +64,7 @@ def write_folder(root: Path, n: int, side: int, classes: int = 4) -> Path:
     for i in range(n):
         folder = root / f"class{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
-            folder / f"{i:05d}.png"
-        )
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
     return root
 
 
@@ -115,9 +113,7 @@ def reference_content_hash(splits: dict, class_names: list[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def test_streamed_ingest_writes_the_bytes_and_hash_of_the_in_memory_format(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_streamed_ingest_writes_the_bytes_and_hash_of_the_in_memory_format(tmp_path: Path, monkeypatch) -> None:
     """The same data written from memory (np.save, the former hash) and streamed in chunks: identical files."""
     monkeypatch.setattr("imagegen.data.processed.CHUNK_BYTES", 7 * 8 * 8 * 3)  # 7 images a chunk
     root = write_folder(tmp_path / "imgs", 90, 12, classes=3)
@@ -127,28 +123,19 @@ def test_streamed_ingest_writes_the_bytes_and_hash_of_the_in_memory_format(
     )
     streamed_dir = run_ingest(params, out_dir=tmp_path / "streamed")
     ds = load_folder(params.data, params.seed)  # in memory
-    assert (
-        reference_content_hash(ds.splits, ds.class_names)
-        == ProcessedDataset.open(streamed_dir).content_hash
-    )
-    assert (
-        content_hash(ds.splits, ds.class_names) == ProcessedDataset.open(streamed_dir).content_hash
-    )  # type: ignore[arg-type]
+    assert reference_content_hash(ds.splits, ds.class_names) == ProcessedDataset.open(streamed_dir).content_hash
+    assert content_hash(ds.splits, ds.class_names) == ProcessedDataset.open(streamed_dir).content_hash  # type: ignore[arg-type]
     for name, split in ds.splits.items():
         np.save(tmp_path / f"{name}.npy", split.images, allow_pickle=False)
         expected = hashlib.md5((tmp_path / f"{name}.npy").read_bytes()).hexdigest()
-        assert (
-            hashlib.md5((streamed_dir / f"{name}_images.npy").read_bytes()).hexdigest() == expected
-        )
+        assert hashlib.md5((streamed_dir / f"{name}_images.npy").read_bytes()).hexdigest() == expected
 
     # Chunk boundaries do not matter: a Dataset of in-memory arrays gives the same manifest hash.
     memory = write_processed(Dataset("folder", ds.splits, ds.class_names, "s"), tmp_path / "memory")
     assert memory["content_hash"] == ProcessedDataset.open(streamed_dir).content_hash
 
 
-def test_cifar10_streams_one_batch_file_at_a_time_with_the_same_hash(
-    tmp_path: Path, helpers
-) -> None:
+def test_cifar10_streams_one_batch_file_at_a_time_with_the_same_hash(tmp_path: Path, helpers) -> None:
     """CIFAR-10 is written batch file by batch file; the result is the in-memory dataset's, byte for byte."""
     import gc
 
@@ -164,12 +151,8 @@ def test_cifar10_streams_one_batch_file_at_a_time_with_the_same_hash(
     chunks = list(streamed.splits["train"].read())
     assert [len(c) for c in chunks] == [3] * 5  # one chunk per batch file
     manifest = write_processed(streamed, tmp_path / "out")
-    assert manifest["content_hash"] == reference_content_hash(
-        in_memory.splits, in_memory.class_names
-    )
-    np.testing.assert_array_equal(
-        np.load(tmp_path / "out" / "train_images.npy"), in_memory.splits["train"].images
-    )
+    assert manifest["content_hash"] == reference_content_hash(in_memory.splits, in_memory.class_names)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "train_images.npy"), in_memory.splits["train"].images)
 
     del streamed
     gc.collect()

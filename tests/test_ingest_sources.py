@@ -25,9 +25,7 @@ from imagegen.data.sources.idx import FILES, load_idx_dataset, read_idx
 from imagegen.errors import ChecksumError, DataError, DataNotFoundError
 from imagegen.stages.ingest import run_ingest
 
-PROCESSED_FILES = sorted(
-    [MANIFEST, "train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy"]
-)
+PROCESSED_FILES = sorted([MANIFEST, "train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy"])
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 
 
@@ -210,7 +208,11 @@ def test_corrupted_gz_with_matching_md5_names_the_file(isolated_env, helpers, ma
             "header promises 3 dimensions",
             id="header-itself-truncated",
         ),
-        pytest.param(b"\x00\x00\x0d\x01" + (1).to_bytes(4, "big") + bytes(4), "not an idx file of unsigned bytes", id="float-type"),
+        pytest.param(
+            b"\x00\x00\x0d\x01" + (1).to_bytes(4, "big") + bytes(4),
+            "not an idx file of unsigned bytes",
+            id="float-type",
+        ),
         pytest.param(b"\x00\x00", "too short", id="two-bytes"),
     ],
 )

@@ -39,9 +39,7 @@ EXPECTED = np.sum((MU1 - MU2) ** 2) + np.sum(V1 + V2 - 2 * np.sqrt(V1 * V2))
 
 
 def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians() -> None:
-    assert M.frechet_distance(MU1, np.diag(V1), MU2, np.diag(V2)) == pytest.approx(
-        EXPECTED, rel=1e-9
-    )
+    assert M.frechet_distance(MU1, np.diag(V1), MU2, np.diag(V2)) == pytest.approx(EXPECTED, rel=1e-9)
     # The distance is invariant under a common rotation: same value through full (non-diagonal) matrices.
     q = ortho_group.rvs(4, random_state=0)
     rotated = M.frechet_distance(q @ MU1, q @ np.diag(V1) @ q.T, q @ MU2, q @ np.diag(V2) @ q.T)
@@ -62,9 +60,7 @@ def test_fid_rises_monotonically_with_added_noise() -> None:
     feature_map = np.random.default_rng(1).normal(size=(64, 8)) / 8.0
     noise = np.random.default_rng(2).normal(size=images.shape)
     real = images @ feature_map
-    fids = [
-        M.fid(real, (images + s * noise) @ feature_map) for s in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
-    ]
+    fids = [M.fid(real, (images + s * noise) @ feature_map) for s in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)]
     assert abs(fids[0]) < 1e-9 and all(x < y for x, y in zip(fids, fids[1:], strict=False)), fids
 
 
@@ -122,12 +118,8 @@ def test_kid_matches_the_unbiased_mmd_formula_and_is_seeded() -> None:
     mean, std = M.kid(x, y, subsets=3, subset_size=1000)
     assert mean == pytest.approx(_mmd2_unbiased_by_loops(x, y), rel=1e-9) and std < 1e-9
     a, b = gaussian(300, np.zeros(5), 1.0, 5), gaussian(300, np.zeros(5), 1.0, 6)
-    assert M.kid(a, b, subsets=5, subset_size=50, seed=7) == M.kid(
-        a, b, subsets=5, subset_size=50, seed=7
-    )
-    assert M.kid(a, b, subsets=5, subset_size=50, seed=7) != M.kid(
-        a, b, subsets=5, subset_size=50, seed=8
-    )
+    assert M.kid(a, b, subsets=5, subset_size=50, seed=7) == M.kid(a, b, subsets=5, subset_size=50, seed=7)
+    assert M.kid(a, b, subsets=5, subset_size=50, seed=7) != M.kid(a, b, subsets=5, subset_size=50, seed=8)
 
 
 # ------------------------------------------------------------------------------------- precision / recall
@@ -144,18 +136,14 @@ def test_real_vs_real_precision_and_recall_are_near_one(dim: int, k: int) -> Non
 
 def test_a_collapsed_generator_has_high_precision_and_no_recall() -> None:
     real = gaussian(2000, np.zeros(8), 1.0, 0)
-    collapsed = real[:1] + 1e-3 * gaussian(
-        500, np.zeros(8), 1.0, 1
-    )  # a tiny cluster on one real sample
+    collapsed = real[:1] + 1e-3 * gaussian(500, np.zeros(8), 1.0, 1)  # a tiny cluster on one real sample
     precision, recall = M.precision_recall(real, collapsed, k=3)
     assert precision > 0.9 and recall < 0.05
     identical = np.repeat(real[:1], 500, axis=0)  # every fake sample the very same point
     assert M.precision_recall(real, identical, k=3)[1] < 0.05
 
 
-def _precision_recall_brute_force(
-    real: np.ndarray, fake: np.ndarray, k: int
-) -> tuple[float, float]:
+def _precision_recall_brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
     def radii(x: np.ndarray) -> np.ndarray:
         return np.sort(cdist(x, x), axis=1)[:, k]  # column 0 is the point itself
 
@@ -168,9 +156,7 @@ def _precision_recall_brute_force(
 @pytest.mark.parametrize("batch", [1, 7, 64, 10_000])
 def test_precision_recall_in_blocks_matches_a_brute_force_computation(batch: int) -> None:
     real = gaussian(150, np.zeros(6), 1.0, 0)
-    fake = gaussian(
-        120, np.full(6, 0.7), 1.3, 1
-    )  # shifted and wider: both values well inside (0, 1)
+    fake = gaussian(120, np.full(6, 0.7), 1.3, 1)  # shifted and wider: both values well inside (0, 1)
     got = M.precision_recall(real, fake, k=3, batch=batch)
     assert got == pytest.approx(_precision_recall_brute_force(real, fake, 3), abs=1e-12)
     assert 0.05 < got[0] < 0.95 and 0.05 < got[1] < 0.95
@@ -198,9 +184,7 @@ def test_class_coverage_ignores_stray_predictions_below_min_share() -> None:
     probs = np.eye(10)[labels]
     # Threshold max(1, 0.1 * 1000 / 10) = 10 predictions: class 9 is not covered.
     assert M.class_coverage(probs, 10)["coverage"] == pytest.approx(0.9)
-    assert (
-        M.class_coverage(probs, 10, min_share=0.0)["coverage"] == 1.0
-    )  # threshold 1: argmax at least once
+    assert M.class_coverage(probs, 10, min_share=0.0)["coverage"] == 1.0  # threshold 1: argmax at least once
 
 
 # ------------------------------------------------------------------------------------------ split halves
@@ -222,11 +206,7 @@ def test_image_similarity_of_identical_and_noisy_images(shape) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, shape, dtype=np.uint8)
     same = M.image_similarity(x, x)
-    assert (
-        same["ssim"] == pytest.approx(1.0)
-        and same["psnr"] == math.inf
-        and same["identical"] == shape[0]
-    )
+    assert same["ssim"] == pytest.approx(1.0) and same["psnr"] == math.inf and same["identical"] == shape[0]
     psnrs, ssims = [], []
     for sigma in (5, 20, 60):
         noisy = np.clip(x + rng.normal(0, sigma, shape), 0, 255).astype(np.uint8)

@@ -165,9 +165,7 @@ def test_gan_losses_match_binary_cross_entropy() -> None:
     g = float(ops.convert_to_numpy(dcgan.generator_loss(zero)))
     assert d == pytest.approx(2 * np.log(2), rel=1e-6)
     assert g == pytest.approx(np.log(2), rel=1e-6)
-    confident = dcgan.discriminator_loss(
-        np.full((4, 1), 50.0, "float32"), np.full((4, 1), -50.0, "float32")
-    )
+    confident = dcgan.discriminator_loss(np.full((4, 1), 50.0, "float32"), np.full((4, 1), -50.0, "float32"))
     assert 0.0 <= float(ops.convert_to_numpy(confident)) < 1e-6
 
 
@@ -227,9 +225,7 @@ def test_reconstruction_loss_sums_squared_error_per_image_and_averages_the_batch
     x = images(3, 4, 2)
     x_hat = np.zeros_like(x)
     expected = np.mean(np.sum(x**2, axis=(1, 2, 3)))
-    assert float(ops.convert_to_numpy(vae.reconstruction_loss(x, x_hat))) == pytest.approx(
-        expected, rel=1e-5
-    )
+    assert float(ops.convert_to_numpy(vae.reconstruction_loss(x, x_hat))) == pytest.approx(expected, rel=1e-5)
     assert float(ops.convert_to_numpy(vae.reconstruction_loss(x, x))) == 0.0
 
 
@@ -254,9 +250,7 @@ def test_unet_predicts_noise_of_the_input_shape(size: int, conditional: bool) ->
     out = model([x, t, labels(3)] if conditional else [x, t])
     assert tuple(out.shape) == (3, size, size, 3)
     assert out.dtype == "float32"
-    assert [i.name for i in model.inputs] == (
-        ["x_t", "t", "label"] if conditional else ["x_t", "t"]
-    )
+    assert [i.name for i in model.inputs] == (["x_t", "t", "label"] if conditional else ["x_t", "t"])
 
 
 def test_untrained_unet_predicts_zero_noise() -> None:
@@ -268,9 +262,7 @@ def test_untrained_unet_predicts_zero_noise() -> None:
 def randomize_output_conv(model: keras.Model) -> None:
     """The final conv is zero-initialised; give it weights so outputs depend on everything."""
     layer = model.get_layer("eps")
-    layer.set_weights(
-        [rng().normal(0, 0.1, w.shape).astype("float32") for w in layer.get_weights()]
-    )
+    layer.set_weights([rng().normal(0, 0.1, w.shape).astype("float32") for w in layer.get_weights()])
 
 
 def test_unet_accepts_the_null_label_and_depends_on_t_and_label() -> None:
@@ -286,9 +278,7 @@ def test_unet_accepts_the_null_label_and_depends_on_t_and_label() -> None:
     assert np.all(np.isfinite(null))
     assert not np.allclose(null, eps(t, 3))
     assert not np.allclose(eps(t, 3), eps(t + 100, 3))
-    np.testing.assert_allclose(
-        eps(t, 3), ops.convert_to_numpy(model([x, t.astype("float32"), np.full(2, 3)]))
-    )
+    np.testing.assert_allclose(eps(t, 3), ops.convert_to_numpy(model([x, t.astype("float32"), np.full(2, 3)])))
 
 
 def test_unet_refuses_an_image_size_its_downsamplings_do_not_divide() -> None:
@@ -333,8 +323,6 @@ JAX_SCRIPT = textwrap.dedent(
 def test_every_model_builds_and_runs_under_jax() -> None:
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    proc = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")

@@ -39,9 +39,7 @@ def _due_soon(project: Path, seconds: int) -> dt.datetime:
     (deployment,) = spec["deployments"]
     assert deployment["schedules"][0]["cron"] == "0 3 * * *"
     anchor = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).replace(microsecond=0)
-    deployment["schedules"] = [
-        {"interval": 86400, "anchor_date": anchor.isoformat(), "timezone": "UTC"}
-    ]
+    deployment["schedules"] = [{"interval": 86400, "anchor_date": anchor.isoformat(), "timezone": "UTC"}]
     (project / "prefect.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     git(["commit", "-qam", "schedule due soon"], project)
     return anchor
@@ -67,20 +65,13 @@ class Api:
         return self.http.get(f"/flow_runs/{run_id}").raise_for_status().json()
 
     def states(self, run_id: str) -> list[str]:
-        got = (
-            self.http.get("/flow_run_states/", params={"flow_run_id": run_id})
-            .raise_for_status()
-            .json()
-        )
+        got = self.http.get("/flow_run_states/", params={"flow_run_id": run_id}).raise_for_status().json()
         return [s["name"] for s in sorted(got, key=lambda s: s["timestamp"])]
 
     def task_names(self, run_id: str) -> list[str]:
         body = {"flow_runs": {"id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
         got = self.http.post("/task_runs/filter", json=body).raise_for_status().json()
-        return [
-            t["name"]
-            for t in sorted(got, key=lambda t: t["start_time"] or t["expected_start_time"])
-        ]
+        return [t["name"] for t in sorted(got, key=lambda t: t["start_time"] or t["expected_start_time"])]
 
 
 # The tiny params, and one model evaluated, exported and shipped: the graph follows params (9 stages).
@@ -162,9 +153,7 @@ def test_scheduled_run_fires_a_second_run_waits_and_dvc_is_clean(tmp_path: Path)
             "imagegen-mlflow-runs",
         ):
             assert key in listing["artifact ls"], listing["artifact ls"]
-        wall = dt.datetime.fromisoformat(first["end_time"]) - dt.datetime.fromisoformat(
-            first["start_time"]
-        )
+        wall = dt.datetime.fromisoformat(first["end_time"]) - dt.datetime.fromisoformat(first["start_time"])
         print(
             f"\nscheduled tiny run: {wall.total_seconds():.0f} s wall; second run "
             f"{second['total_run_time']:.0f} s; states of the second: {api.states(second_id)}"
@@ -175,9 +164,7 @@ def test_scheduled_run_fires_a_second_run_waits_and_dvc_is_clean(tmp_path: Path)
     print("dvc status:", status.strip())
     assert "up to date" in status, status
     assert _md5(project / "dvc.lock") != lock_before
-    assert git_clean(project), (
-        "a Prefect run must not leave tracked files changed outside dvc.lock/reports"
-    )
+    assert git_clean(project), "a Prefect run must not leave tracked files changed outside dvc.lock/reports"
 
 
 def git_clean(project: Path) -> bool:

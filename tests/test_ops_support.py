@@ -106,12 +106,8 @@ def clean_env(root: Path, **extra: str) -> dict[str, str]:
 
 def run(cmd: list[str], cwd: Path, env: Mapping[str, str], timeout: float = 600) -> str:
     """A command that must succeed; its output (stdout + stderr) is returned, and shown when it fails."""
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout
-    )
-    assert proc.returncode == 0, (
-        f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    )
+    proc = subprocess.run(cmd, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
 
@@ -146,9 +142,7 @@ class Processes:
         self.started: list[tuple[str, subprocess.Popen]] = []
         logs.mkdir(parents=True, exist_ok=True)
 
-    def start(
-        self, name: str, cmd: list[str], cwd: Path, env: Mapping[str, str]
-    ) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], cwd: Path, env: Mapping[str, str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             cmd,
@@ -176,9 +170,7 @@ class Processes:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-            with contextlib.suppress(
-                ProcessLookupError
-            ):  # leftovers of the group (flow-run children)
+            with contextlib.suppress(ProcessLookupError):  # leftovers of the group (flow-run children)
                 os.killpg(proc.pid, signal.SIGKILL)
 
 

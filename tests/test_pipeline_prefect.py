@@ -45,9 +45,7 @@ def test_flow_stages_are_exactly_dvc_yaml_stages_in_an_order_dvc_accepts() -> No
     names = [s.name for s in read_stages(REPO)]
     listed = dvc(["stage", "list", "--name-only"], REPO, clean_env(REPO)).split()
     assert sorted(names) == sorted(listed) and len(names) == len(set(names))
-    assert (
-        "evaluate@ddpm_student" in names and "register@vae" in names
-    )  # foreach items, one task each
+    assert "evaluate@ddpm_student" in names and "register@vae" in names  # foreach items, one task each
     position = {name: i for i, name in enumerate(names)}
     edges = _dvc_edges(REPO)
     assert edges, "dvc dag printed no edges"
@@ -127,9 +125,7 @@ def test_overrides_run_as_a_dvc_experiment_and_leave_the_workspace_alone(tmp_pat
 
     from mlflow import MlflowClient
 
-    parent = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(
-        result["mlflow_parent_run_id"]
-    )
+    parent = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(result["mlflow_parent_run_id"])
     assert json.loads(parent.data.tags["pipeline.overrides"]) == ["data.image_size=12"]
     assert parent.data.tags["dvc.experiment"] == name
     assert parent.info.status == "FINISHED"

@@ -91,17 +91,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # The gate as a function of tags
 
 
-def _gate(
-    tags: dict[str, str], champion: dict[str, str] | None = None, **cfg: Any
-) -> tuple[bool, str]:
+def _gate(tags: dict[str, str], champion: dict[str, str] | None = None, **cfg: Any) -> tuple[bool, str]:
     from imagegen.registry.gate import gate
 
     return gate(RegistryConfig(**cfg), "7", tags, None if champion is None else "6", champion)
 
 
-def test_the_default_floor_passes_todays_digits_models_and_refuses_a_collapsed_first_version() -> (
-    None
-):
+def test_the_default_floor_passes_todays_digits_models_and_refuses_a_collapsed_first_version() -> None:
     import json
 
     reports = sorted(Path(__file__).resolve().parents[1].glob("reports/evaluate_*/metrics.json"))
@@ -117,9 +113,7 @@ def test_collapse_never_passes_even_against_a_worse_champion() -> None:
     champion = version_tags(evaluation(fid=50.0))
     for collapsed in (
         evaluation(class_entropy=0.01, fid=2.0),  # DCGAN mode collapse: one class
-        evaluation(
-            recall=0.0, precision=0.0, class_entropy=0.0, coverage=0.1
-        ),  # VAE: the mean image
+        evaluation(recall=0.0, precision=0.0, class_entropy=0.0, coverage=0.1),  # VAE: the mean image
         evaluation(fid=math.nan),  # DDPM non-finite samples
     ):
         ok, reason = _gate(
@@ -147,9 +141,7 @@ def test_the_gate_names_a_missing_parity_verdict_and_missing_metrics() -> None:
 # On a real store
 
 
-def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(
-    trained, tmp_path, monkeypatch
-) -> None:
+def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(trained, tmp_path, monkeypatch) -> None:
     import mlflow.pyfunc
     import pandas as pd
 
@@ -161,23 +153,13 @@ def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(
     name, v1 = register(params, trained, evaluation(fid=5.0), PARITY_OK)
     assert name == "imagegen-vae-digits"
     first = promote(params, name)
-    assert (
-        first.promoted
-        and "no champion yet" in first.reason
-        and "absolute quality floor" in first.reason
-    )
+    assert first.promoted and "no champion yet" in first.reason and "absolute quality floor" in first.reason
 
     client = client_for(params)
-    v2 = add_version(
-        client, name, version_tags(evaluation(fid=5.0 * 0.99))
-    )  # better, by less than 2%
+    v2 = add_version(client, name, version_tags(evaluation(fid=5.0 * 0.99)))  # better, by less than 2%
     refused = promote(params, name)
     assert not refused.promoted
-    assert (
-        f"champion v{v1}" in refused.reason
-        and "not better" in refused.reason
-        and "2%" in refused.reason
-    )
+    assert f"champion v{v1}" in refused.reason and "not better" in refused.reason and "2%" in refused.reason
 
     v3 = add_version(client, name, version_tags(evaluation(fid=3.0)))
     better = promote(params, name)
@@ -187,9 +169,7 @@ def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(
     tags = client.get_model_version(name, v2).tags
     assert tags["promotion.decision"] == "refused" and "not better" in tags["promotion.reason"]
     v1_tags = client.get_model_version(name, v1).tags
-    assert (
-        v1_tags["dataset.content_hash"].startswith("sha256:") and len(v1_tags["git.commit"]) == 40
-    )
+    assert v1_tags["dataset.content_hash"].startswith("sha256:") and len(v1_tags["git.commit"]) == 40
 
     client.set_registered_model_alias(name, CHAMPION, v1)  # load the real pyfunc
     model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
@@ -251,9 +231,7 @@ def test_the_registered_pyfunc_pins_imagegen_and_its_backend_and_validates_reque
     assert out.startswith(str(target))
 
     model = mlflow.pyfunc.load_model(str(local))
-    schema = str(
-        model.metadata.get_input_schema()
-    )  # inferred from the type hint list[GenerateRequest]
+    schema = str(model.metadata.get_input_schema())  # inferred from the type hint list[GenerateRequest]
     assert "n: long" in schema and "seed: long" in schema
     with pytest.raises(MlflowException, match="greater than or equal to 1"):
         model.predict(pd.DataFrame({"n": [0], "seed": [0]}))

@@ -187,12 +187,20 @@ def test_two_processes_of_two_devices_train_like_one_device_and_only_process_0_w
     port = free_port()
     procs = []
     for pid in (0, 1):
-        env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-               "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
+        env = {
+            **os.environ,
+            "KERAS_BACKEND": "jax",
+            "JAX_PLATFORMS": "cpu",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(pid),
+        }
         args = [sys.executable, "-c", MULTIHOST_SCRIPT, "dcgan", str(tmp_path / "multi"), str(steps), "2"]
-        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        procs.append(
+            subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     try:
         outs = [p.communicate(timeout=900) for p in procs]
     finally:
@@ -202,7 +210,9 @@ def test_two_processes_of_two_devices_train_like_one_device_and_only_process_0_w
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-4000:]
         results.append(json.loads(next(x for x in out.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT ")))
-    expected = json.loads(next(x for x in single.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    expected = json.loads(
+        next(x for x in single.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT ")
+    )
     assert [(r["procs"], r["devices"], r["rows"]) for r in results] == [(2, 4, [0, 8]), (2, 4, [8, 16])]
     for r in results:
         np.testing.assert_allclose(r["loss"], expected["loss"], rtol=RTOL, atol=ATOL)
@@ -222,7 +232,11 @@ except ConfigError as exc:
 
 def test_tensorflow_backend_refuses_more_than_one_device() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", TF_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", TF_SCRIPT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -83,9 +83,7 @@ def test_every_run_records_git_commit_dvc_lock_and_the_orchestrators_parent_and_
     parent_exp = client.create_experiment("pipeline-runs")
     parent = client.create_run(parent_exp, run_name="pipeline").info.run_id
     monkeypatch.setenv("IMAGEGEN_MLFLOW_PARENT_RUN_ID", parent)
-    monkeypatch.setenv(
-        "IMAGEGEN_RUN_TAGS", json.dumps({"prefect.flow_run_id": "fr-1", "dvc.experiment": "x"})
-    )
+    monkeypatch.setenv("IMAGEGEN_RUN_TAGS", json.dumps({"prefect.flow_run_id": "fr-1", "dvc.experiment": "x"}))
 
     with start_run(TrackingConfig(uri=uri), "child", stage="test") as run:
         run_id = run.run_id
@@ -152,10 +150,7 @@ def test_a_training_run_logs_its_dataset_as_an_mlflow_input(monkeypatch, tmp_pat
     assert dataset_input.dataset.digest == manifest["content_hash"].split(":")[1][:32]
     assert str(data.resolve()) in dataset_input.dataset.source
     tags = {t.key: t.value for t in dataset_input.tags}
-    assert (
-        tags["mlflow.data.context"] == "training"
-        and tags["imagegen.content_hash"] == manifest["content_hash"]
-    )
+    assert tags["mlflow.data.context"] == "training" and tags["imagegen.content_hash"] == manifest["content_hash"]
 
 
 def test_a_broken_sqlite_store_is_named_before_mlflow_touches_it(tmp_path: Path) -> None:

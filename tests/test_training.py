@@ -75,7 +75,9 @@ def make_trainer(params: Params, family_name: str, data: Path, ckpt: Path) -> Tr
 
 def all_weights(trainer: Trainer) -> dict[str, list[np.ndarray]]:
     trainer.stepper.push()
-    return {n: [np.asarray(keras.ops.convert_to_numpy(w)) for w in m.weights] for n, m in trainer.family.networks.items()}
+    return {
+        n: [np.asarray(keras.ops.convert_to_numpy(w)) for w in m.weights] for n, m in trainer.family.networks.items()
+    }
 
 
 @pytest.mark.parametrize(
@@ -144,7 +146,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(digits, tmp_path) ->
 def test_a_planted_nan_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path) -> None:
     trainer = make_trainer(params_for(tmp_path), "vae", digits, tmp_path / "ckpt")
     trainer.fit(6)
-    (step, good), = list_checkpoints(tmp_path / "ckpt")
+    ((step, good),) = list_checkpoints(tmp_path / "ckpt")
     before = good.read_bytes()
 
     trainer.stepper.push()

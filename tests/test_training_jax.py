@@ -25,10 +25,7 @@ def run_with_backend(backend: str, args: list[str], timeout: int = 900) -> subpr
 
 
 def test_training_specifications_hold_on_the_jax_backend() -> None:
-    selected = (
-        "resume_continues or planted_nan or loss_falls or same_images_for_the_same_seed"
-        " or xla_compiled_steps"
-    )
+    selected = "resume_continues or planted_nan or loss_falls or same_images_for_the_same_seed or xla_compiled_steps"
     proc = run_with_backend(
         "jax", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_training.py", "-k", selected]
     )

@@ -24,9 +24,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
 
 
-def save_model(
-    family: Family, out_dir: Path, meta: dict[str, Any], include: dict[str, Path] | None = None
-) -> Path:
+def save_model(family: Family, out_dir: Path, meta: dict[str, Any], include: dict[str, Path] | None = None) -> Path:
     """Write the model folder ``out_dir`` whole (replacing any previous one only once complete).
 
     ``include`` maps names inside the folder to files or folders copied in with it (e.g. the sample grids

@@ -128,7 +128,9 @@ def train_cmd(
     family: Annotated[str, typer.Argument(help="dcgan | vae | ddpm")],
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Path | None, typer.Option(help="processed dataset folder (default data.processed_dir/<name>)")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="processed dataset folder (default data.processed_dir/<name>)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="model folder (default train.models_dir/<family>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
 ) -> None:
@@ -196,7 +198,9 @@ def evaluate_cmd(
     params: ParamsOpt = None,
     set_: SetOpt = None,
     data: Annotated[Path | None, typer.Option(help="processed dataset folder (the held-out split is used)")] = None,
-    features: Annotated[Path | None, typer.Option(help="feature extractor folder (default evaluate.features_dir)")] = None,
+    features: Annotated[
+        Path | None, typer.Option(help="feature extractor folder (default evaluate.features_dir)")
+    ] = None,
     steps: StepsOpt = None,
     sampler: SamplerOpt = None,
     eta: EtaOpt = None,
@@ -206,7 +210,12 @@ def evaluate_cmd(
     from imagegen.stages.evaluate import run_evaluate
 
     out_dir = run_evaluate(
-        cfg, out, model_dir=model, samples=samples, data_dir=data, features_dir=features,
+        cfg,
+        out,
+        model_dir=model,
+        samples=samples,
+        data_dir=data,
+        features_dir=features,
         sampler=_sampler_overrides(sampler, steps, eta),
     )
     sys.stdout.write((out_dir / "report.md").read_text())
@@ -216,12 +225,25 @@ def evaluate_cmd(
 @user_errors
 def distill_cmd(
     teacher: Annotated[Path, typer.Option(help="trained teacher model folder (holds model.json)")],
-    method: Annotated[str, typer.Option(help="progressive (DDPM: halve the sampling steps per round) | architecture (a narrower network, any family)")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "progressive (DDPM: halve the sampling steps per round) | architecture (a narrower network, any family)"
+            )
+        ),
+    ],
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    out: Annotated[Path | None, typer.Option(help="student folder (default train.models_dir/<family>_student_<method>)")] = None,
-    data: Annotated[Path | None, typer.Option(help="processed dataset folder (default data.processed_dir/<name>)")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="keep finished rounds and continue from the latest checkpoint")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="student folder (default train.models_dir/<family>_student_<method>)")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="processed dataset folder (default data.processed_dir/<name>)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="keep finished rounds and continue from the latest checkpoint")
+    ] = False,
 ) -> None:
     """Distil a teacher into a student: fewer sampling steps (progressive) or a narrower network (architecture)."""
     cfg = _load(params, set_)
@@ -261,7 +283,9 @@ def register_cmd(
     export_dir: Annotated[
         Path | None, typer.Option("--export", help="export folder written by `imagegen export` (holds metrics.json)")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="record of what was registered (default reports/register_<family>.json)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="record of what was registered (default reports/register_<family>.json)")
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:

@@ -95,9 +95,7 @@ class DataConfig(Section):
         description="Held-out share for sources without an official test split (digits, folder).",
     )
     download: bool = Field(default=True, description="Fetch missing raw files from the official URL.")
-    mirror: str | None = Field(
-        default=None, description="Base URL used instead of the official one (same file names)."
-    )
+    mirror: str | None = Field(default=None, description="Base URL used instead of the official one (same file names).")
     processed_dir: Path = Path("data/processed")
 
     @property
@@ -148,6 +146,7 @@ class TrainConfig(Section):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value
         raise ValueError(f"expected 'auto' or a positive integer, got {value!r}")
+
     max_minutes: float | None = Field(
         default=None, gt=0, description="Wall-clock budget; stop with a checkpoint at the first log step past it."
     )
@@ -280,7 +279,9 @@ class DistillConfig(Section):
     )
     target_steps: int = Field(default=4, ge=1, description="Progressive: rounds halve the steps down to this.")
     steps_per_round: int = Field(default=300, gt=0, description="Progressive: training steps per round.")
-    learning_rate: float = Field(default=1e-4, gt=0, description="Progressive: Adam learning rate (student starts as the teacher).")
+    learning_rate: float = Field(
+        default=1e-4, gt=0, description="Progressive: Adam learning rate (student starts as the teacher)."
+    )
     weighting: Literal["snr", "truncated_snr"] = Field(
         default="snr",
         description=(
@@ -298,9 +299,7 @@ class DistillConfig(Section):
     )
     ema_decay: float = Field(default=0.995, ge=0, lt=1, description="EMA of the DDPM student's weights.")
     batch_size: int | None = Field(default=None, gt=0, description="null: train.batch_size.")
-    compare_n: int = Field(
-        default=256, gt=0, description="Images on the same noise for student-vs-teacher SSIM/PSNR."
-    )
+    compare_n: int = Field(default=256, gt=0, description="Images on the same noise for student-vs-teacher SSIM/PSNR.")
     speed_n: int = Field(default=128, gt=0, description="Images per timed batch for images/s.")
 
     @model_validator(mode="after")
@@ -499,8 +498,10 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         section_level = isinstance(value, dict) and err["type"] in ("value_error", "assertion_error", "extra_forbidden")
         shown = "" if section_level else f" = {value!r}"
         if err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key {key!r}{shown.replace(' = ', ' (value ', 1) + ')' if shown else ''}"
-                         "; check the spelling")
+            lines.append(
+                f"{source}: unknown key {key!r}{shown.replace(' = ', ' (value ', 1) + ')' if shown else ''}"
+                "; check the spelling"
+            )
         else:
             msg = err["msg"]
             if msg.startswith("Value error, "):

@@ -40,9 +40,7 @@ def sampler_kwargs(
     kwargs: dict[str, Any] = {}
     if params is not None:
         s = params.sample
-        kwargs.update(
-            sampler=s.sampler, steps=s.steps, eta=s.eta, guidance_scale=s.guidance_scale, clip_x0=s.clip_x0
-        )
+        kwargs.update(sampler=s.sampler, steps=s.steps, eta=s.eta, guidance_scale=s.guidance_scale, clip_x0=s.clip_x0)
     kwargs["timesteps"] = None
     own = (meta or {}).get("sampling")
     if own:
@@ -142,6 +140,4 @@ def generate_images(
     sample = make_sampler(loaded.family, sampler_kwargs(params, loaded.meta, sampler))
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task(f"sample {loaded.name}", total=n)
-        return sample_images(
-            sample, loaded.family.spec, n, seed, batch_size, lambda k: progress.advance(task, k)
-        )
+        return sample_images(sample, loaded.family.spec, n, seed, batch_size, lambda k: progress.advance(task, k))

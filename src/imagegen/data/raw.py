@@ -94,13 +94,17 @@ def _fetch(dataset: str, raw: RawFile, looked_in: list[Path], download: bool, mi
         _download(url, dest, raw.md5, dataset)
     except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
         raise DataNotFoundError(
-            f"{raw.filename} for {dataset} not found; looked in:\n{where}\nand downloading {url} failed ({exc}).\n{howto}"
+            f"{raw.filename} for {dataset} not found; looked in:\n{where}\n"
+            f"and downloading {url} failed ({exc}).\n{howto}"
         ) from None
     return dest
 
 
 def _download(url: str, dest: Path, md5: str, dataset: str, timeout: float = 30.0) -> None:
-    """Stream ``url`` to ``dest`` atomically with a progress bar; bytes whose md5 is not ``md5`` never reach ``dest``."""
+    """Stream ``url`` to ``dest`` atomically with a progress bar.
+
+    Bytes whose md5 is not ``md5`` never reach ``dest``.
+    """
     with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(dest) as tmp:
         total = int(response.headers.get("Content-Length") or 0) or None
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())

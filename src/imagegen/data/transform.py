@@ -24,9 +24,7 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot convert {have} channels to {channels}")
 
 
-def resize(
-    images: np.ndarray, size: int, progress: Callable[[int], None] | None = None
-) -> np.ndarray:
+def resize(images: np.ndarray, size: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Resize uint8 (N,H,W,C) to (N,size,size,C) with PIL's antialiased bilinear filter (deterministic)."""
     n, h, w, c = images.shape
     if (h, w) == (size, size):

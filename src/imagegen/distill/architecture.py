@@ -77,20 +77,33 @@ def build_architecture(
     num_classes = int(spec["num_classes"])
     student = build_family(family_name, params, image_shape, num_classes)
     builder: Callable[..., tuple[dict[str, keras.Model], Any, Any, dict[str, str]]] = {
-        "ddpm": _ddpm, "dcgan": _dcgan, "vae": _vae
+        "ddpm": _ddpm,
+        "dcgan": _dcgan,
+        "vae": _vae,
     }[family_name]
     teachers, loss, noise, ema = builder(teacher, student, params, cfg, features)
     family = Family(
         name=name,
         networks={**teachers, **student.networks},
-        phases=[Phase("student", tuple(_trained(family_name)), loss, keras.optimizers.Adam(cfg.architecture_learning_rate, global_clipnorm=1.0))],
+        phases=[
+            Phase(
+                "student",
+                tuple(_trained(family_name)),
+                loss,
+                keras.optimizers.Adam(cfg.architecture_learning_rate, global_clipnorm=1.0),
+            )
+        ],
         noise=noise,
         ema=ema,
         ema_decay=cfg.ema_decay,
         spec={
             **student.spec,
-            "distill": {"method": METHOD, "width_factor": cfg.width_factor, "feature_weight": cfg.feature_weight,
-                        "feature_matching": features is not None},
+            "distill": {
+                "method": METHOD,
+                "width_factor": cfg.width_factor,
+                "feature_weight": cfg.feature_weight,
+                "feature_matching": features is not None,
+            },
         },
     )
     return Distillation(family=family, student=student)

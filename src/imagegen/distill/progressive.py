@@ -83,7 +83,9 @@ def student_grid(teacher_grid: np.ndarray) -> np.ndarray:
     """Every other timestep of the teacher's grid (which must have an even length >= 2)."""
     grid = np.asarray(teacher_grid, dtype=np.int64)
     if len(grid) < 2 or len(grid) % 2:
-        raise ConfigError(f"progressive distillation: the teacher's grid needs an even number of steps, got {len(grid)}")
+        raise ConfigError(
+            f"progressive distillation: the teacher's grid needs an even number of steps, got {len(grid)}"
+        )
     return grid[::2].copy()
 
 
@@ -109,7 +111,9 @@ def plan_rounds(timesteps: int, start_steps: int, target_steps: int) -> list[Rou
         )
     ratio = start_steps // target_steps
     if start_steps % target_steps or ratio & (ratio - 1):
-        raise ConfigError(f"distill: start_steps={start_steps} must be target_steps={target_steps} times a power of two")
+        raise ConfigError(
+            f"distill: start_steps={start_steps} must be target_steps={target_steps} times a power of two"
+        )
     grid = ddim_timesteps(timesteps, start_steps)
     rounds = []
     while len(grid) > target_steps:
@@ -229,9 +233,7 @@ def build_progressive(
         t_1 = ops.cast(batch["t1"], "float32")
         eps_2 = frozen(call("teacher", inputs(z_1, t_1, batch), training=False))
         z_2 = ddim_update(z_1, eps_2, second, clip_x0)
-        target = ops.stop_gradient(
-            x0_target(z_t, z_2, _per_image(batch["target_z"]), _per_image(batch["target_x"]))
-        )
+        target = ops.stop_gradient(x0_target(z_t, z_2, _per_image(batch["target_z"]), _per_image(batch["target_x"])))
         eps_s = ops.cast(call("unet", inputs(z_t, t, batch)), "float32")
         x0_s = first.sqrt_recip_abar * z_t - first.sqrt_recipm1_abar * eps_s
         per_image = ops.mean(ops.square(target - x0_s), axis=(1, 2, 3))
@@ -269,8 +271,12 @@ def build_progressive(
         ema_decay=cfg.ema_decay,
         spec={
             **student.spec,
-            "distill": {"method": METHOD, "teacher_grid": [int(x) for x in grid], "weighting": cfg.weighting,
-                        "clip_x0": bool(clip_x0)},
+            "distill": {
+                "method": METHOD,
+                "teacher_grid": [int(x) for x in grid],
+                "weighting": cfg.weighting,
+                "clip_x0": bool(clip_x0),
+            },
         },
     )
     return Distillation(family=family, student=student)

@@ -192,8 +192,7 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
     spec = job.teacher.family.spec
     clip_x0 = p.sample.clip_x0
     rounds = plan_rounds(int(spec["ddpm"]["timesteps"]), cfg.start_steps, cfg.target_steps)
-    base = {"sampler": "ddim", "eta": 0.0, "guidance_scale": p.sample.guidance_scale,
-            "clip_x0": clip_x0}
+    base = {"sampler": "ddim", "eta": 0.0, "guidance_scale": p.sample.guidance_scale, "clip_x0": clip_x0}
     first_grid = {**base, "timesteps": rounds[0].teacher_grid.tolist()}
     start = job.side_by_side.measure(job.teacher.family, first_grid)
     report["teacher_start"] = start.figures
@@ -217,29 +216,31 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
             "clip_x0": clip_x0,
         }
         model_dir = job.out_root / f"round_{rnd.index}_steps_{rnd.steps}"
-        tags = _teacher_tags(
-            teacher_path, teacher_meta, **{"distill.round": rnd.index, "distill.steps": rnd.steps}
-        )
+        tags = _teacher_tags(teacher_path, teacher_meta, **{"distill.round": rnd.index, "distill.steps": rnd.steps})
         name = f"distill-ddpm-progressive-round{rnd.index}-{rnd.steps}steps"
         with job.open_run(name, tags) as child:
             if job.resume and is_finished(model_dir, distillation):
                 loaded = load_model(model_dir)
                 student, meta = loaded.family, loaded.meta
-                job.notes.append(
-                    f"round {rnd.index}: kept the finished student in {model_dir} (--resume)"
-                )
+                job.notes.append(f"round {rnd.index}: kept the finished student in {model_dir} (--resume)")
                 stopped = False
             else:
                 with dtype_policy(job.policy):
-                    dist = build_progressive(teacher_net, spec, rnd.teacher_grid, cfg, clip_x0,
-                                             name=f"distill r{rnd.index} ({rnd.steps} steps)")
-                trained = fit_student(job, dist, cfg.steps_per_round, p.seed + rnd.index,
-                                      job.checkpoints / f"round_{rnd.index}", child)
+                    dist = build_progressive(
+                        teacher_net,
+                        spec,
+                        rnd.teacher_grid,
+                        cfg,
+                        clip_x0,
+                        name=f"distill r{rnd.index} ({rnd.steps} steps)",
+                    )
+                trained = fit_student(
+                    job, dist, cfg.steps_per_round, p.seed + rnd.index, job.checkpoints / f"round_{rnd.index}", child
+                )
                 stopped = trained[1]
                 student = dist.student
                 meta = {
-                    **student_meta(job, teacher_meta, Path(teacher_path), trained,
-                                   child.run_id, distillation),
+                    **student_meta(job, teacher_meta, Path(teacher_path), trained, child.run_id, distillation),
                     "sampling": record,
                 }
                 save_model(student, model_dir, meta)
@@ -247,9 +248,7 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
                 meta = json.loads((model_dir / MODEL_FILE).read_text())
             sampling = {**base, "timesteps": record["timesteps"]}
             measured = job.side_by_side.measure(student, sampling, reference=start.images)
-            teacher_same_steps = job.side_by_side.measure(
-                job.teacher.family, sampling, reference=start.images
-            )
+            teacher_same_steps = job.side_by_side.measure(job.teacher.family, sampling, reference=start.images)
             report["rounds"][f"round_{rnd.index}"] = {
                 "path": str(model_dir),
                 "steps": rnd.steps,
@@ -257,8 +256,9 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
                 "student": measured.figures,
                 "teacher_same_steps": teacher_same_steps.figures,
             }
-            child.log_metrics(finite_metrics({"student": measured.figures,
-                                       "teacher_same_steps": teacher_same_steps.figures}))
+            child.log_metrics(
+                finite_metrics({"student": measured.figures, "teacher_same_steps": teacher_same_steps.figures})
+            )
             rows.append(measured.images)
         last = model_dir
         report["student"] = {**measured.figures, "round": rnd.index, "path": str(model_dir)}
@@ -292,39 +292,32 @@ def _architecture(
     p = job.params
     cfg = p.distill
     family_name = job.teacher.name
-    distillation = {"method": "architecture", "width_factor": cfg.width_factor,
-                    "steps": cfg.architecture_steps}
+    distillation = {"method": "architecture", "width_factor": cfg.width_factor, "steps": cfg.architecture_steps}
     features = _feature_network(job) if family_name == "dcgan" and cfg.feature_weight > 0 else None
     distillation["feature_matching"] = features is not None
     model_dir = job.out_root
-    tags = _teacher_tags(job.teacher_dir, job.teacher.meta,
-                         **{"distill.width_factor": cfg.width_factor})
+    tags = _teacher_tags(job.teacher_dir, job.teacher.meta, **{"distill.width_factor": cfg.width_factor})
     with job.open_run(f"distill-{family_name}-architecture-x{cfg.width_factor:g}", tags) as child:
         if job.resume and is_finished(model_dir, distillation):
             student = load_model(model_dir).family
             job.notes.append(f"kept the finished student in {model_dir} (--resume)")
         else:
             with dtype_policy(job.policy):
-                dist = build_architecture(job.teacher.family, cfg, features=features,
-                                          name=f"distill {family_name} x{cfg.width_factor:g}")
-            trained = fit_student(job, dist, cfg.architecture_steps, p.seed + 1, job.checkpoints,
-                                  child)
+                dist = build_architecture(
+                    job.teacher.family, cfg, features=features, name=f"distill {family_name} x{cfg.width_factor:g}"
+                )
+            trained = fit_student(job, dist, cfg.architecture_steps, p.seed + 1, job.checkpoints, child)
             student = dist.student
-            meta = student_meta(job, job.teacher.meta, job.teacher_dir, trained, child.run_id,
-                                distillation)
+            meta = student_meta(job, job.teacher.meta, job.teacher_dir, trained, child.run_id, distillation)
             if job.teacher.meta.get("sampling"):
                 meta["sampling"] = job.teacher.meta["sampling"]
             save_model(student, model_dir, meta)
             if trained[1]:
-                job.notes.append(
-                    "training stopped at train.max_minutes; run again with --resume to continue"
-                )
+                job.notes.append("training stopped at train.max_minutes; run again with --resume to continue")
         measured = job.side_by_side.measure(student, teacher_sampling, reference=teacher.images)
         report["student"] = {**measured.figures, "path": str(model_dir)}
         report["parameter_ratio"] = measured.figures["parameters"] / teacher.figures["parameters"]
-        report["macs_ratio"] = (
-            measured.figures["macs_per_image"] / teacher.figures["macs_per_image"]
-        )
+        report["macs_ratio"] = measured.figures["macs_per_image"] / teacher.figures["macs_per_image"]
         child.log_metrics(finite_metrics({"student": measured.figures}))
         rows.append(measured.images)
     return model_dir
@@ -334,9 +327,7 @@ def _feature_network(job: DistillJob) -> keras.Model | None:
     """The evaluation classifier's feature layer, for the DCGAN's feature-matching term."""
     extractor = job.side_by_side.extractor
     if extractor is None or tuple(extractor.meta["image_shape"]) != tuple(job.dataset.image_shape):
-        job.notes.append(
-            "dcgan: feature matching skipped (no usable evaluation feature model); pixel MSE only"
-        )
+        job.notes.append("dcgan: feature matching skipped (no usable evaluation feature model); pixel MSE only")
         return None
     from imagegen.evaluation.features import FEATURE_LAYER
 

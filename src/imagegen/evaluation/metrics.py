@@ -105,9 +105,7 @@ def frechet_distance(
         s1, s2 = s1 + offset, s2 + offset
         covmean, _ = _sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
-        raise ValueError(
-            "frechet_distance: sqrtm(sigma1 @ sigma2) is not finite even with eps added"
-        )
+        raise ValueError("frechet_distance: sqrtm(sigma1 @ sigma2) is not finite even with eps added")
     if np.iscomplexobj(covmean):
         largest = float(np.max(np.abs(covmean.imag)))
         if largest > IMAG_TOLERANCE:
@@ -135,9 +133,7 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return frechet_distance(mu1, s1, mu2, s2)
 
 
-def _poly_kernel(
-    x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float
-) -> np.ndarray:
+def _poly_kernel(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> np.ndarray:
     return (gamma * (x @ y.T) + coef0) ** degree
 
 
@@ -219,16 +215,12 @@ def knn_radii(feats: np.ndarray, k: int = 3, batch: int = 512) -> np.ndarray:
         stop = min(start + batch, n)
         d = _sq_distances(f[start:stop], f, f_sq)
         rows = np.arange(stop - start)
-        d[
-            rows, start + rows
-        ] = -1.0  # self sorts first, so column k is the k-th neighbour among the others
+        d[rows, start + rows] = -1.0  # self sorts first, so column k is the k-th neighbour among the others
         out[start:stop] = np.partition(d, k, axis=1)[:, k]
     return out
 
 
-def _inside_manifold(
-    points: np.ndarray, ref: np.ndarray, radii: np.ndarray, batch: int
-) -> np.ndarray:
+def _inside_manifold(points: np.ndarray, ref: np.ndarray, radii: np.ndarray, batch: int) -> np.ndarray:
     """For each point: is it within the k-NN ball (squared radius ``radii``) of at least one ``ref`` row?"""
     ref_sq = (ref * ref).sum(axis=1)
     inside = np.zeros(len(points), dtype=bool)
@@ -238,9 +230,7 @@ def _inside_manifold(
     return inside
 
 
-def precision_recall(
-    real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int = 512
-) -> tuple[float, float]:
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int = 512) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) on k-NN manifolds.
 
     Each set's manifold is the union of balls around its samples with radius = distance to the sample's
@@ -258,13 +248,9 @@ def precision_recall(
     """
     r, f = _features(real, "precision_recall"), _features(fake, "precision_recall")
     if r.shape[1] != f.shape[1]:
-        raise ValueError(
-            f"precision_recall: feature dimensions differ: {r.shape[1]} vs {f.shape[1]}"
-        )
+        raise ValueError(f"precision_recall: feature dimensions differ: {r.shape[1]} vs {f.shape[1]}")
     if min(len(r), len(f)) <= k:
-        raise ValueError(
-            f"precision_recall: need more than k={k} samples in each set, got {len(r)} and {len(f)}"
-        )
+        raise ValueError(f"precision_recall: need more than k={k} samples in each set, got {len(r)} and {len(f)}")
     if batch < 1:
         raise ValueError(f"precision_recall: batch must be >= 1, got {batch}")
     precision = _inside_manifold(f, r, knn_radii(r, k, batch), batch).mean()
@@ -286,13 +272,9 @@ def class_coverage(probs: np.ndarray, num_classes: int, min_share: float = 0.1) 
     """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or len(p) == 0:
-        raise ValueError(
-            f"class_coverage: expected softmax outputs (N, C) with N >= 1, got shape {p.shape}"
-        )
+        raise ValueError(f"class_coverage: expected softmax outputs (N, C) with N >= 1, got shape {p.shape}")
     if num_classes < 1 or p.shape[1] > num_classes:
-        raise ValueError(
-            f"class_coverage: num_classes={num_classes} but probs have {p.shape[1]} columns"
-        )
+        raise ValueError(f"class_coverage: num_classes={num_classes} but probs have {p.shape[1]} columns")
     n = len(p)
     counts = np.bincount(p.argmax(axis=1), minlength=num_classes)
     threshold = max(1.0, min_share * n / num_classes)

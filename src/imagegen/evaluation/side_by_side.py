@@ -93,9 +93,7 @@ class SideBySide:
             self._predictors[id(net)] = (net, compiled_predictor(net))
         return self._predictors[id(net)][1]
 
-    def measure(
-        self, family: Family, sampling: dict[str, Any], reference: np.ndarray | None = None
-    ) -> Measurement:
+    def measure(self, family: Family, sampling: dict[str, Any], reference: np.ndarray | None = None) -> Measurement:
         """Figures for ``family`` sampled with ``sampling``; agreement with ``reference`` images."""
         p = self.params
         sample = make_sampler(family, sampling, predict=self._predictor(family))
@@ -120,7 +118,5 @@ class SideBySide:
         if reference is not None:
             k = p.distill.compare_n
             similarity = agreement.agreement(reference[:k], images[:k])
-            figures.update(
-                ssim_to_teacher=similarity["ssim"], psnr_to_teacher=similarity["psnr"]
-            )
+            figures.update(ssim_to_teacher=similarity["ssim"], psnr_to_teacher=similarity["psnr"])
         return Measurement(figures, images)

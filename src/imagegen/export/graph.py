@@ -137,10 +137,8 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
                 inputs = [x, t_batch] if given is None else [x, t_batch, given]
                 return tf.cast(unet(inputs, training=False), tf.float32)
 
-            if label is None:
-                eps = eps_given(None)
-            else:
-                eps = classifier_free_guidance(eps_given, label, null, guidance_scale)
+            guided = label is not None
+            eps = classifier_free_guidance(eps_given, label, null, guidance_scale) if guided else eps_given(None)
             x = ddim_update(x, eps, plan.at(i), clip_x0)
         return {OUTPUT: to_uint8_images(x)}
 

@@ -163,9 +163,7 @@ def measure(
     run = runner_for(name, path, num_threads)
     images = run(inputs)  # also the warm-up
     if images.shape != reference.shape or images.dtype != np.uint8:
-        raise ValueError(
-            f"{name}: artifact returned {images.dtype} {images.shape}, expected uint8 {reference.shape}"
-        )
+        raise ValueError(f"{name}: artifact returned {images.dtype} {images.shape}, expected uint8 {reference.shape}")
     times = []
     for _ in range(cfg.latency_repeats):
         start = time.perf_counter()
@@ -197,9 +195,7 @@ def parity_report(
 ) -> dict[str, Any]:
     """``metrics.json``: {"family", "ddpm_steps" (ddpm only), "artifacts": {name: measure(...)}}."""
     inputs = parity_inputs(serving, cfg.parity_n, seed, int(loaded.family.spec["num_classes"]))
-    reference = keras_images(
-        loaded, inputs, ddpm_steps=cfg.ddpm_steps, clip_x0=clip_x0, guidance_scale=guidance_scale
-    )
+    reference = keras_images(loaded, inputs, ddpm_steps=cfg.ddpm_steps, clip_x0=clip_x0, guidance_scale=guidance_scale)
     report: dict[str, Any] = {"family": loaded.name}
     if loaded.name == "ddpm":
         report["ddpm_steps"] = serving.meta["ddpm_steps"]

@@ -100,9 +100,7 @@ def convert(saved_model_dir: Path, variant: str) -> bytes:
                 f"{', '.join(ops)}; only builtin ops are allowed (no Flex/TF Select or custom ops), so "
                 "the model must avoid them"
             ) from None
-        raise ExportError(
-            f"TFLite export ({variant}) of {saved_model_dir} failed: {_first_error_line(text)}"
-        ) from exc
+        raise ExportError(f"TFLite export ({variant}) of {saved_model_dir} failed: {_first_error_line(text)}") from exc
 
 
 def model_ops(model: Path | bytes) -> list[str]:

@@ -29,9 +29,7 @@ def _width(cfg: DCGANConfig, level: int) -> int:
     return cfg.base_filters * min(2**level, MAX_WIDTH_MULT)
 
 
-def build_generator(
-    cfg: DCGANConfig, image_size: int, channels: int, num_classes: int
-) -> keras.Model:
+def build_generator(cfg: DCGANConfig, image_size: int, channels: int, num_classes: int) -> keras.Model:
     """z (latent_dim,) [+ label ()] -> image (image_size, image_size, channels) in [-1, 1], float32."""
     seed, n_up = conv_plan(image_size, "dcgan")
     z = keras.Input(shape=(cfg.latent_dim,), name="z")
@@ -50,9 +48,7 @@ def build_generator(
     h = layers.Reshape((seed, seed, width), name="seed")(h)
     for i in range(n_up):
         level = n_up - 1 - i
-        h = layers.Conv2DTranspose(
-            _width(cfg, level), 4, strides=2, padding="same", use_bias=False, name=f"up{i}"
-        )(h)
+        h = layers.Conv2DTranspose(_width(cfg, level), 4, strides=2, padding="same", use_bias=False, name=f"up{i}")(h)
         h = layers.BatchNormalization(name=f"up{i}_bn")(h)
         h = layers.ReLU(name=f"up{i}_relu")(h)
     h = layers.Conv2D(channels, 3, padding="same", name="to_image")(h)
@@ -60,9 +56,7 @@ def build_generator(
     return keras.Model(inputs if cfg.conditional else z, image, name="dcgan_generator")
 
 
-def build_discriminator(
-    cfg: DCGANConfig, image_size: int, channels: int, num_classes: int
-) -> keras.Model:
+def build_discriminator(cfg: DCGANConfig, image_size: int, channels: int, num_classes: int) -> keras.Model:
     """image [+ label ()] -> one real/fake logit per image, shape (1,), float32."""
     _, n_down = conv_plan(image_size, "dcgan")
     image = keras.Input(shape=(image_size, image_size, channels), name="image")

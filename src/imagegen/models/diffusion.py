@@ -74,9 +74,7 @@ def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> np.ndarr
     return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
 
 
-def cosine_betas(
-    timesteps: int, s: float = COSINE_S, max_beta: float = COSINE_MAX_BETA
-) -> np.ndarray:
+def cosine_betas(timesteps: int, s: float = COSINE_S, max_beta: float = COSINE_MAX_BETA) -> np.ndarray:
     """Nichol & Dhariwal 2021, eq. 17: abar(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) pi/2).
 
     beta_t = 1 - abar(t+1) / abar(t), clipped at ``max_beta`` to avoid the singularity at t = T.
@@ -104,9 +102,7 @@ def make_schedule(
         raise ConfigError(f"diffusion: timesteps={timesteps} must be at least 2")
     if kind == "linear":
         if not 0 < beta_start < beta_end < 1:
-            raise ConfigError(
-                f"diffusion: need 0 < beta_start < beta_end < 1, got {beta_start} and {beta_end}"
-            )
+            raise ConfigError(f"diffusion: need 0 < beta_start < beta_end < 1, got {beta_start} and {beta_end}")
         betas = linear_betas(timesteps, beta_start, beta_end)
     elif kind == "cosine":
         betas = cosine_betas(timesteps)
@@ -157,8 +153,7 @@ def q_sample(schedule: NoiseSchedule, x0: Any, t: Any, eps: Any) -> Any:
     x0 = ops.convert_to_tensor(x0)
     eps = ops.cast(eps, x0.dtype)
     return (
-        _gather(schedule.sqrt_alphas_cumprod, t, x0) * x0
-        + _gather(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * eps
+        _gather(schedule.sqrt_alphas_cumprod, t, x0) * x0 + _gather(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * eps
     )
 
 
@@ -167,10 +162,7 @@ def predict_x0(schedule: NoiseSchedule, x_t: Any, t: Any, eps: Any) -> Any:
     x_t = ops.convert_to_tensor(x_t)
     eps = ops.cast(eps, x_t.dtype)
     if isinstance(t, int | np.integer):
-        return (
-            float(schedule.sqrt_recip_alphas_cumprod[t]) * x_t
-            - float(schedule.sqrt_recipm1_alphas_cumprod[t]) * eps
-        )
+        return float(schedule.sqrt_recip_alphas_cumprod[t]) * x_t - float(schedule.sqrt_recipm1_alphas_cumprod[t]) * eps
     return (
         _gather(schedule.sqrt_recip_alphas_cumprod, t, x_t) * x_t
         - _gather(schedule.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
@@ -226,15 +218,10 @@ def ddpm_sample(
         eps = _eps(eps_fn, x, t)
         if clip_x0:
             x0 = ops.clip(predict_x0(schedule, x, t, eps), -1.0, 1.0)
-            x_next = (
-                float(schedule.posterior_mean_coef1[t]) * x0
-                + float(schedule.posterior_mean_coef2[t]) * x
-            )
+            x_next = float(schedule.posterior_mean_coef1[t]) * x0 + float(schedule.posterior_mean_coef2[t]) * x
         else:
             x_coef = 1.0 / math.sqrt(schedule.alphas[t])
-            eps_coef = schedule.betas[t] / (
-                math.sqrt(schedule.alphas[t]) * schedule.sqrt_one_minus_alphas_cumprod[t]
-            )
+            eps_coef = schedule.betas[t] / (math.sqrt(schedule.alphas[t]) * schedule.sqrt_one_minus_alphas_cumprod[t])
             x_next = x_coef * x - float(eps_coef) * eps
         if t > 0:
             var = schedule.betas[t] if variance == "beta" else schedule.posterior_variance[t]
@@ -252,9 +239,7 @@ def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
     spacing is >= 1 when steps <= T. steps = T gives every timestep; steps = 1 gives [T-1].
     """
     if not 1 <= steps <= timesteps:
-        raise ConfigError(
-            f"ddim: steps={steps} must be between 1 and the schedule's T={timesteps}"
-        )
+        raise ConfigError(f"ddim: steps={steps} must be between 1 and the schedule's T={timesteps}")
     return np.linspace(timesteps - 1, 0, steps).round().astype(np.int64)
 
 
@@ -268,9 +253,7 @@ def check_timesteps(timesteps: Sequence[int], schedule_timesteps: int) -> np.nda
     """
     raw = np.asarray(timesteps)
     if raw.ndim != 1 or raw.size == 0:
-        raise ConfigError(
-            f"ddim: timesteps must be a non-empty list of integers, got {raw.tolist()!r}"
-        )
+        raise ConfigError(f"ddim: timesteps must be a non-empty list of integers, got {raw.tolist()!r}")
     whole = raw.dtype.kind in "iu" or (
         raw.dtype.kind == "f" and bool(np.all(np.isfinite(raw) & (raw == np.round(raw))))
     )
@@ -279,19 +262,13 @@ def check_timesteps(timesteps: Sequence[int], schedule_timesteps: int) -> np.nda
     ts = raw.astype(np.int64)
     big_t = schedule_timesteps
     if ts.min() < 0 or ts.max() >= big_t:
-        raise ConfigError(
-            f"ddim: timesteps {ts.tolist()} must lie in [0, {big_t}) (the schedule's T={big_t})"
-        )
+        raise ConfigError(f"ddim: timesteps {ts.tolist()} must lie in [0, {big_t}) (the schedule's T={big_t})")
     if np.any(np.diff(ts) >= 0):
-        raise ConfigError(
-            f"ddim: timesteps {ts.tolist()} must be strictly decreasing (from noisy to clean)"
-        )
+        raise ConfigError(f"ddim: timesteps {ts.tolist()} must be strictly decreasing (from noisy to clean)")
     return ts
 
 
-def ddim_grid(
-    schedule_timesteps: int, steps: int | None = None, timesteps: Sequence[int] | None = None
-) -> np.ndarray:
+def ddim_grid(schedule_timesteps: int, steps: int | None = None, timesteps: Sequence[int] | None = None) -> np.ndarray:
     """The grid a DDIM sampler visits: ``timesteps`` (checked) when given, else evenly spaced."""
     if timesteps is not None:
         return check_timesteps(timesteps, schedule_timesteps)
@@ -336,9 +313,7 @@ class DDIMCoefficients:
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
 
 
-def ddim_coefficients(
-    schedule: NoiseSchedule, t: Any, t_next: Any, eta: float = 0.0
-) -> DDIMCoefficients:
+def ddim_coefficients(schedule: NoiseSchedule, t: Any, t_next: Any, eta: float = 0.0) -> DDIMCoefficients:
     """Coefficients of the DDIM updates from timesteps ``t`` to ``t_next`` (-1: the clean image).
 
     ``t`` and ``t_next`` are int arrays (or ints) of the same shape with t > t_next; sigma is
@@ -349,11 +324,7 @@ def ddim_coefficients(
     abar = schedule.alphas_cumprod
     abar_t = abar[t]
     abar_next = np.where(t_next < 0, 1.0, abar[np.maximum(t_next, 0)])
-    sigma = (
-        eta
-        * np.sqrt((1.0 - abar_next) / (1.0 - abar_t))
-        * np.sqrt(np.maximum(1.0 - abar_t / abar_next, 0.0))
-    )
+    sigma = eta * np.sqrt((1.0 - abar_next) / (1.0 - abar_t)) * np.sqrt(np.maximum(1.0 - abar_t / abar_next, 0.0))
     direction = np.sqrt(np.maximum(1.0 - abar_next - sigma * sigma, 0.0))
     return DDIMCoefficients(
         sqrt_recip_abar=schedule.sqrt_recip_alphas_cumprod[t],
@@ -374,9 +345,7 @@ def ddim_plan(schedule: NoiseSchedule, grid: np.ndarray, eta: float = 0.0) -> DD
     return ddim_coefficients(schedule, grid, np.concatenate([grid[1:], [-1]]), eta)
 
 
-def ddim_update(
-    x: Any, eps: Any, step: DDIMCoefficients, clip_x0: bool, noise: Any = None
-) -> Any:
+def ddim_update(x: Any, eps: Any, step: DDIMCoefficients, clip_x0: bool, noise: Any = None) -> Any:
     """One DDIM step: x_next = sqrt(abar_next) x0 + sqrt(1 - abar_next - sigma^2) eps + sigma z.
 
     With ``clip_x0`` the predicted x0 is clipped to [-1, 1] and eps is re-derived from it (which
@@ -431,9 +400,7 @@ def ddim_sample(
 # Classifier-free guidance
 
 
-def classifier_free_guidance(
-    eps_given: Callable[[Any], Any], labels: Any, null_labels: Any, scale: float
-) -> Any:
+def classifier_free_guidance(eps_given: Callable[[Any], Any], labels: Any, null_labels: Any, scale: float) -> Any:
     """Ho & Salimans 2022: eps_u + s (eps_c - eps_u), from ``eps_given(labels) -> eps``.
 
     s = 1 is the conditional prediction alone (one pass), s = 0 the unconditional one (one pass);

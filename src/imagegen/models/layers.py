@@ -95,9 +95,7 @@ class ResBlock(layers.Layer):
         x_shape, temb_shape = input_shape
         in_channels = x_shape[-1]
         if in_channels % self.groups:
-            raise ConfigError(
-                f"ResBlock: groups={self.groups} does not divide {in_channels} channels"
-            )
+            raise ConfigError(f"ResBlock: groups={self.groups} does not divide {in_channels} channels")
         out_shape = (*x_shape[:-1], self.channels)
         self.norm1.build(x_shape)
         self.conv1.build(x_shape)

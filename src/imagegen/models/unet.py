@@ -10,8 +10,8 @@ Inputs, in this order (also addressable by name):
 
 Output: the predicted noise epsilon, same shape as ``x_t``, float32.
 
-Layout: a 3x3 stem conv (width ``base_channels * channel_mults[0]``), then ``len(cfg.channel_mults)`` levels of ``cfg.num_res_blocks`` residual
-blocks (width ``base_channels * mult``) with a stride-2 downsample between levels, a middle
+Layout: a 3x3 stem conv (width ``base_channels * channel_mults[0]``), then ``len(cfg.channel_mults)`` levels of
+``cfg.num_res_blocks`` residual blocks (width ``base_channels * mult``) with a stride-2 downsample between levels, a middle
 ResBlock-Attention-ResBlock, and the mirrored decoder with ``num_res_blocks + 1`` blocks per level
 fed by the skip connections. Self-attention follows every block whose feature maps have a side in
 ``cfg.attention_resolutions`` (sides never reached are simply unused). The timestep goes through a
@@ -103,7 +103,5 @@ def build_unet(cfg: DDPMConfig, image_size: int, channels: int, num_classes: int
 
     h = layers.GroupNormalization(groups=cfg.groups, epsilon=1e-5, name="out_norm")(h)
     h = layers.Activation("silu", name="out_silu")(h)
-    eps = layers.Conv2D(
-        channels, 3, padding="same", kernel_initializer="zeros", dtype="float32", name="eps"
-    )(h)
+    eps = layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", dtype="float32", name="eps")(h)
     return keras.Model(inputs, eps, name="ddpm_unet")

@@ -55,9 +55,7 @@ def build_decoder(cfg: VAEConfig, image_size: int, channels: int) -> keras.Model
     h = layers.Reshape((seed, seed, width), name="seed")(h)
     for i in range(n_up):
         level = n_up - 1 - i
-        h = layers.Conv2DTranspose(_width(cfg, level), 4, strides=2, padding="same", name=f"up{i}")(
-            h
-        )
+        h = layers.Conv2DTranspose(_width(cfg, level), 4, strides=2, padding="same", name=f"up{i}")(h)
         h = layers.ReLU(name=f"up{i}_relu")(h)
     h = layers.Conv2D(channels, 3, padding="same", name="to_image")(h)
     image = layers.Activation("tanh", dtype="float32", name="image")(h)

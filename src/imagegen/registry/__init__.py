@@ -72,8 +72,7 @@ def registry_family(meta: dict[str, Any]) -> str:
 def _needs_tracking(params: Params, what: str) -> None:
     if not params.tracking.enabled:
         raise ImagegenError(
-            f"tracking.enabled is false: the model registry lives in MLflow, "
-            f"so {what} needs tracking on"
+            f"tracking.enabled is false: the model registry lives in MLflow, so {what} needs tracking on"
         )
 
 
@@ -152,9 +151,7 @@ def register(
                 if export_dir is not None:  # the deployable files travel with the version's run
                     mlflow.log_artifacts(str(export_dir), artifact_path="export")
                 if export_report is not None:
-                    mlflow.log_metrics(
-                        finite_metrics({"export": export_report.get("artifacts", {})})
-                    )
+                    mlflow.log_metrics(finite_metrics({"export": export_report.get("artifacts", {})}))
                 version = str(mlflow.register_model(info.model_uri, name).version)
         client = run.client
         tags = {
@@ -201,8 +198,7 @@ def promote(params: Params, name: str, force_reason: str | None = None) -> Decis
         challenger = _alias(client, name, CHALLENGER)
         if challenger is None:
             raise ImagegenError(
-                f"registered model {name!r} has no '{CHALLENGER}' version in {uri}; "
-                f"run the register stage first"
+                f"registered model {name!r} has no '{CHALLENGER}' version in {uri}; run the register stage first"
             )
         version = str(challenger.version)
         champion = _alias(client, name, CHAMPION)
@@ -226,13 +222,9 @@ def promote(params: Params, name: str, force_reason: str | None = None) -> Decis
         if not ok and force_reason:
             ok, reason = True, f"forced: {force_reason} (gate said: {reason})"
         # Tags first, then the alias: a champion always carries the decision that made it one.
-        client.set_model_version_tag(
-            name, version, "promotion.decision", "promoted" if ok else "refused"
-        )
+        client.set_model_version_tag(name, version, "promotion.decision", "promoted" if ok else "refused")
         client.set_model_version_tag(name, version, "promotion.reason", reason)
-        client.set_model_version_tag(
-            name, version, "promotion.previous_champion", previous or "none"
-        )
+        client.set_model_version_tag(name, version, "promotion.previous_champion", previous or "none")
         if ok:
             client.set_registered_model_alias(name, CHAMPION, version)
     return Decision(name, version, ok, reason, previous)

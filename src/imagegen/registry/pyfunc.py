@@ -80,12 +80,9 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
         project = SimpleNamespace(sample=SampleConfig.model_validate(getattr(self, "_sample", {})))
         sampler = sampler_overrides(params)
         images = [
-            generate_images(
-                self._model_dir, r.n, seed=r.seed, show_progress=False, params=project, **sampler
-            )[0]
+            generate_images(self._model_dir, r.n, seed=r.seed, show_progress=False, params=project, **sampler)[0]
             for r in (
-                req if isinstance(req, GenerateRequest) else GenerateRequest.model_validate(req)
-                for req in model_input
+                req if isinstance(req, GenerateRequest) else GenerateRequest.model_validate(req) for req in model_input
             )
         ]
         return np.concatenate(images)

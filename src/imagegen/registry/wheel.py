@@ -64,8 +64,7 @@ def build_wheel(dest_dir: Path) -> Path:
     if entry_points:
         files[f"{info}/entry_points.txt"] = entry_points.encode()
     files[f"{info}/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: imagegen.registry.wheel\nRoot-Is-Purelib: true\n"
-        b"Tag: py3-none-any\n"
+        b"Wheel-Version: 1.0\nGenerator: imagegen.registry.wheel\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     )
     files[f"{info}/top_level.txt"] = b"imagegen\n"
     record = [_record_line(name, data) for name, data in files.items()] + [f"{info}/RECORD,,"]

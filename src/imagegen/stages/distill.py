@@ -104,8 +104,7 @@ def run_distill(
     seed_everything(params.seed)
     side_by_side = SideBySide(params, dataset)  # after seeding: it may build the feature model
 
-    run_params = {"method": method, "teacher": str(teacher_dir), "family": family_name,
-                  "seed": params.seed}
+    run_params = {"method": method, "teacher": str(teacher_dir), "family": family_name, "seed": params.seed}
     for section in ("distill", "sample"):
         values = getattr(params, section).model_dump(mode="json")
         run_params.update({f"{section}.{k}": v for k, v in values.items()})
@@ -129,24 +128,31 @@ def run_distill(
     ) as parent:
 
         def open_child_run(name: str, tags: dict[str, Any]) -> Any:
-            return start_run(params.tracking, run_name=name, stage="distill",
-                             dataset_hash=dataset.content_hash, tags=tags,
-                             parent_run_id=parent.run_id)
+            return start_run(
+                params.tracking,
+                run_name=name,
+                stage="distill",
+                dataset_hash=dataset.content_hash,
+                tags=tags,
+                parent_run_id=parent.run_id,
+            )
 
-        outcome = distill(DistillJob(
-            params=params,
-            method=method,
-            dataset=dataset,
-            teacher=teacher,
-            teacher_dir=teacher_dir,
-            out_root=out_root,
-            checkpoints=params.train.checkpoints_dir / tag,
-            side_by_side=side_by_side,
-            policy=resolve_policy(params.train.mixed_precision),
-            open_run=open_child_run,
-            resume=resume,
-            show_progress=show_progress,
-        ))
+        outcome = distill(
+            DistillJob(
+                params=params,
+                method=method,
+                dataset=dataset,
+                teacher=teacher,
+                teacher_dir=teacher_dir,
+                out_root=out_root,
+                checkpoints=params.train.checkpoints_dir / tag,
+                side_by_side=side_by_side,
+                policy=resolve_policy(params.train.mixed_precision),
+                open_run=open_child_run,
+                resume=resume,
+                show_progress=show_progress,
+            )
+        )
         report_dir.mkdir(parents=True, exist_ok=True)
         write_json(report_dir / "metrics.json", outcome.report)
         save_png(report_dir / "grid.png", agreement.rows_grid(outcome.rows, GRID_COLUMNS))

@@ -127,7 +127,11 @@ def run_evaluate(
 
         model_meta = read_model_meta(Path(model_dir))  # a DataError naming model.json if it is unreadable
         images, _ = generate_images(
-            Path(model_dir), cfg.n_samples, seed=params.seed, show_progress=show_progress, params=params,
+            Path(model_dir),
+            cfg.n_samples,
+            seed=params.seed,
+            show_progress=show_progress,
+            params=params,
             **(sampler or {}),
         )
         title = f"{model_meta.get('family', 'model')} ({model_dir})"

@@ -58,9 +58,7 @@ def report_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_export(
-    params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None
-) -> Path:
+def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None) -> Path:
     """Export the model in ``model_dir``; write the folder described above and return its path."""
     from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
     from imagegen.export.parity import parity_report, threshold_failures

@@ -39,27 +39,18 @@ def run_register(
     its path."""
     if not params.tracking.enabled:
         raise ImagegenError(
-            "tracking.enabled is false: the model registry lives in MLflow, "
-            "so register needs tracking on"
+            "tracking.enabled is false: the model registry lives in MLflow, so register needs tracking on"
         )
     from imagegen.registry import register
 
     meta = _read_json(Path(model_dir) / "model.json", "trained model (model.json)")
-    evaluation_metrics = _read_json(
-        Path(evaluation), "evaluation metrics (metrics.json of `imagegen evaluate`)"
-    )
+    evaluation_metrics = _read_json(Path(evaluation), "evaluation metrics (metrics.json of `imagegen evaluate`)")
     report = (
         _read_json(Path(export_dir) / "metrics.json", "export (metrics.json of `imagegen export`)")
         if export_dir
         else None
     )
-    name, version = register(
-        params, Path(model_dir), evaluation_metrics, report, export_dir=export_dir
-    )
-    out = (
-        Path(out)
-        if out is not None
-        else params.train.reports_dir / f"register_{meta['family']}.json"
-    )
+    name, version = register(params, Path(model_dir), evaluation_metrics, report, export_dir=export_dir)
+    out = Path(out) if out is not None else params.train.reports_dir / f"register_{meta['family']}.json"
     write_json(out, {"name": name, "version": version, "alias": "challenger"})
     return out

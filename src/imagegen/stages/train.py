@@ -68,7 +68,12 @@ def read_history_csv(path: Path, up_to_step: int) -> list[dict[str, float]]:
 
 
 def collapse_report(
-    params: Params, family_name: str, family: Any, sample_fn: Any, dataset: ProcessedDataset, kl: KLWatch | None,
+    params: Params,
+    family_name: str,
+    family: Any,
+    sample_fn: Any,
+    dataset: ProcessedDataset,
+    kl: KLWatch | None,
     history: list[dict[str, float]],
 ) -> tuple[dict[str, float], list[str]]:
     """Collapse figures for metrics.json and the problems found (see the module docstring)."""
@@ -86,8 +91,7 @@ def collapse_report(
         if np.isfinite(figures["kl_per_image"]) and figures["kl_per_image"] < threshold:
             problems.insert(
                 0,
-                f"KL per image {figures['kl_per_image']:.3g} < vae.min_kl_per_image={threshold:g} "
-                "(posterior collapse)",
+                f"KL per image {figures['kl_per_image']:.3g} < vae.min_kl_per_image={threshold:g} (posterior collapse)",
             )
     figures["collapse_warning"] = float(bool(problems))
     for problem in problems:

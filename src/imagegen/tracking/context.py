@@ -37,21 +37,15 @@ def run_tags_from_env() -> dict[str, str]:
     try:
         tags = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ImagegenError(
-            f"${RUN_TAGS_ENV}: not JSON ({exc.msg}); expected a JSON object of tags"
-        ) from None
+        raise ImagegenError(f"${RUN_TAGS_ENV}: not JSON ({exc.msg}); expected a JSON object of tags") from None
     if not isinstance(tags, dict):
-        raise ImagegenError(
-            f"${RUN_TAGS_ENV}: expected a JSON object of tags, got {type(tags).__name__}"
-        )
+        raise ImagegenError(f"${RUN_TAGS_ENV}: expected a JSON object of tags, got {type(tags).__name__}")
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()}
 
 
 def _head(folder: Path | None) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None

@@ -27,9 +27,7 @@ def manifest_dataset(dataset_dir: Path) -> Any:
 
     folder = Path(dataset_dir).resolve()
     manifest = json.loads((folder / "manifest.json").read_text())
-    with (
-        warnings.catch_warnings()
-    ):  # "can be interpreted in multiple ways": both are the local source
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(folder))
     return MetaDataset(

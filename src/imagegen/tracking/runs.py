@@ -187,8 +187,7 @@ def store_failure(uri: str, exc: BaseException) -> TrackingStoreError:
     """One line for an MLflow/HTTP/SQL failure of the store itself (not of the caller's code)."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return TrackingStoreError(
-        f"MLflow store {uri} failed: {type(exc).__name__}: {first} "
-        f"(switch tracking off with {SWITCH_OFF})"
+        f"MLflow store {uri} failed: {type(exc).__name__}: {first} (switch tracking off with {SWITCH_OFF})"
     )
 
 

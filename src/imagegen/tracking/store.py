@@ -87,15 +87,12 @@ def check_sqlite(path: Path) -> None:
         raise TrackingStoreError(f"{where}: its folder {folder} does not exist {hint}")
     if not _writable(folder):
         raise TrackingStoreError(
-            f"{where}: its folder {folder} is read-only; SQLite needs to write a journal beside "
-            f"the database {hint}"
+            f"{where}: its folder {folder} is read-only; SQLite needs to write a journal beside the database {hint}"
         )
     if not path.exists():
         return
     if not path.is_file():
-        raise TrackingStoreError(
-            f"{where}: expected an SQLite database file, found a folder {hint}"
-        )
+        raise TrackingStoreError(f"{where}: expected an SQLite database file, found a folder {hint}")
     if path.stat().st_size == 0:
         return  # an empty file is an empty database: MLflow creates its tables
     with path.open("rb") as fh:
@@ -123,8 +120,7 @@ def check_sqlite(path: Path) -> None:
         ) from None
     if verdict != "ok":
         raise TrackingStoreError(
-            f"{where}: the SQLite database is damaged ({verdict}); restore it from a backup or "
-            f"move it away {hint}"
+            f"{where}: the SQLite database is damaged ({verdict}); restore it from a backup or move it away {hint}"
         )
     if tables and "alembic_version" not in tables:
         raise TrackingStoreError(

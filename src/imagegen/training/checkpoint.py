@@ -109,10 +109,13 @@ def load_checkpoint(path: Path, family: Family) -> dict[str, Any]:
                     "start without --resume or restore the params it was trained with"
                 )
             # Read everything before assigning anything: a corrupt file leaves the networks untouched.
-            nets = {n: [np.asarray(f[f"nets/{n}/{i}"]) for i in range(len(m.weights))]
-                    for n, m in family.networks.items()}
-            opts = {p.name: [np.asarray(f[f"opts/{p.name}/{i}"]) for i in range(len(p.optimizer.variables))]
-                    for p in family.phases}
+            nets = {
+                n: [np.asarray(f[f"nets/{n}/{i}"]) for i in range(len(m.weights))] for n, m in family.networks.items()
+            }
+            opts = {
+                p.name: [np.asarray(f[f"opts/{p.name}/{i}"]) for i in range(len(p.optimizer.variables))]
+                for p in family.phases
+            }
             state = json.loads(f.attrs["state"])
             state["history"] = json.loads(bytes(np.asarray(f["history"]))) if "history" in f else []
     except (OSError, KeyError, ValueError, RuntimeError) as exc:

@@ -48,9 +48,7 @@ def multihost_settings(env: Mapping[str, str]) -> tuple[str, int, int] | None:
             "expected integers"
         ) from None
     if count < 1 or not 0 <= index < count:
-        raise ConfigError(
-            f"{ENV_PROCESS_ID}={index} with {ENV_NUM_PROCESSES}={count}: expected 0 <= id < count"
-        )
+        raise ConfigError(f"{ENV_PROCESS_ID}={index} with {ENV_NUM_PROCESSES}={count}: expected 0 <= id < count")
     return given[ENV_COORDINATOR], count, index
 
 
@@ -70,9 +68,7 @@ def initialize_multihost(env: Mapping[str, str] | None = None) -> bool:
 
     if not jax.distributed.is_initialized():
         coordinator, count, index = settings
-        jax.distributed.initialize(
-            coordinator_address=coordinator, num_processes=count, process_id=index
-        )
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=count, process_id=index)
     return True
 
 
@@ -105,9 +101,7 @@ def resolve_devices(requested: str | int, batch_size: int, backend: str) -> int:
     local = jax.local_device_count()
     n = local if requested == "auto" else int(requested)
     if n > local:
-        raise ConfigError(
-            f"train.devices = {n}: this process sees only {local} {jax.default_backend()} device(s)"
-        )
+        raise ConfigError(f"train.devices = {n}: this process sees only {local} {jax.default_backend()} device(s)")
     total = n * jax.process_count()
     if batch_size % total:
         raise ConfigError(
@@ -136,9 +130,7 @@ class DataParallel:
 
         count = jax.process_count()
         devices = [
-            d
-            for p in range(count)
-            for d in [x for x in jax.devices() if x.process_index == p][:devices_per_process]
+            d for p in range(count) for d in [x for x in jax.devices() if x.process_index == p][:devices_per_process]
         ]
         mesh = Mesh(np.array(devices), (BATCH_AXIS,))
         local = batch_size // count
@@ -163,9 +155,7 @@ class DataParallel:
         if not self.multiprocess:
             return jax.device_put(tree, self.replicated)
         # Every process holds the same host values (same seed, same checkpoint): each places its copy.
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree
-        )
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
 
     def shard_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Place a host batch on the mesh: arrays of the global batch length are split, others replicated.
@@ -185,9 +175,7 @@ class DataParallel:
                 out[key] = jax.device_put(value, self.split)
             else:
                 mine = value[self.rows] if value.shape[0] == self.batch_size else value
-                out[key] = jax.make_array_from_process_local_data(
-                    self.split, mine, (self.batch_size, *value.shape[1:])
-                )
+                out[key] = jax.make_array_from_process_local_data(self.split, mine, (self.batch_size, *value.shape[1:]))
         return out
 
 
@@ -202,10 +190,6 @@ def follower_outputs(params: Any, family_name: str) -> tuple[Any, Any]:
     from pathlib import Path
 
     scratch = Path(tempfile.mkdtemp(prefix="imagegen-follower-"))
-    train = params.train.model_copy(
-        update={"reports_dir": scratch / "reports", "models_dir": scratch / "models"}
-    )
+    train = params.train.model_copy(update={"reports_dir": scratch / "reports", "models_dir": scratch / "models"})
     tracking = params.tracking.model_copy(update={"enabled": False})
-    return scratch / "models" / family_name, params.model_copy(
-        update={"train": train, "tracking": tracking}
-    )
+    return scratch / "models" / family_name, params.model_copy(update={"train": train, "tracking": tracking})

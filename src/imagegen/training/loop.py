@@ -193,7 +193,11 @@ class Trainer:
             first = True
             while self.step < total_steps:
                 batch = next(self.stream)
-                feed = {"images": batch.images, "labels": batch.labels, **self.family.noise(self.noise_rng, batch.labels)}
+                feed = {
+                    "images": batch.images,
+                    "labels": batch.labels,
+                    **self.family.noise(self.noise_rng, batch.labels),
+                }
                 metrics = self.stepper.step(feed)
                 self.step += 1
                 window_steps += 1

@@ -24,9 +24,7 @@ from imagegen.training.families.base import Family, Phase
 
 
 class JaxStepper:
-    def __init__(
-        self, family: Family, jit_compile: bool = True, parallel: DataParallel | None = None
-    ) -> None:
+    def __init__(self, family: Family, jit_compile: bool = True, parallel: DataParallel | None = None) -> None:
         self.family = family
         self.parallel = parallel
         # This process's rows of each global batch (multi-host), for a stream that reads only those.
@@ -116,8 +114,7 @@ class JaxStepper:
             non_trainable = dict(state["non_trainable"])
             for ema_name, src_name in self.family.ema.items():
                 trainable[ema_name] = [
-                    decay * e + (1.0 - decay) * v
-                    for e, v in zip(trainable[ema_name], trainable[src_name], strict=True)
+                    decay * e + (1.0 - decay) * v for e, v in zip(trainable[ema_name], trainable[src_name], strict=True)
                 ]
                 non_trainable[ema_name] = list(non_trainable[src_name])
             state = {**state, "trainable": trainable, "non_trainable": non_trainable}

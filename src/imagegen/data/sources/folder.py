@@ -74,7 +74,8 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
         for d, (_, files) in zip(subdirs, classes, strict=True):
             if not files:
                 raise DataError(
-                    f"{d}: empty class folder; expected PNG/JPEG images in every class subfolder (remove it or add images)"
+                    f"{d}: empty class folder; expected PNG/JPEG images in every class subfolder"
+                    " (remove it or add images)"
                 )
     else:
         classes = [(root.name, _list_images(root))]

@@ -21,24 +21,52 @@ _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 # Published md5 sums (Fashion-MNIST README; the torchvision mirror list for MNIST).
 FILES: dict[str, tuple[RawFile, ...]] = {
     "fashion_mnist": (
-        RawFile("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", _FASHION_URL + "train-images-idx3-ubyte.gz"),
-        RawFile("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe", _FASHION_URL + "train-labels-idx1-ubyte.gz"),
-        RawFile("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79", _FASHION_URL + "t10k-images-idx3-ubyte.gz"),
-        RawFile("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310", _FASHION_URL + "t10k-labels-idx1-ubyte.gz"),
+        RawFile(
+            "train-images-idx3-ubyte.gz",
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            _FASHION_URL + "train-images-idx3-ubyte.gz",
+        ),
+        RawFile(
+            "train-labels-idx1-ubyte.gz",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            _FASHION_URL + "train-labels-idx1-ubyte.gz",
+        ),
+        RawFile(
+            "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79", _FASHION_URL + "t10k-images-idx3-ubyte.gz"
+        ),
+        RawFile(
+            "t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310", _FASHION_URL + "t10k-labels-idx1-ubyte.gz"
+        ),
     ),
     "mnist": (
-        RawFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", _MNIST_URL + "train-images-idx3-ubyte.gz"),
-        RawFile("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", _MNIST_URL + "train-labels-idx1-ubyte.gz"),
-        RawFile("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", _MNIST_URL + "t10k-images-idx3-ubyte.gz"),
-        RawFile("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", _MNIST_URL + "t10k-labels-idx1-ubyte.gz"),
+        RawFile(
+            "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", _MNIST_URL + "train-images-idx3-ubyte.gz"
+        ),
+        RawFile(
+            "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", _MNIST_URL + "train-labels-idx1-ubyte.gz"
+        ),
+        RawFile(
+            "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", _MNIST_URL + "t10k-images-idx3-ubyte.gz"
+        ),
+        RawFile(
+            "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", _MNIST_URL + "t10k-labels-idx1-ubyte.gz"
+        ),
     ),
 }
 
 CLASS_NAMES = {
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ],
 }
 
@@ -59,7 +87,9 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not an idx file of unsigned bytes (magic {data[:4].hex()})")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise DataError(f"{path}: idx header promises {ndim} dimensions ({header_len} header bytes), file has {len(data)}")
+        raise DataError(
+            f"{path}: idx header promises {ndim} dimensions ({header_len} header bytes), file has {len(data)}"
+        )
     dims = struct.unpack(f">{ndim}I", data[4:header_len])
     expected = int(np.prod(dims))
     if len(data) - header_len != expected:

@@ -111,9 +111,7 @@ def generate(
     if sampler == "ddpm":
         x0 = ddpm_sample(eps_fn, schedule, shape, rng, **common)
     elif sampler == "ddim":
-        x0 = ddim_sample(
-            eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common
-        )
+        x0 = ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common)
     else:
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
     return np.clip(np.asarray(ops.convert_to_numpy(x0), dtype=np.float32), -1.0, 1.0)
