@@ -10,9 +10,10 @@ Inputs, in this order (also addressable by name):
 
 Output: the predicted noise epsilon, same shape as ``x_t``, float32.
 
-Layout: a 3x3 stem conv (width ``base_channels * channel_mults[0]``), then ``len(cfg.channel_mults)`` levels of
-``cfg.num_res_blocks`` residual blocks (width ``base_channels * mult``) with a stride-2 downsample between levels, a middle
-ResBlock-Attention-ResBlock, and the mirrored decoder with ``num_res_blocks + 1`` blocks per level
+Layout: a 3x3 stem conv (width ``base_channels * channel_mults[0]``), then ``len(cfg.channel_mults)``
+levels of ``cfg.num_res_blocks`` residual blocks (width ``base_channels * mult``) with a stride-2
+downsample between levels, a middle ResBlock-Attention-ResBlock, and the mirrored decoder with
+``num_res_blocks + 1`` blocks per level
 fed by the skip connections. Self-attention follows every block whose feature maps have a side in
 ``cfg.attention_resolutions`` (sides never reached are simply unused). The timestep goes through a
 sinusoidal embedding and a 2-layer MLP (width 4 * base_channels) and is added inside every block;
