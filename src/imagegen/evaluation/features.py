@@ -26,8 +26,13 @@ WEIGHTS_FILE = "classifier.weights.h5"
 FEATURE_LAYER = "features"
 
 
-def build_classifier(image_shape: tuple[int, int, int], num_classes: int, width: int, feature_dim: int) -> keras.Model:
-    """Conv-BN-ReLU x4 (two stride-2), global average pool, a ``features`` Dense layer, softmax head."""
+def build_classifier(
+    image_shape: tuple[int, int, int], num_classes: int, width: int, feature_dim: int, logits: bool = False
+) -> keras.Model:
+    """Conv-BN-ReLU x4 (two stride-2), global average pool, a ``features`` Dense layer, softmax head.
+
+    ``logits``: the same layers and weights with the head's softmax left out (knowledge distillation).
+    """
     x = inputs = keras.Input(shape=image_shape, name="image")
     for i, (filters, stride) in enumerate([(width, 1), (width, 2), (2 * width, 1), (2 * width, 2)]):
         x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}")(x)
@@ -37,7 +42,7 @@ def build_classifier(image_shape: tuple[int, int, int], num_classes: int, width:
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     feats = layers.Dense(feature_dim, activation="relu", name=FEATURE_LAYER)(x)
     h = layers.Dropout(0.3, name="dropout")(feats)
-    probs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(h)
+    probs = layers.Dense(num_classes, activation=None if logits else "softmax", dtype="float32", name="probs")(h)
     return keras.Model(inputs, probs, name="feature_classifier")
 
 
