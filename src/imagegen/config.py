@@ -234,6 +234,27 @@ class DDPMConfig(Section):
         return self
 
 
+class LDMConfig(DDPMConfig):
+    """Latent diffusion: the DDPM U-Net (DDPMConfig's fields) trained on the latents of a trained VAE.
+
+    The U-Net runs on the VAE latent laid out as a square grid (:func:`imagegen.training.families.ldm.latent_grid`),
+    so it is small and cheap; its defaults differ from the pixel DDPM's accordingly.
+    """
+
+    base_channels: int = Field(default=32, gt=0)
+    steps: int = Field(default=2000, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    vae: Path = Field(
+        default=Path("models/vae"),
+        description="The trained VAE (`imagegen train vae`) whose frozen encoder and decoder are copied into the LDM.",
+    )
+    scale_factor: float | None = Field(
+        default=None,
+        gt=0,
+        description="Latent scale; null: 1/std of the VAE encoder means over the training set (recorded in the model).",
+    )
+
+
 class SampleConfig(Section):
     sampler: Literal["ddpm", "ddim"] = "ddim"
     steps: int = Field(default=50, gt=0)
@@ -266,6 +287,7 @@ class EvaluateConfig(Section):
             "vae": Path("models/vae"),
             "ddpm": Path("models/ddpm"),
             "ddpm_student": Path("models/ddpm_student_progressive/final"),
+            "ldm": Path("models/ldm"),
         },
         description="Models evaluated by the pipeline: name -> model folder (dvc.yaml's evaluate foreach).",
     )
@@ -301,6 +323,22 @@ class DistillConfig(Section):
     batch_size: int | None = Field(default=None, gt=0, description="null: train.batch_size.")
     compare_n: int = Field(default=256, gt=0, description="Images on the same noise for student-vs-teacher SSIM/PSNR.")
     speed_n: int = Field(default=128, gt=0, description="Images per timed batch for images/s.")
+    discriminator_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Architecture, DCGAN: weight of T^2 KL between the teacher discriminator's softened outputs on the "
+            "teacher's and the student's images for the same z (0: off)."
+        ),
+    )
+    temperature: float = Field(default=4.0, gt=0, description="Knowledge (and the discriminator term): KL's T.")
+    kd_alpha: float = Field(
+        default=0.9, ge=0, le=1, description="Knowledge: weight of T^2 KL; the hard-label loss gets 1 - kd_alpha."
+    )
+    kd_width_factor: float = Field(
+        default=0.25, gt=0, le=1, description="Knowledge: student classifier width (and feature_dim) / the teacher's."
+    )
+    kd_epochs: int = Field(default=8, gt=0, description="Knowledge: epochs of the student (and the baseline).")
 
     @model_validator(mode="after")
     def _check_steps(self) -> DistillConfig:
@@ -338,6 +376,7 @@ class ExportConfig(Section):
             "dcgan": Path("models/dcgan"),
             "vae": Path("models/vae"),
             "ddpm_student": Path("models/ddpm_student_progressive/final"),
+            "ldm": Path("models/ldm"),
         },
         description="Models the pipeline exports, registers and promotes: name -> model folder (dvc.yaml's "
         "export/register foreach over it; the Prefect flow ships the names it built).",
@@ -382,6 +421,7 @@ class Params(Section):
     dcgan: DCGANConfig = Field(default_factory=DCGANConfig)
     vae: VAEConfig = Field(default_factory=VAEConfig)
     ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
+    ldm: LDMConfig = Field(default_factory=LDMConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
