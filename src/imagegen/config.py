@@ -97,6 +97,19 @@ class DataConfig(Section):
     download: bool = Field(default=True, description="Fetch missing raw files from the official URL.")
     mirror: str | None = Field(default=None, description="Base URL used instead of the official one (same file names).")
     processed_dir: Path = Path("data/processed")
+    caption_template: str | None = Field(
+        default=None,
+        description="Caption per class, '{class}' = the class name, e.g. 'a photo of a {class}' (null: no captions; "
+        "a folder's captions.csv is used whatever this is).",
+    )
+    caption_max_length: int = Field(default=16, gt=0, description="Words per caption kept at ingest (token ids).")
+
+    @field_validator("caption_template")
+    @classmethod
+    def _template_has_class(cls, v: str | None) -> str | None:
+        if v is not None and "{class}" not in v:
+            raise ValueError(f"expected a caption containing '{{class}}' (replaced by each class name), got {v!r}")
+        return v
 
     @property
     def output_dir(self) -> Path:
@@ -210,6 +223,21 @@ class DDPMConfig(Section):
     beta_end: float = Field(default=0.02, gt=0, lt=1)
     conditional: bool = False
     label_dropout: float = Field(default=0.1, ge=0, lt=1, description="For classifier-free guidance.")
+    captions: bool = Field(default=False, description="Caption (text) conditioning; excludes `conditional`.")
+    caption_dropout: float = Field(default=0.1, ge=0, lt=1, description="Null-caption share, for guidance.")
+    cross_attention_resolutions: list[int] = Field(
+        default_factory=lambda: [8], description="Caption cross-attention at these sides (and in the middle block)."
+    )
+    text_width: int = Field(default=64, gt=0, description="Text encoder width (token embedding).")
+    text_layers: int = Field(default=2, ge=0, description="Transformer layers of the text encoder.")
+    text_heads: int = Field(default=4, gt=0, description="Attention heads; must divide text_width.")
+    text_max_length: int = Field(default=16, gt=0, description="Tokens per caption seen by the text encoder.")
+    text_vocabulary: list[str] = Field(
+        default_factory=list, description="Filled from the dataset's vocabulary at train time and kept in model.json."
+    )
+    text_encoder_weights: Path | None = Field(
+        default=None, description="A local .weights.h5 of a text encoder of this shape, loaded before training."
+    )
     ema_decay: float = Field(default=0.995, ge=0, lt=1)
     steps: int = Field(default=1500, gt=0)
     learning_rate: float = Field(default=2e-3, gt=0)
@@ -231,6 +259,10 @@ class DDPMConfig(Section):
                 )
         if self.beta_end <= self.beta_start:
             raise ValueError(f"beta_end={self.beta_end} must exceed beta_start={self.beta_start}")
+        if self.captions and self.conditional:
+            raise ValueError("captions=true and conditional=true: choose caption or class-label conditioning")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_heads={self.text_heads} must divide text_width={self.text_width}")
         return self
 
 

@@ -1,4 +1,4 @@
-"""The processed dataset format (version 1).
+"""The processed dataset format (version 1; version 2 = version 1 plus captions).
 
 One folder per dataset version::
 
@@ -7,6 +7,11 @@ One folder per dataset version::
     train_labels.npy     int64 (N,)
     test_images.npy      uint8 (M, H, W, C)
     test_labels.npy      int64 (M,)
+
+A dataset with captions (:mod:`imagegen.data.captions`) is written as version 2: the same files plus
+``train_captions.npy`` / ``test_captions.npy`` (int32 token ids, (N, max_length)) and a ``captions`` entry in
+the manifest (vocabulary, max_length, source); its content hash also covers the vocabulary and token ids. A
+dataset without captions is written exactly as before (version 1, same bytes, same hash).
 
 Plain ``.npy`` files, so they memory-map with numpy alone (no TensorFlow needed to read them). The
 content hash covers the arrays and class names only, never timestamps or paths, so re-running ingestion
@@ -29,10 +34,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from imagegen.data.captions import Captions
 from imagegen.errors import DataError
 from imagegen.fileio import atomic_dir, write_json
 
 FORMAT_VERSION = 1
+CAPTIONS_FORMAT_VERSION = 2  # written when the dataset has captions; both are read
+READABLE_VERSIONS = (FORMAT_VERSION, CAPTIONS_FORMAT_VERSION)
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
 CHUNK_BYTES = 2 << 20  # image bytes per chunk when streaming a split: what ingest holds at a time
@@ -47,12 +55,15 @@ def chunk_rows(image_shape: tuple[int, ...]) -> int:
 class Split:
     images: np.ndarray  # uint8 (N, H, W, C)
     labels: np.ndarray  # int64 (N,)
+    captions: np.ndarray | None = None  # int32 token ids (N, max_length), datasets with captions only
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (N,H,W,C), got {self.images.dtype} {self.images.shape}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels shape {self.labels.shape} does not match {self.images.shape[0]} images")
+        if self.captions is not None and (self.captions.ndim != 2 or len(self.captions) != len(self.labels)):
+            raise ValueError(f"captions shape {self.captions.shape} does not match {len(self.labels)} images")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -116,13 +127,14 @@ class Dataset:
     class_names: list[str]
     source: str
     files: list[dict[str, Any]] = field(default_factory=list)  # raw files with their md5s
+    captions: Captions | None = None  # one caption per image (format version 2)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.splits["train"].image_shape
 
 
-def content_hash(splits: dict[str, Split], class_names: list[str]) -> str:
+def content_hash(splits: dict[str, Split], class_names: list[str], captions: Captions | None = None) -> str:
     """The hash of in-memory splits; :func:`write_processed` computes the same while streaming."""
     digest = _start_hash(class_names)
     for name in sorted(splits):
@@ -130,7 +142,17 @@ def content_hash(splits: dict[str, Split], class_names: list[str]) -> str:
         _hash_split_header(digest, name, len(split.labels), split.image_shape)
         _hash_array(digest, split.images)
         _hash_array(digest, split.labels.astype(np.int64))
+    _hash_captions(digest, captions)
     return "sha256:" + digest.hexdigest()
+
+
+def _hash_captions(digest: Any, captions: Captions | None) -> None:
+    """Captions (vocabulary, then each split's token ids) extend the hash; none leave it as in version 1."""
+    if captions is None:
+        return
+    digest.update(json.dumps({"captions": captions.vocabulary, "max_length": captions.max_length}).encode())
+    for name in sorted(captions.tokens):
+        _hash_array(digest, captions.tokens[name].astype(np.int32))
 
 
 def _start_hash(class_names: list[str]) -> Any:
@@ -178,7 +200,7 @@ def build_manifest(ds: Dataset, extra: dict[str, Any] | None = None, digest: str
     """The manifest; ``digest`` is the content hash when already computed (else it is computed here)."""
     h, w, c = ds.image_shape
     manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if ds.captions is None else CAPTIONS_FORMAT_VERSION,
         "dataset": ds.name,
         "source": ds.source,
         "files": ds.files,
@@ -192,8 +214,10 @@ def build_manifest(ds: Dataset, extra: dict[str, Any] | None = None, digest: str
             name: np.bincount(s.labels, minlength=len(ds.class_names)).astype(int).tolist()
             for name, s in ds.splits.items()
         },
-        "content_hash": digest if digest is not None else content_hash(ds.splits, ds.class_names),  # type: ignore[arg-type]
+        "content_hash": digest if digest is not None else content_hash(ds.splits, ds.class_names, ds.captions),  # type: ignore[arg-type]
     }
+    if ds.captions is not None:
+        manifest["captions"] = ds.captions.manifest()
     if extra:
         manifest.update(extra)
     return manifest
@@ -217,6 +241,10 @@ def write_processed(ds: Dataset, out_dir: Path, extra: dict[str, Any] | None = N
             _stream_images(split, tmp / f"{name}_images.npy", digest)
             _hash_array(digest, labels)
             np.save(tmp / f"{name}_labels.npy", labels, allow_pickle=False)
+        if ds.captions is not None:
+            _hash_captions(digest, ds.captions)
+            for name in sorted(ds.splits):
+                np.save(tmp / f"{name}_captions.npy", ds.captions.tokens[name].astype(np.int32), allow_pickle=False)
         manifest = build_manifest(ds, extra, digest="sha256:" + digest.hexdigest())
         write_json(tmp / MANIFEST, manifest)
     return manifest
@@ -242,9 +270,9 @@ class ProcessedDataset:
         except json.JSONDecodeError as exc:
             raise DataError(f"{manifest_path}: not valid JSON ({exc})") from None
         version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise DataError(
-                f"{manifest_path}: format_version {version!r}, this imagegen reads {FORMAT_VERSION}; re-run ingest"
+                f"{manifest_path}: format_version {version!r}, this imagegen reads {READABLE_VERSIONS}; re-run ingest"
             )
         return cls(path=path, manifest=manifest)
 
@@ -264,6 +292,11 @@ class ProcessedDataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.manifest["image_shape"])  # type: ignore[return-value]
 
+    @property
+    def captions(self) -> dict[str, Any] | None:
+        """The manifest's ``captions`` record (vocabulary, max_length, source), None without captions."""
+        return self.manifest.get("captions")
+
     def split(self, name: str, mmap: bool = True) -> Split:
         if name not in self.manifest["counts"]:
             raise DataError(f"{self.path}: no split {name!r} (has {sorted(self.manifest['counts'])})")
@@ -277,4 +310,16 @@ class ProcessedDataset:
         expected = (self.manifest["counts"][name], *self.image_shape)
         if images.shape != expected or images.dtype != np.uint8:
             raise DataError(f"{img_path}: expected uint8 {expected}, found {images.dtype} {images.shape}")
-        return Split(images=images, labels=labels)
+        captions = None
+        if self.captions is not None:
+            cap_path = self.path / f"{name}_captions.npy"
+            try:
+                captions = np.load(cap_path, mmap_mode=mode, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{cap_path}: cannot read the captions of split {name!r} ({exc})") from None
+            if captions.shape != (expected[0], self.captions["max_length"]):
+                raise DataError(
+                    f"{cap_path}: expected ({expected[0]}, {self.captions['max_length']}) token ids, "
+                    f"found {captions.shape}"
+                )
+        return Split(images=images, labels=labels, captions=captions)
