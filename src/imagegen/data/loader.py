@@ -30,6 +30,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 class Batch:
     images: np.ndarray  # float32 (B, H, W, C) in [-1, 1]; only rows ``stream.rows`` of them when that is set
     labels: np.ndarray  # int32 (B,), always the whole global batch (host-side noise draws follow them)
+    captions: np.ndarray | None = None  # int32 token ids (B, L) of a dataset with captions, whole global batch
 
 
 class BatchStream:
@@ -81,7 +82,8 @@ class BatchStream:
         order = np.argsort(read, kind="stable")  # sorted reads are kinder to a memory map
         images = np.empty((len(read), *self.split.images.shape[1:]), dtype=np.uint8)
         images[order] = self.split.images[read[order]]
-        return Batch(to_unit_range(images), self.split.labels[idx].astype(np.int32))
+        captions = None if self.split.captions is None else np.asarray(self.split.captions[idx], dtype=np.int32)
+        return Batch(to_unit_range(images), self.split.labels[idx].astype(np.int32), captions)
 
     def state(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "batch_size": self.batch_size}

@@ -9,6 +9,7 @@ import numpy as np
 from rich.progress import Progress
 
 from imagegen.config import Params
+from imagegen.data.captions import template_captions
 from imagegen.data.processed import Dataset, streamed, write_processed
 from imagegen.data.sources import get_source
 from imagegen.data.transform import resize, to_channels
@@ -30,7 +31,7 @@ def shape_dataset(ds: Dataset, image_size: int, channels: int | None, progress: 
     for name, split in ds.splits.items():
         c = split.image_shape[2] if channels is None else channels
         splits[name] = streamed(split).map(shape, (image_size, image_size, c))
-    return Dataset(ds.name, splits, ds.class_names, ds.source, ds.files)
+    return Dataset(ds.name, splits, ds.class_names, ds.source, ds.files, ds.captions)
 
 
 def run_ingest(params: Params, out_dir: Path | None = None) -> Path:
@@ -38,6 +39,9 @@ def run_ingest(params: Params, out_dir: Path | None = None) -> Path:
     cfg = params.data
     out_dir = Path(out_dir) if out_dir is not None else cfg.output_dir
     raw = get_source(cfg.name)(cfg, params.seed)
+    if raw.captions is None and cfg.caption_template is not None:  # a caption per class (folder: captions.csv)
+        labels = {name: split.labels for name, split in raw.splits.items()}
+        raw.captions = template_captions(cfg.caption_template, raw.class_names, labels, cfg.caption_max_length)
     total = sum(len(s.labels) for s in raw.splits.values())
     with Progress(transient=True, disable=total < 5000) as progress:
         ds = shape_dataset(raw, cfg.image_size, cfg.channels, progress)  # streamed: shaped while written

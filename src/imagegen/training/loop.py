@@ -198,6 +198,8 @@ class Trainer:
                     "labels": batch.labels,
                     **self.family.noise(self.noise_rng, batch.labels),
                 }
+                if batch.captions is not None:  # token ids of a dataset with captions (a caption DDPM reads them)
+                    feed["captions"] = batch.captions
                 metrics = self.stepper.step(feed)
                 self.step += 1
                 window_steps += 1

@@ -5,10 +5,15 @@ each holding images (class = subfolder name, sorted). Anything else in the tree 
 image, an empty class subfolder) stops ingestion with an error naming the file or folder: a silently skipped
 file is a silently wrong dataset. So does a folder too small for a non-empty held-out split at
 ``data.test_fraction``: evaluation needs held-out images.
+
+Captions: an optional ``captions.csv`` in the folder (header ``file,caption``; ``file`` relative to the folder,
+e.g. ``cat/001.png``) gives every image one caption. Every row must name an existing image and a non-empty
+caption, and every image needs a row; otherwise ingestion stops naming the csv row or the image.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,21 +22,58 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imagegen.config import DataConfig
+from imagegen.data.captions import Captions, captions_from_texts
 from imagegen.data.processed import Dataset, Split, StreamedSplit, chunk_rows
 from imagegen.data.transform import stratified_split
 from imagegen.errors import DataError, DataNotFoundError
 from imagegen.fileio import md5_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+CAPTIONS_FILE = "captions.csv"
 
 
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _list_images(folder: Path) -> list[Path]:
+def read_captions_csv(csv_path: Path, root: Path, images: list[Path]) -> dict[Path, str]:
+    """``{image path: caption}`` from ``csv_path``; a DataError names the bad row or the uncaptioned image."""
+    known = set(images)
+    captions: dict[Path, str] = {}
+    try:
+        with csv_path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or [h.strip().lower() for h in header[:2]] != ["file", "caption"]:
+                raise DataError(f"{csv_path}: row 1: expected the header 'file,caption', got {header!r}")
+            for row in reader:
+                where = f"{csv_path}: row {reader.line_num}"
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != 2:
+                    raise DataError(f"{where}: expected 2 columns (file,caption), got {len(row)}: {row!r}")
+                name, caption = row[0].strip(), row[1].strip()
+                path = root / name
+                if path not in known:
+                    raise DataError(f"{where}: file {name!r} does not exist in {root} (or is not one of its images)")
+                if not caption:
+                    raise DataError(f"{where}: empty caption for {name!r}; expected a non-empty caption")
+                if path in captions:
+                    raise DataError(f"{where}: second caption for {name!r}; expected one row per image")
+                captions[path] = caption
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path}: unreadable captions file ({exc})") from None
+    for path in images:
+        if path not in captions:
+            raise DataError(
+                f"{csv_path}: no row for image {path.relative_to(root).as_posix()!r}; expected one caption per image"
+            )
+    return captions
+
+
+def _list_images(folder: Path, skip: str | None = None) -> list[Path]:
     files = []
-    for path in sorted(p for p in folder.iterdir() if _visible(p)):
+    for path in sorted(p for p in folder.iterdir() if _visible(p) and p.name != skip):
         if path.is_dir():
             raise DataError(f"{path}: nested folder inside a class folder; expected only PNG/JPEG images")
         if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -64,7 +106,7 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
     root = Path(cfg.path)
     if not root.is_dir():
         raise DataNotFoundError(f"{root}: data.path is not a folder")
-    entries = sorted(p for p in root.iterdir() if _visible(p))
+    entries = sorted(p for p in root.iterdir() if _visible(p) and p.name != CAPTIONS_FILE)
     subdirs = [p for p in entries if p.is_dir()]
     if subdirs:
         stray = [p for p in entries if not p.is_dir()]
@@ -78,7 +120,7 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
                     " (remove it or add images)"
                 )
     else:
-        classes = [(root.name, _list_images(root))]
+        classes = [(root.name, _list_images(root, skip=CAPTIONS_FILE))]
     if not any(files for _, files in classes):
         raise DataError(f"{root}: no PNG/JPEG images found")
 
@@ -96,13 +138,28 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
             f"{root}: {len(y)} image(s) leave the held-out split empty at data.test_fraction={cfg.test_fraction:g}; "
             "expected enough images per class for at least one test image (add images or raise data.test_fraction)"
         )
+    files = [{"name": f"{root.name}/ ({len(y)} images)", "sha256_of_listing": listing.hexdigest()}]
+    captions = None
+    if (root / CAPTIONS_FILE).is_file():
+        captions = _folder_captions(root / CAPTIONS_FILE, root, paths, {"train": train_idx, "test": test_idx}, cfg)
+        files.append({"name": f"{root.name}/{CAPTIONS_FILE}", "md5": md5_file(root / CAPTIONS_FILE)})
     return Dataset(
         name="folder",
         splits=_splits(paths, y, {"train": train_idx, "test": test_idx}, mode, cfg.image_size, stream),
         class_names=[name for name, _ in classes],
         source=f"image folder {root}",
-        files=[{"name": f"{root.name}/ ({len(y)} images)", "sha256_of_listing": listing.hexdigest()}],
+        files=files,
+        captions=captions,
     )
+
+
+def _folder_captions(
+    csv_path: Path, root: Path, paths: list[Path], indices: dict[str, np.ndarray], cfg: DataConfig
+) -> Captions:
+    """Token ids of every split from ``captions.csv`` (vocabulary: the training split's words)."""
+    by_path = read_captions_csv(csv_path, root, paths)
+    texts = {name: [by_path[paths[i]] for i in idx] for name, idx in indices.items()}
+    return captions_from_texts(texts, cfg.caption_max_length, CAPTIONS_FILE)
 
 
 def _splits(
