@@ -91,7 +91,9 @@ def load_model(path: Path | str) -> LoadedModel:
     try:
         spec = meta["spec"]
         name = meta["family"]
-        params = Params.model_validate({name: spec[name]})
+        # the family's own section, plus any other params section it records (an LDM: its VAE's)
+        sections = {k: v for k, v in spec.items() if k in Params.model_fields}
+        params = Params.model_validate({**sections, name: spec[name]})
         family = build_family(name, params, tuple(spec["image_shape"]), spec["num_classes"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{meta_path}: 'spec' does not describe a model ({type(exc).__name__}: {exc})") from None

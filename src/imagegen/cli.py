@@ -125,7 +125,7 @@ def ingest_cmd(
 @app.command("train")
 @user_errors
 def train_cmd(
-    family: Annotated[str, typer.Argument(help="dcgan | vae | ddpm")],
+    family: Annotated[str, typer.Argument(help="dcgan | vae | ddpm | ldm")],
     params: ParamsOpt = None,
     set_: SetOpt = None,
     data: Annotated[

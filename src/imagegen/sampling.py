@@ -70,12 +70,12 @@ def make_sampler(
     (one is made otherwise). Images drawn with the same ``rng`` seed start from the same noise (x_T
     or z is the first draw), which is what makes comparisons on the same noise possible.
     """
-    from imagegen.training.families import family_module
+    from imagegen.training.families import family_module, is_diffusion
 
     name = family.spec["family"]
     module = family_module(name)
-    kwargs = dict(sampling or {}) if name == "ddpm" else {}
-    if name == "ddpm" and kwargs.get("predict") is None:
+    kwargs = dict(sampling or {}) if is_diffusion(name) else {}
+    if is_diffusion(name) and kwargs.get("predict") is None:
         from imagegen.training.predict import compiled_predictor
 
         net = family.networks["unet_ema" if kwargs.get("use_ema", True) else "unet"]

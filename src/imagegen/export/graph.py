@@ -11,6 +11,9 @@ the per-step coefficients (float64 on the host, baked in as float32 constants), 
 guidance are those of :mod:`imagegen.models.diffusion` (``ddim_grid``, ``ddim_plan``,
 ``ddim_update``, ``classifier_free_guidance``), traced here, not re-derived, so the exported graph
 reproduces ``ddpm.generate(..., sampler="ddim", eta=0, x_T=...)``.
+
+LDM: the same loop on the latent grid (input ``x_T`` is latent noise, no x0 clipping), then the frozen VAE
+decoder of the model folder inside the graph: latent / scale_factor, flattened, decoded, as ``ldm.generate``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import keras
 
 from imagegen.artifact import LoadedModel
-from imagegen.config import DCGANConfig, DDPMConfig, VAEConfig
+from imagegen.config import DCGANConfig, DDPMConfig, LDMConfig, VAEConfig
 from imagegen.errors import ConfigError
 from imagegen.models.diffusion import (
     classifier_free_guidance,
@@ -32,6 +35,7 @@ from imagegen.models.diffusion import (
     ddim_update,
     schedule_from_config,
 )
+from imagegen.training.families import is_diffusion
 
 SIGNATURE = "serving_default"
 OUTPUT = "images"
@@ -116,15 +120,25 @@ def model_timesteps(loaded: LoadedModel) -> list[int] | None:
 
 
 def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale: float) -> Serving:
+    """The unrolled DDIM loop of a diffusion family: pixels (ddpm), or latents then the VAE decoder (ldm)."""
     import tensorflow as tf
 
-    cfg = DDPMConfig(**loaded.family.spec["ddpm"])
+    latent = loaded.name == "ldm"
+    cfg = (LDMConfig if latent else DDPMConfig)(**loaded.family.spec[loaded.name])
     schedule = schedule_from_config(cfg)
     grid = ddim_grid(schedule.timesteps, steps, model_timesteps(loaded))
     plan = ddim_plan(schedule, grid)
     unet = loaded.family.networks["unet_ema"]
     num_classes = int(loaded.family.spec["num_classes"])
-    image_shape = tuple(int(s) for s in loaded.family.spec["image_shape"])
+    image_shape = tuple(int(s) for s in loaded.family.spec["latent_grid" if latent else "image_shape"])
+    clip_x0 = clip_x0 and not latent  # a latent x0 is not in [-1, 1]
+    networks = [unet, loaded.family.networks["decoder"]] if latent else [unet]
+
+    def to_images(x: Any) -> Any:
+        if not latent:
+            return x
+        z = tf.reshape(x, (-1, int(loaded.family.spec["vae"]["latent_dim"]))) / float(cfg.scale_factor)
+        return loaded.family.networks["decoder"](z, training=False)
 
     def sample(x_T: Any, label: Any | None) -> dict[str, Any]:
         x = tf.cast(x_T, tf.float32)
@@ -140,7 +154,7 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
             guided = label is not None
             eps = classifier_free_guidance(eps_given, label, null, guidance_scale) if guided else eps_given(None)
             x = ddim_update(x, eps, plan.at(i), clip_x0)
-        return {OUTPUT: to_uint8_images(x)}
+        return {OUTPUT: to_uint8_images(to_images(x))}
 
     inputs = [InputSpec("x_T", image_shape, "float32")]
     if cfg.conditional:
@@ -159,7 +173,7 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
         "clip_x0": clip_x0,
         **({"guidance_scale": guidance_scale} if cfg.conditional else {}),
     }
-    return Serving("ddpm", fn, inputs, [unet], meta)
+    return Serving(loaded.name, fn, inputs, networks, meta)
 
 
 def build_serving(
@@ -171,9 +185,9 @@ def build_serving(
     require_tensorflow()
     if loaded.name in ("dcgan", "vae"):
         return _decoder_serving(loaded)
-    if loaded.name == "ddpm":
+    if is_diffusion(loaded.name):
         return _ddpm_serving(loaded, ddpm_steps, clip_x0, guidance_scale)
-    raise ConfigError(f"export: unknown model family {loaded.name!r}; expected dcgan, vae or ddpm")
+    raise ConfigError(f"export: unknown model family {loaded.name!r}; expected dcgan, vae, ddpm or ldm")
 
 
 def export_savedmodel(serving: Serving, dest: Path) -> Path:

@@ -32,6 +32,7 @@ from imagegen.data.loader import to_uint8
 from imagegen.evaluation.metrics import image_similarity
 from imagegen.export.graph import OUTPUT, SIGNATURE, Serving
 from imagegen.export.tflite import make_interpreter
+from imagegen.training.families import is_diffusion
 
 Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
@@ -61,13 +62,13 @@ def keras_images(
 
     family = loaded.family
     label = inputs.get("label")
-    if loaded.name == "ddpm":
+    if is_diffusion(loaded.name):  # ddpm, or ldm (x_T is then latent noise)
         from imagegen.export.graph import model_timesteps
-        from imagegen.training.families import ddpm
+        from imagegen.training.families import family_module
 
         x_T = inputs["x_T"]
         grid = model_timesteps(loaded)
-        images = ddpm.generate(
+        images = family_module(loaded.name).generate(
             family,
             len(x_T),
             np.random.default_rng(0),  # never drawn from: x_T is given and eta = 0
@@ -197,7 +198,7 @@ def parity_report(
     inputs = parity_inputs(serving, cfg.parity_n, seed, int(loaded.family.spec["num_classes"]))
     reference = keras_images(loaded, inputs, ddpm_steps=cfg.ddpm_steps, clip_x0=clip_x0, guidance_scale=guidance_scale)
     report: dict[str, Any] = {"family": loaded.name}
-    if loaded.name == "ddpm":
+    if is_diffusion(loaded.name):
         report["ddpm_steps"] = serving.meta["ddpm_steps"]
     report["artifacts"] = {
         name: measure(name, path, inputs, reference, cfg, num_threads) for name, path in artifacts.items()

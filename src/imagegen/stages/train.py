@@ -121,7 +121,7 @@ def run_train(
     seed_everything(params.seed)
     policy = resolve_policy(cfg.mixed_precision)
     with dtype_policy(policy):
-        family = build_family(family_name, params, dataset.image_shape, dataset.num_classes)
+        family = build_family(family_name, params, dataset.image_shape, dataset.num_classes, dataset=dataset)
     stream = BatchStream(dataset.split("train"), cfg.batch_size, params.seed)
     module = family_module(family_name)
 

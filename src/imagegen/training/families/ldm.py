@@ -1,0 +1,226 @@
+"""Latent diffusion family (Rombach et al. 2022): the DDPM U-Net trained on the latents of a trained VAE.
+
+The VAE (``ldm.vae``, a model folder of ``imagegen train vae``) is frozen: its encoder and decoder are copied
+into the LDM as two more networks (``trainable=False``, in no phase's ``trains``), so the LDM's model folder
+is self-contained and samples, evaluates, exports and registers like any other.
+
+Latents: the encoder *mean* (no reparameterisation noise), times ``ldm.scale_factor``: unless given, 1/std of
+those means over the training split, computed once when training starts and recorded in the model's spec, so
+the diffusion runs on unit-variance data as the noise schedule assumes.
+
+The VAE latent is a dense vector (a Dense layer's output), not a spatial map: its entries have no
+neighbourhood. It is laid out as a small square grid only because the U-Net takes images
+(:func:`latent_grid`); the convolutions then mix arbitrary groups of latent entries, which works because the
+grid is tiny (16 -> 4x4x1), the U-Net's middle attention sees all of it, and every entry stays in place.
+
+Training reuses the DDPM family's loss, noise and EMA on the grid (:func:`imagegen.training.families.ddpm.build`),
+fed with the encoded images. Sampling is :func:`imagegen.models.diffusion.ddim_sample` (or ``ddpm_sample``) in
+latent space, without x0 clipping (latents are not in [-1, 1]), then the frozen decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from imagegen.config import DDPMConfig, LDMConfig, Params, VAEConfig
+from imagegen.errors import ConfigError, DataError
+from imagegen.models.diffusion import ddim_sample, ddpm_sample, predictor_eps_fn, schedule_from_config
+from imagegen.models.vae import build_decoder, build_encoder
+from imagegen.training.families.base import Caller, Family, Phase
+
+# run_train passes the processed dataset to this family's build (the VAE is loaded and the scale computed there)
+BUILD_NEEDS_DATASET = True
+ENCODE_BATCH = 512
+
+
+def latent_grid(latent_dim: int, cfg: DDPMConfig) -> tuple[int, int, int]:
+    """The (side, side, channels) grid the U-Net sees for a flat latent of ``latent_dim`` entries.
+
+    Rule: ``side`` is the largest power of two >= 2 with ``side**2`` dividing ``latent_dim`` that the U-Net can
+    halve ``len(channel_mults) - 1`` times; ``channels = latent_dim / side**2`` (16 -> 4x4x1, 32 -> 4x4x2,
+    64 -> 8x8x1, 8 -> 2x2x2 with a single level). Entries are placed in row-major order (a plain reshape).
+    """
+    n_down = len(cfg.channel_mults) - 1
+    side = 2
+    best = 0
+    while side * side <= latent_dim:
+        if latent_dim % (side * side) == 0 and side % (2**n_down) == 0:
+            best = side
+        side *= 2
+    if not best:
+        raise ConfigError(
+            f"vae.latent_dim={latent_dim}: the ldm U-Net needs latent_dim = channels * side**2 with side a power of "
+            f"two >= 2 divisible by 2**{n_down} (ldm.channel_mults={cfg.channel_mults}); e.g. 16 or 32"
+        )
+    return best, best, latent_dim // (best * best)
+
+
+def to_grid(z: Any, grid: Sequence[int]) -> Any:
+    """(B, latent_dim) -> (B, *grid)."""
+    return ops.reshape(z, (-1, *grid))
+
+
+def from_grid(x: Any, latent_dim: int) -> Any:
+    """(B, *grid) -> (B, latent_dim)."""
+    return ops.reshape(x, (-1, latent_dim))
+
+
+def load_vae(path: Path, image_shape: tuple[int, int, int]) -> Any:
+    """The trained VAE at ``path`` (a LoadedModel), or a one-line error saying how to make it."""
+    from imagegen.artifact import MODEL_FILE, load_model
+
+    path = Path(path)
+    if not (path / MODEL_FILE).is_file():
+        raise DataError(f"ldm.vae={path}: no trained VAE there (no {MODEL_FILE}); run `imagegen train vae` first")
+    vae = load_model(path)
+    if vae.name != "vae":
+        raise DataError(f"ldm.vae={path}: a {vae.name} model, expected a VAE (`imagegen train vae`)")
+    shape = tuple(int(s) for s in vae.family.spec["image_shape"])
+    if shape != tuple(image_shape):
+        raise DataError(f"ldm.vae={path}: trained on images {shape}, but this dataset's are {tuple(image_shape)}")
+    return vae
+
+
+def encode_means(encoder: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The encoder means (N, latent_dim) of ``images`` (uint8, any N), in batches."""
+    from imagegen.data.loader import to_unit_range
+
+    out = []
+    for start in range(0, len(images), ENCODE_BATCH):
+        z_mean, _ = encoder(to_unit_range(np.asarray(images[start : start + ENCODE_BATCH])), training=False)
+        out.append(np.asarray(ops.convert_to_numpy(z_mean), dtype=np.float64))
+    return np.concatenate(out)
+
+
+def latent_scale(encoder: keras.Model, images: np.ndarray) -> float:
+    """1 / std of the encoder means over ``images`` (all entries pooled): scaled latents have unit variance."""
+    std = float(np.std(encode_means(encoder, images)))
+    if not np.isfinite(std) or std <= 0:
+        raise DataError(f"ldm: the VAE's latent means have std {std!r} on the training split; retrain the VAE")
+    return 1.0 / std
+
+
+def _frozen(net: keras.Model) -> keras.Model:
+    net.trainable = False
+    return net
+
+
+def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, dataset: Any = None) -> Family:
+    """The LDM's networks and phase.
+
+    With ``dataset`` (training): the VAE of ``ldm.vae`` is loaded and copied in, and the latent scale is computed
+    on the dataset's train split unless ``ldm.scale_factor`` is set. Without (rebuilding a saved model): the
+    architecture comes from ``params.vae`` and ``ldm.scale_factor`` (both recorded in the model's spec).
+    """
+    from imagegen.training.families import ddpm
+
+    cfg = params.ldm
+    size, _, channels = image_shape
+    vae = None
+    if dataset is not None:
+        vae = load_vae(cfg.vae, image_shape)
+        vae_cfg = VAEConfig(**vae.family.spec["vae"])
+        if cfg.scale_factor is None:
+            scale = latent_scale(vae.family.networks["encoder"], dataset.split("train").images)
+            cfg = cfg.model_copy(update={"scale_factor": scale})
+    else:
+        vae_cfg = params.vae
+    if cfg.scale_factor is None:
+        raise ConfigError("ldm.scale_factor: null outside training; a new LDM is made by `imagegen train ldm`")
+    scale = float(cfg.scale_factor)
+    latent_dim = vae_cfg.latent_dim
+    grid = latent_grid(latent_dim, cfg)
+
+    encoder = _frozen(build_encoder(vae_cfg, size, channels))
+    decoder = _frozen(build_decoder(vae_cfg, size, channels))
+    if vae is not None:
+        encoder.set_weights(vae.family.networks["encoder"].get_weights())
+        decoder.set_weights(vae.family.networks["decoder"].get_weights())
+
+    # The DDPM family on the latent grid: its U-Nets, loss, noise and EMA (one implementation of each).
+    unet_cfg = DDPMConfig(**cfg.model_dump(include=set(DDPMConfig.model_fields)))
+    inner = ddpm.build(params.model_copy(update={"ddpm": unet_cfg}), grid, num_classes)
+    (phase,) = inner.phases
+
+    def loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        z_mean, _ = call("encoder", batch["images"], training=False)
+        latents = to_grid(ops.cast(z_mean, "float32") * scale, grid)
+        return phase.loss(call, {**batch, "images": latents})
+
+    return Family(
+        name="ldm",
+        networks={**inner.networks, "encoder": encoder, "decoder": decoder},
+        phases=[Phase("unet", phase.trains, loss, phase.optimizer)],
+        noise=inner.noise,
+        ema=inner.ema,
+        ema_decay=inner.ema_decay,
+        spec={"ldm": cfg.model_dump(mode="json"), "vae": vae_cfg.model_dump(mode="json"), "latent_grid": list(grid)},
+    )
+
+
+def decode(family: Family, latents: Any) -> np.ndarray:
+    """Scaled latents (B, *grid) -> float32 images in [-1, 1] through the frozen VAE decoder."""
+    cfg = LDMConfig(**family.spec["ldm"])
+    z = from_grid(ops.cast(latents, "float32"), int(family.spec["vae"]["latent_dim"])) / float(cfg.scale_factor)
+    out = family.networks["decoder"](z, training=False)
+    return np.clip(np.asarray(ops.convert_to_numpy(out), dtype=np.float32), -1.0, 1.0)
+
+
+def encode(family: Family, images: np.ndarray) -> np.ndarray:
+    """Float images in [-1, 1] -> scaled latents (B, *grid), float32: what the U-Net is trained on."""
+    cfg = LDMConfig(**family.spec["ldm"])
+    z_mean, _ = family.networks["encoder"](images, training=False)
+    z = np.asarray(ops.convert_to_numpy(z_mean), dtype=np.float32) * float(cfg.scale_factor)
+    return z.reshape(-1, *family.spec["latent_grid"])
+
+
+def generate(
+    family: Family,
+    n: int,
+    rng: np.random.Generator,
+    labels: np.ndarray | None = None,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    clip_x0: bool = True,
+    use_ema: bool = True,
+    predict: Callable[..., Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    x_T: np.ndarray | None = None,
+    timesteps: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Sample ``n`` images (float32 in [-1, 1]): DDIM/DDPM in latent space, then the VAE decoder.
+
+    The keywords are those of :func:`imagegen.training.families.ddpm.generate`; ``x_T`` is latent noise
+    (n, *latent_grid). ``clip_x0`` is ignored: the predicted x0 is a latent, not an image in [-1, 1].
+    """
+    del clip_x0
+    cfg = LDMConfig(**family.spec["ldm"])
+    schedule = schedule_from_config(cfg)
+    if predict is None:
+        from imagegen.training.predict import compiled_predictor
+
+        predict = compiled_predictor(family.networks["unet_ema" if use_ema else "unet"])
+    num_classes = int(family.spec["num_classes"])
+    shape = (n, *family.spec["latent_grid"])
+    if cfg.conditional:
+        labels = (np.arange(n) % num_classes) if labels is None else np.asarray(labels)
+        eps_fn = predictor_eps_fn(predict, labels, num_classes, guidance_scale)
+    else:
+        eps_fn = predictor_eps_fn(predict)
+    common = {"progress": progress, "clip_x0": False, "x_T": x_T}
+    if sampler == "ddpm":
+        z0 = ddpm_sample(eps_fn, schedule, shape, rng, **common)
+    elif sampler == "ddim":
+        z0 = ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common)
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    return decode(family, z0)
