@@ -230,6 +230,7 @@ def distill_cmd(
         typer.Option(
             help=(
                 "progressive (DDPM: halve the sampling steps per round) | architecture (a narrower network, any family)"
+                " | knowledge (the feature classifier, e.g. models/features: a narrower one on its softened outputs)"
             )
         ),
     ],

@@ -7,8 +7,11 @@ with the square of the width):
   loss: MSE between the student's and the teacher's eps on q_sample(x0, t, eps) of real images at random t.
 * DCGAN: the generator's ``base_filters`` scaled; loss: MSE between the student's and the teacher's image for
   the same z (and label), plus ``distill.feature_weight`` times the MSE between their features from the
-  pipeline's evaluation classifier (penultimate layer) when that model is given. The family also needs a
-  discriminator: one is built at the student's size and left untrained (sampling never uses it).
+  pipeline's evaluation classifier (penultimate layer) when that model is given, plus (``distill.
+  discriminator_weight`` > 0) ``T^2 KL`` between the teacher discriminator's softened real/fake outputs on the
+  teacher's and on the student's image (:func:`imagegen.distill.knowledge.kd_loss` on two-class logits ``[0, l]``,
+  T = ``distill.temperature``): the teacher's critic judging the student's images as it judges its own. The family
+  also needs a discriminator: one is built at the student's size and left untrained (sampling never uses it).
 * VAE: ``base_filters`` scaled; loss: MSE between the decoders' images for the same z ~ N(0, I), plus MSE
   between the encoders' means and log-variances on real images.
 
@@ -27,7 +30,8 @@ import numpy as np
 from keras import ops
 
 from imagegen.config import DistillConfig
-from imagegen.distill.setup import Distillation, family_params, frozen
+from imagegen.distill.knowledge import binary_logits, kd_loss
+from imagegen.distill.setup import Distillation, family_params, frozen, student_width
 from imagegen.errors import ConfigError
 from imagegen.models.diffusion import q_sample, schedule_from_config
 from imagegen.training.families import FAMILIES, build_family
@@ -35,11 +39,6 @@ from imagegen.training.families.base import Caller, Family, Phase
 
 METHOD = "architecture"
 WIDTH_KEYS = {"ddpm": "base_channels", "dcgan": "base_filters", "vae": "base_filters"}
-
-
-def student_width(width: int, factor: float, multiple: int = 1) -> int:
-    """``width * factor`` rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
-    return max(multiple, int(round(width * factor / multiple)) * multiple)
 
 
 def student_spec(spec: Mapping[str, Any], width_factor: float) -> dict[str, Any]:
@@ -103,6 +102,7 @@ def build_architecture(
                 "width_factor": cfg.width_factor,
                 "feature_weight": cfg.feature_weight,
                 "feature_matching": features is not None,
+                "discriminator_weight": cfg.discriminator_weight if family_name == "dcgan" else 0.0,
             },
         },
     )
@@ -137,9 +137,15 @@ def _dcgan(teacher: Family, student: Family, params: Any, cfg: DistillConfig, fe
     use_features = features is not None and cfg.feature_weight > 0
     if use_features:
         nets["features"] = features
+    use_critic = cfg.discriminator_weight > 0
+    if use_critic:
+        nets["teacher_discriminator"] = teacher.networks["discriminator"]
 
     def gen_inputs(batch: Mapping[str, Any]) -> Any:
         return [batch["z"], batch["labels"]] if gan_cfg.conditional else batch["z"]
+
+    def disc_inputs(image: Any, batch: Mapping[str, Any]) -> Any:
+        return [image, batch["labels"]] if gan_cfg.conditional else image
 
     def loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         target = frozen(call("teacher_generator", gen_inputs(batch), training=False))
@@ -151,6 +157,12 @@ def _dcgan(teacher: Family, student: Family, params: Any, cfg: DistillConfig, fe
             feat = _mse(call("features", image, training=False), frozen(call("features", target, training=False)))
             total = pixel + cfg.feature_weight * feat
             metrics["feature_mse"] = feat
+        if use_critic:
+            t_logit = frozen(call("teacher_discriminator", disc_inputs(target, batch), training=False))
+            s_logit = call("teacher_discriminator", disc_inputs(image, batch), training=False)
+            critic = kd_loss(binary_logits(t_logit), binary_logits(s_logit), cfg.temperature)
+            total = total + cfg.discriminator_weight * critic
+            metrics["discriminator_kl"] = critic
         metrics["loss"] = total
         return total, metrics
 

@@ -21,7 +21,7 @@ from imagegen.config import Params
 from imagegen.errors import ConfigError
 from imagegen.training.families.base import Family
 
-METHODS = ("progressive", "architecture")
+METHODS = ("progressive", "architecture", "knowledge")
 
 
 @dataclass
@@ -39,11 +39,21 @@ def check_method(method: str, family: str | None, where: Any) -> None:
     """
     if method not in METHODS:
         raise ConfigError(f"distill: method {method!r}: expected one of {', '.join(METHODS)}")
+    if method != "knowledge" and family is None:
+        raise ConfigError(
+            f"--method {method} needs a trained generator teacher, but {where} holds no model family "
+            "(a feature classifier? distil that with --method knowledge)"
+        )
     if method == "progressive" and family != "ddpm":
         raise ConfigError(
             f"--method progressive needs a diffusion (ddpm) teacher, but {where} holds a "
             f"{family!r} model; use --method architecture for dcgan and vae"
         )
+
+
+def student_width(width: int, factor: float, multiple: int = 1) -> int:
+    """``width * factor`` rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
+    return max(multiple, int(round(width * factor / multiple)) * multiple)
 
 
 def family_params(spec: Mapping[str, Any], **changes: Any) -> Params:

@@ -13,6 +13,11 @@ Outputs (defaults; ``--out`` moves the models):
 * MLflow: a parent run ``distill-<family>-<method>`` tagged ``teacher.path`` (and ``teacher.run_id`` when the
   teacher's model.json has one) with one nested child run per round (progressive) or for the training
   (architecture); each student's model.json records its child run's id.
+
+``--method knowledge`` distils the evaluation feature classifier (``imagegen train-features``) instead
+(:mod:`imagegen.distill.knowledge`): the student goes to ``<models_dir>/features_student_knowledge/`` (a feature
+extractor folder), the report (teacher, KD student, hard-label-only baseline) to
+``<reports_dir>/distill_features_knowledge/{metrics.json,report.md}``, with one MLflow run.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import keras
 from imagegen.artifact import MODEL_FILE, load_model
 from imagegen.config import Params
 from imagegen.data.processed import ProcessedDataset
-from imagegen.distill import agreement, check_method
+from imagegen.distill import agreement, check_method, knowledge
 from imagegen.distill.progressive import plan_rounds
 from imagegen.distill.runner import DistillJob, distill
 from imagegen.errors import ConfigError, DataError
 from imagegen.evaluation.side_by_side import SideBySide
-from imagegen.fileio import write_json
+from imagegen.fileio import write_json, write_text
 from imagegen.images import save_png
 from imagegen.tracking import finite_metrics, start_run
 from imagegen.training.precision import accelerator, resolve_policy
@@ -56,7 +61,7 @@ def read_teacher_meta(teacher_dir: Path) -> dict[str, Any]:
 
 def check_dataset(meta: dict[str, Any], dataset: ProcessedDataset, teacher_dir: Path) -> None:
     """The dataset must be the one the teacher was trained on (shape, and content when recorded)."""
-    shape = tuple(meta["spec"]["image_shape"])
+    shape = tuple(meta.get("spec", meta)["image_shape"])  # a generator's spec, or a classifier's model.json
     if shape != tuple(dataset.image_shape):
         raise DataError(
             f"{teacher_dir}: the teacher makes {shape} images but the dataset {dataset.path} holds "
@@ -86,6 +91,8 @@ def run_distill(
     checkpoint (see :mod:`imagegen.distill.runner`).
     """
     teacher_dir = Path(teacher_dir)
+    if method == knowledge.METHOD:
+        return run_knowledge(params, teacher_dir, out_dir=out_dir, data_dir=data_dir)
     teacher_meta = read_teacher_meta(teacher_dir)
     family_name = teacher_meta.get("family")
     check_method(method, family_name, teacher_dir)
@@ -161,3 +168,45 @@ def run_distill(
         parent.log_artifact(report_dir / "grid.png", "distill")
         parent.set_tags({"student.path": str(Path(outcome.final).resolve())})
     return outcome.final
+
+
+def run_knowledge(params: Params, teacher_dir: Path, out_dir: Path | None = None, data_dir: Path | None = None) -> Path:
+    """Distil the feature classifier in ``teacher_dir`` into a narrower one; returns the student's folder."""
+    teacher = knowledge.load_teacher(teacher_dir)
+    dataset = ProcessedDataset.open(Path(data_dir) if data_dir is not None else params.data.output_dir)
+    check_dataset(teacher.meta, dataset, teacher_dir)
+    out_root = Path(out_dir) if out_dir is not None else params.train.models_dir / "features_student_knowledge"
+    if out_root.resolve() == teacher_dir.resolve():
+        raise ConfigError(f"--out {out_root}: the student cannot be written into the teacher's folder")
+    report_dir = params.train.reports_dir / "distill_features_knowledge"
+    seed_everything(params.seed)
+    values = params.distill.model_dump(mode="json")
+    keys = ("temperature", "kd_alpha", "kd_width_factor", "kd_epochs", "speed_n")
+    run_params = {"method": knowledge.METHOD, "teacher": str(teacher_dir), "seed": params.seed}
+    run_params.update({f"distill.{k}": values[k] for k in keys})
+    tags = {"teacher.path": str(teacher_dir.resolve()), "distill.method": knowledge.METHOD, "device": accelerator()}
+    with start_run(
+        params.tracking,
+        run_name="distill-features-knowledge",
+        stage="distill",
+        dataset_hash=dataset.content_hash,
+        params=run_params,
+        tags=tags,
+    ) as run:
+        report = knowledge.distill_classifier(
+            teacher,
+            dataset.split("train", mmap=False),
+            dataset.split("test", mmap=False),
+            params.distill,
+            learning_rate=params.evaluate.feature_learning_rate,
+            seed=params.seed,
+            out_dir=out_root,
+        )
+        report_dir.mkdir(parents=True, exist_ok=True)
+        write_json(report_dir / "metrics.json", report)
+        write_text(report_dir / "report.md", knowledge.report_markdown(report))
+        run.log_metrics(finite_metrics(report))
+        run.log_artifact(report_dir / "metrics.json", "distill")
+        run.log_artifact(report_dir / "report.md", "distill")
+        run.set_tags({"student.path": str(out_root.resolve())})
+    return out_root
