@@ -424,8 +424,9 @@ def predictor_eps_fn(
 ) -> EpsFn:
     """An ``eps_fn`` for the samplers from ``predict(x_t, t[, labels]) -> eps`` (t float32).
 
-    With ``labels`` (B,) the model is conditional and sampled with classifier-free guidance; the
-    null label (the unconditional class) is ``null_label``, the number of classes.
+    With ``labels`` the model is conditional and sampled with classifier-free guidance: class labels (B,)
+    with ``null_label`` the number of classes, or caption token ids (B, L) with ``null_label`` the pad id
+    (the null caption is every position ``null_label``).
     """
     if labels is None:
         return lambda x, t: ops.cast(predict(x, ops.cast(t, "float32")), "float32")
@@ -433,7 +434,7 @@ def predictor_eps_fn(
         raise ValueError("predictor_eps_fn: null_label is required with labels (num_classes)")
     labels = np.asarray(labels)
     cond = ops.convert_to_tensor(labels.astype(np.int32))
-    null = ops.convert_to_tensor(np.full(labels.shape[0], null_label, dtype=np.int32))
+    null = ops.convert_to_tensor(np.full(labels.shape, null_label, dtype=np.int32))
 
     def eps_fn(x: Any, t: Any) -> Any:
         t = ops.cast(t, "float32")

@@ -228,3 +228,61 @@ class Upsample(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "channels": self.channels}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CrossAttentionBlock(layers.Layer):
+    """Image features attend to a caption's token features (multi-head, residual), (B, H, W, C) -> same shape.
+
+    Called on ``[x, context, mask]``: x (B, H, W, C), context (B, L, D) from the text encoder, mask (B, L)
+    1.0 for real tokens and 0.0 for padding. Padded tokens get a large negative logit (finite, so the
+    all-pad null caption gives a uniform average rather than NaN). Logits and softmax in float32. The
+    output projection starts at zero, so the block starts as the identity.
+    """
+
+    def __init__(self, groups: int = 8, heads: int = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.heads = int(heads)
+        self.norm = layers.GroupNormalization(groups=self.groups, epsilon=1e-5, name="norm")
+        self.q: layers.Layer | None = None
+        self.kv: layers.Layer | None = None
+        self.proj: layers.Layer | None = None
+
+    def build(self, input_shape: list[tuple]) -> None:
+        x_shape, context_shape, _ = input_shape
+        channels = x_shape[-1]
+        if channels % self.heads:
+            raise ConfigError(f"CrossAttentionBlock: heads={self.heads} does not divide {channels} channels")
+        self.norm.build(x_shape)
+        self.q = layers.Dense(channels, name="q")
+        self.q.build(x_shape)
+        self.kv = layers.Dense(2 * channels, name="kv")
+        self.kv.build(context_shape)
+        self.proj = layers.Dense(channels, kernel_initializer="zeros", name="proj")
+        self.proj.build(x_shape)
+        self.built = True
+
+    def call(self, inputs: list[Any]) -> Any:
+        x, context, mask = inputs
+        _, height, width, channels = x.shape
+        length = context.shape[1]
+        head_dim = channels // self.heads
+        q = ops.reshape(self.q(self.norm(x)), (-1, height * width, self.heads, head_dim))
+        k, v = ops.split(self.kv(context), 2, axis=-1)
+        k = ops.reshape(k, (-1, length, self.heads, head_dim))
+        v = ops.reshape(v, (-1, length, self.heads, head_dim))
+        logits = ops.einsum("bihc,bjhc->bhij", ops.cast(q, "float32"), ops.cast(k, "float32"))
+        logits = logits * (1.0 / math.sqrt(head_dim))
+        bias = (1.0 - ops.cast(mask, "float32")) * -1e9
+        logits = logits + ops.expand_dims(ops.expand_dims(bias, 1), 1)
+        weights = ops.softmax(logits, axis=-1)
+        h = ops.einsum("bhij,bjhc->bihc", ops.cast(weights, v.dtype), v)
+        h = ops.reshape(h, (-1, height, width, channels))
+        return x + self.proj(h)
+
+    def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
+        return input_shape[0]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "groups": self.groups, "heads": self.heads}

@@ -7,6 +7,8 @@ Inputs, in this order (also addressable by name):
   are allowed, e.g. for distillation),
 * ``label`` () int32, only when ``cfg.conditional``: a class in [0, num_classes), or ``num_classes``
   for "no label" (the null token of classifier-free guidance), hence num_classes + 1 embedding rows.
+* ``tokens`` (L,) int32, only when ``cfg.captions``: a caption's token ids (:mod:`imagegen.models.text`), all
+  ``<pad>`` (0) for the null caption of classifier-free guidance.
 
 Output: the predicted noise epsilon, same shape as ``x_t``, float32.
 
@@ -19,6 +21,11 @@ fed by the skip connections. Self-attention follows every block whose feature ma
 sinusoidal embedding and a 2-layer MLP (width 4 * base_channels) and is added inside every block;
 a class embedding is added to it in the conditional model. The final conv is zero-initialised, so
 an untrained model predicts eps = 0.
+
+Caption model: the tokens go through the text encoder (a nested model named ``text_encoder``, trained with the
+U-Net and so also averaged into its EMA copy); the mean of its token features over the real tokens is added
+to the time embedding, and cross-attention to the token features follows every block whose side is in
+``cfg.cross_attention_resolutions`` and the middle self-attention.
 """
 
 from __future__ import annotations
@@ -32,11 +39,13 @@ from imagegen.config import DDPMConfig
 from imagegen.errors import ConfigError
 from imagegen.models.layers import (
     AttentionBlock,
+    CrossAttentionBlock,
     Downsample,
     ResBlock,
     SinusoidalEmbedding,
     Upsample,
 )
+from imagegen.models.text import MaskedMeanPool, build_text_encoder
 
 
 def check_image_size(cfg: DDPMConfig, image_size: int) -> None:
@@ -55,6 +64,9 @@ def build_unet(cfg: DDPMConfig, image_size: int, channels: int, num_classes: int
     base = cfg.base_channels
     temb_dim = 4 * base
     attention = set(cfg.attention_resolutions)
+    captions = bool(getattr(cfg, "captions", False))
+    cross = set(cfg.cross_attention_resolutions) if captions else set()
+    text: list[Any] = []  # [context, mask] of the caption model
 
     x_t = keras.Input(shape=(image_size, image_size, channels), name="x_t")
     t = keras.Input(shape=(), dtype="float32", name="t")
@@ -68,11 +80,19 @@ def build_unet(cfg: DDPMConfig, image_size: int, channels: int, num_classes: int
         inputs.append(label)
         lemb = layers.Embedding(num_classes + 1, temb_dim, name="label_embedding")(label)
         temb = layers.Add(name="time_and_label")([temb, lemb])
+    if captions:
+        tokens = keras.Input(shape=(cfg.text_max_length,), dtype="int32", name="tokens")
+        inputs.append(tokens)
+        text = list(text_encoder(cfg)(tokens))
+        pooled = layers.Dense(temb_dim, name="caption_proj")(MaskedMeanPool(name="caption_pool")(text))
+        temb = layers.Add(name="time_and_caption")([temb, pooled])
 
     def block(h: Any, width: int, side: int, name: str) -> Any:
         h = ResBlock(width, cfg.groups, cfg.dropout, name=f"{name}_res")([h, temb])
         if side in attention:
             h = AttentionBlock(cfg.groups, name=f"{name}_attn")(h)
+        if side in cross:
+            h = CrossAttentionBlock(cfg.groups, cfg.text_heads, name=f"{name}_xattn")([h, *text])
         return h
 
     h = layers.Conv2D(base * cfg.channel_mults[0], 3, padding="same", name="stem")(x_t)
@@ -91,6 +111,8 @@ def build_unet(cfg: DDPMConfig, image_size: int, channels: int, num_classes: int
     mid_width = base * cfg.channel_mults[-1]
     h = ResBlock(mid_width, cfg.groups, cfg.dropout, name="mid_res1")([h, temb])
     h = AttentionBlock(cfg.groups, name="mid_attn")(h)
+    if captions:
+        h = CrossAttentionBlock(cfg.groups, cfg.text_heads, name="mid_xattn")([h, *text])
     h = ResBlock(mid_width, cfg.groups, cfg.dropout, name="mid_res2")([h, temb])
 
     for level in reversed(range(len(cfg.channel_mults))):
@@ -106,3 +128,15 @@ def build_unet(cfg: DDPMConfig, image_size: int, channels: int, num_classes: int
     h = layers.Activation("silu", name="out_silu")(h)
     eps = layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", dtype="float32", name="eps")(h)
     return keras.Model(inputs, eps, name="ddpm_unet")
+
+
+def text_encoder(cfg: DDPMConfig) -> keras.Model:
+    """The caption model's text encoder (vocabulary from ``cfg.text_vocabulary``; see imagegen.models.text)."""
+    if len(cfg.text_vocabulary) < 3:
+        raise ConfigError(
+            "ddpm.captions=true needs the caption vocabulary of the training data (ddpm.text_vocabulary is filled "
+            "from a processed dataset with captions at train time)"
+        )
+    return build_text_encoder(
+        len(cfg.text_vocabulary), cfg.text_max_length, cfg.text_width, cfg.text_layers, cfg.text_heads
+    )

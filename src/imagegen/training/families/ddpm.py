@@ -2,6 +2,12 @@
 
 Timesteps, noise and (when conditional) label dropout for classifier-free guidance are drawn on the host.
 Samples come from the EMA network with DDPM ancestral or DDIM sampling.
+
+Caption models (``ddpm.captions``): the U-Net takes token ids (its text encoder trains with it, in the same
+phase, and is averaged into the EMA copy). The batches carry the dataset's token ids (``captions``); a share
+``caption_dropout`` of them is replaced by the null caption (all ``<pad>``) on the host for classifier-free
+guidance. The vocabulary comes from the processed dataset at train time and is stored in the spec, so a
+loaded model tokenizes prompts (``generate(prompt=...)``) as its training data were.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import numpy as np
 from keras import ops
 
 from imagegen.config import DDPMConfig, Params
+from imagegen.errors import ConfigError
 from imagegen.models.diffusion import (
     ddim_sample,
     ddpm_sample,
@@ -21,6 +28,7 @@ from imagegen.models.diffusion import (
     q_sample,
     schedule_from_config,
 )
+from imagegen.models.text import ENCODER_NAME, PAD_ID, load_text_encoder_weights, tokenizer_for
 from imagegen.models.unet import build_unet
 from imagegen.training.families.base import Caller, Family, Phase
 
@@ -31,10 +39,44 @@ def drop_labels(rng: np.random.Generator, labels: np.ndarray, rate: float, null_
     return np.where(drop, null_label, labels).astype(np.int32)
 
 
-def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -> Family:
+BUILD_NEEDS_DATASET = True  # a caption model takes its vocabulary from the training data
+
+
+def with_dataset_vocabulary(cfg: DDPMConfig, dataset: Any) -> DDPMConfig:
+    """``cfg`` with ``text_vocabulary`` set from the processed dataset's captions (a ConfigError without any)."""
+    captions = getattr(dataset, "captions", None)
+    if captions is None:
+        raise ConfigError(
+            f"ddpm.captions=true: the dataset {dataset.path} has no captions; ingest it with "
+            "data.caption_template (e.g. 'a photo of a {class}') or a captions.csv in the image folder"
+        )
+    vocabulary = list(captions["vocabulary"])
+    if cfg.text_vocabulary and list(cfg.text_vocabulary) != vocabulary:
+        raise ConfigError(
+            f"ddpm.text_vocabulary: given {len(cfg.text_vocabulary)} words, but the dataset {dataset.path} was "
+            f"tokenized with its own {len(vocabulary)}; leave ddpm.text_vocabulary empty"
+        )
+    return cfg.model_copy(update={"text_vocabulary": vocabulary})
+
+
+def fit_tokens(tokens: Any, length: int) -> Any:
+    """Token ids (B, L) cut or padded (with ``<pad>``) to (B, length)."""
+    width = tokens.shape[1]
+    if width > length:
+        return tokens[:, :length]
+    if width < length:
+        return ops.pad(tokens, [[0, 0], [0, length - width]], constant_values=PAD_ID)
+    return tokens
+
+
+def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, dataset: Any = None) -> Family:
     cfg = params.ddpm
+    if cfg.captions and dataset is not None:
+        cfg = with_dataset_vocabulary(cfg, dataset)
     size, _, channels = image_shape
     unet = build_unet(cfg, size, channels, num_classes)
+    if cfg.captions and dataset is not None and cfg.text_encoder_weights is not None:
+        load_text_encoder_weights(unet.get_layer(ENCODER_NAME), cfg.text_encoder_weights)
     unet_ema = build_unet(cfg, size, channels, num_classes)
     unet_ema.set_weights(unet.get_weights())
     schedule = schedule_from_config(cfg)
@@ -43,6 +85,9 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
         x_t = q_sample(schedule, batch["images"], batch["t"], batch["eps"])
         t = ops.cast(batch["t"], "float32")
         inputs = [x_t, t, batch["cond_labels"]] if cfg.conditional else [x_t, t]
+        if cfg.captions:  # caption dropout: the kept captions, else all <pad> (PAD_ID = 0)
+            tokens = fit_tokens(ops.cast(batch["captions"], "int32"), cfg.text_max_length)
+            inputs.append(tokens * ops.expand_dims(ops.cast(batch["caption_keep"], "int32"), -1))
         pred = ops.cast(call("unet", inputs), "float32")
         mse = ops.mean(ops.square(pred - batch["eps"]))
         return mse, {"loss": mse}
@@ -55,6 +100,8 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
         }
         if cfg.conditional:
             out["cond_labels"] = drop_labels(rng, labels, cfg.label_dropout, num_classes)
+        if cfg.captions:
+            out["caption_keep"] = (rng.random(n) >= cfg.caption_dropout).astype(np.int32)
         return out
 
     optimizer = keras.optimizers.Adam(cfg.learning_rate, global_clipnorm=1.0)
@@ -85,11 +132,14 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     x_T: np.ndarray | None = None,
     timesteps: Sequence[int] | None = None,
+    prompt: str | Sequence[str] | None = None,
 ) -> np.ndarray:
     """Sample ``n`` images (float32 in [-1, 1], clipped) with DDIM (``steps``, ``eta``) or DDPM (all T).
 
     ``timesteps`` is an explicit descending DDIM grid (e.g. a distilled student's own, from its model.json
-    ``sampling``); it overrides ``steps``. DDPM ancestral sampling ignores it.
+    ``sampling``); it overrides ``steps``. DDPM ancestral sampling ignores it. ``prompt`` (caption models
+    only): one caption for every image or one per image; None draws with the null caption (unconditional).
+    Words the model's vocabulary lacks are read as ``<unk>``, with one warning.
     """
     cfg = DDPMConfig(**family.spec["ddpm"])
     schedule = schedule_from_config(cfg)
@@ -101,9 +151,13 @@ def generate(
     num_classes = family.spec["num_classes"]
     shape = (n, *family.spec["image_shape"])
 
+    if prompt is not None and not cfg.captions:
+        raise ConfigError("a prompt was given, but this model is not caption-conditioned (ddpm.captions=false)")
     if cfg.conditional:
         labels = (np.arange(n) % num_classes) if labels is None else np.asarray(labels)
         eps_fn = predictor_eps_fn(predict, labels, num_classes, guidance_scale)
+    elif cfg.captions:
+        eps_fn = predictor_eps_fn(predict, caption_tokens(cfg, prompt, n), PAD_ID, guidance_scale)
     else:
         eps_fn = predictor_eps_fn(predict)
 
@@ -115,3 +169,13 @@ def generate(
     else:
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
     return np.clip(np.asarray(ops.convert_to_numpy(x0), dtype=np.float32), -1.0, 1.0)
+
+
+def caption_tokens(cfg: DDPMConfig, prompt: str | Sequence[str] | None, n: int) -> np.ndarray:
+    """Token ids (n, text_max_length) for ``prompt`` (one or one per image); None: the null caption."""
+    if prompt is None:
+        return np.full((n, cfg.text_max_length), PAD_ID, dtype=np.int32)
+    prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompts for {n} images; give one prompt or one per image")
+    return tokenizer_for(cfg).encode(prompts, warn_unknown=True)
