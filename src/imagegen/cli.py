@@ -158,15 +158,22 @@ def sample_cmd(
     eta: EtaOpt = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
+    prompt: Annotated[str | None, typer.Option(help="caption for every image (caption-conditioned DDPM only)")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(min=0.0, help="classifier-free guidance scale (default sample.guidance_scale)")
+    ] = None,
 ) -> None:
     """Generate images from a trained model: a PNG grid and an .npz of uint8 (N,H,W,C).
 
     A distilled student samples on its own DDIM grid (from its model.json) unless --steps/--sampler is given.
+    A caption model draws every image for --prompt (unknown words are read as <unk>, with a warning).
     """
     from imagegen.stages.sample import run_sample
 
     cfg = _load(params, set_, tracks=False)
-    out_dir = run_sample(model, out, n, seed, params=cfg, **_sampler_overrides(sampler, steps, eta))
+    overrides = _sampler_overrides(sampler, steps, eta)
+    overrides.update({k: v for k, v in {"prompt": prompt, "guidance_scale": guidance}.items() if v is not None})
+    out_dir = run_sample(model, out, n, seed, params=cfg, **overrides)
     console.print(f"wrote {out_dir / 'grid.png'} and {out_dir / 'samples.npz'}")
 
 

@@ -21,7 +21,17 @@ def run_sample(
     params: Any = None,
     **sampler: Any,
 ) -> Path:
-    """Write ``samples.npz`` and ``grid.png``; sampler settings as in :func:`generate_images`."""
+    """Write ``samples.npz`` and ``grid.png``; sampler settings as in :func:`generate_images`.
+
+    ``prompt`` (in ``sampler``) needs a caption-conditioned model; any other is refused naming the folder.
+    """
+    if sampler.get("prompt") is not None:
+        from imagegen.artifact import read_model_meta
+        from imagegen.errors import ConfigError
+
+        meta = read_model_meta(model_dir)
+        if not meta["spec"].get(meta["family"], {}).get("captions", False):
+            raise ConfigError(f"{model_dir}: --prompt needs a caption-conditioned model (ddpm.captions=true)")
     images, labels = generate_images(model_dir, n, seed, show_progress=show_progress, params=params, **sampler)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "samples.npz", suffix=".npz") as tmp:
