@@ -137,6 +137,10 @@ def run_evaluate(
         title = f"{model_meta.get('family', 'model')} ({model_dir})"
         if model_meta.get("family") == "vae":
             extra = vae_reconstruction(Path(model_dir), dataset, n=min(500, cfg.max_real))
+        if model_meta.get("spec", {}).get(model_meta.get("family"), {}).get("captions"):  # caption model
+            from imagegen.evaluation.conditional import prompt_accuracy
+
+            extra.update(prompt_accuracy(Path(model_dir), dataset, extractor, params))
     else:
         images = given
         title = str(samples)
