@@ -125,6 +125,11 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
 
     latent = loaded.name == "ldm"
     cfg = (LDMConfig if latent else DDPMConfig)(**loaded.family.spec[loaded.name])
+    if cfg.captions:
+        raise ConfigError(
+            f"{loaded.path}: caption-conditioned models cannot be exported (the exported DDIM graph takes class "
+            "labels only); sample them with `imagegen sample --prompt`"
+        )
     schedule = schedule_from_config(cfg)
     grid = ddim_grid(schedule.timesteps, steps, model_timesteps(loaded))
     plan = ddim_plan(schedule, grid)
