@@ -18,12 +18,14 @@ from typing import Any
 from imagegen.config import Params
 from imagegen.errors import DataError
 from imagegen.fileio import atomic_dir, write_json
+from imagegen.profiling import phase
 from imagegen.training.families import Family, build_family
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
 
 
+@phase("model.save", "io")
 def save_model(family: Family, out_dir: Path, meta: dict[str, Any], include: dict[str, Path] | None = None) -> Path:
     """Write the model folder ``out_dir`` whole (replacing any previous one only once complete).
 
@@ -83,6 +85,7 @@ class LoadedModel:
         return self.family.name
 
 
+@phase("model.load", "io")
 def load_model(path: Path | str) -> LoadedModel:
     """Rebuild the networks from ``model.json`` and load their weights (float32, any backend)."""
     path = Path(path)

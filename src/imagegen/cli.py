@@ -17,6 +17,7 @@ from rich.console import Console
 
 from imagegen.config import Params, dump_params, load_params
 from imagegen.errors import ImagegenError
+from imagegen.profiling import phase
 
 app = typer.Typer(
     name="imagegen",
@@ -39,9 +40,11 @@ def _global_options(
     ] = False,
 ) -> None:
     """Quiet by default: third-party start-up noise is silenced before any stage imports TensorFlow."""
+    from imagegen.profiling import activate_from_env
     from imagegen.quiet import configure, verbose_requested
 
     configure(verbose_requested(verbose), _print_warning)
+    activate_from_env()  # IMAGEGEN_PROFILE=<file or folder>: phase timings for bench/pipeline_profile.py
 
 
 def _print_warning(message: str) -> None:
@@ -114,7 +117,8 @@ def ingest_cmd(
     cfg = _load(params, set_)
     from imagegen.stages.ingest import run_ingest
 
-    out_dir = run_ingest(cfg, out)
+    with phase("stage", "work"):
+        out_dir = run_ingest(cfg, out)
     from imagegen.data.processed import ProcessedDataset
 
     manifest = ProcessedDataset.open(out_dir).manifest
@@ -142,7 +146,8 @@ def train_cmd(
         raise ImagegenError(f"family {family!r}: expected one of {', '.join(FAMILIES)}")
     from imagegen.stages.train import run_train
 
-    out_dir = run_train(cfg, family, data_dir=data, out_dir=out, resume=resume)
+    with phase("stage", "work"):
+        out_dir = run_train(cfg, family, data_dir=data, out_dir=out, resume=resume)
     console.print(f"trained [bold]{family}[/] -> {out_dir}")
 
 
@@ -189,7 +194,8 @@ def train_features_cmd(
     cfg = _load(params, set_)
     from imagegen.stages.train_features import run_train_features
 
-    out_dir = run_train_features(cfg, data_dir=data, out_dir=out, verbose=2)
+    with phase("stage", "work"):
+        out_dir = run_train_features(cfg, data_dir=data, out_dir=out, verbose=2)
     import json
 
     scores = json.loads((out_dir / "model.json").read_text())["scores"]
@@ -216,15 +222,16 @@ def evaluate_cmd(
     cfg = _load(params, set_)
     from imagegen.stages.evaluate import run_evaluate
 
-    out_dir = run_evaluate(
-        cfg,
-        out,
-        model_dir=model,
-        samples=samples,
-        data_dir=data,
-        features_dir=features,
-        sampler=_sampler_overrides(sampler, steps, eta),
-    )
+    with phase("stage", "work"):
+        out_dir = run_evaluate(
+            cfg,
+            out,
+            model_dir=model,
+            samples=samples,
+            data_dir=data,
+            features_dir=features,
+            sampler=_sampler_overrides(sampler, steps, eta),
+        )
     sys.stdout.write((out_dir / "report.md").read_text())
 
 
@@ -257,7 +264,8 @@ def distill_cmd(
     cfg = _load(params, set_)
     from imagegen.stages.distill import run_distill
 
-    student = run_distill(cfg, teacher, method, out_dir=out, data_dir=data, resume=resume)
+    with phase("stage", "work"):
+        student = run_distill(cfg, teacher, method, out_dir=out, data_dir=data, resume=resume)
     console.print(f"distilled [bold]{teacher}[/] ({method}) -> {student}")
 
 
@@ -276,7 +284,8 @@ def export_cmd(
     cfg = _load(params, set_)
     from imagegen.stages.export import report_table, run_export
 
-    out_dir = run_export(cfg, model, out, report)
+    with phase("stage", "work"):
+        out_dir = run_export(cfg, model, out, report)
     import json
 
     sys.stdout.write(report_table(json.loads((out_dir / "metrics.json").read_text())))
@@ -300,7 +309,9 @@ def register_cmd(
     """Register the model in MLflow as a new version with the alias `challenger`."""
     from imagegen.stages.register import run_register
 
-    out = run_register(_load(params, set_), model, evaluation, export_dir, out)
+    cfg = _load(params, set_)
+    with phase("stage", "work"):
+        out = run_register(cfg, model, evaluation, export_dir, out)
     console.print(out.read_text(), soft_wrap=True)
 
 

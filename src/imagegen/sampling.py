@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imagegen.profiling import phase
+
 if TYPE_CHECKING:
     from imagegen.training.families.base import Family
 
@@ -116,6 +118,7 @@ def sample_images(
     return np.concatenate(chunks), labels
 
 
+@phase("sample", "work")
 def generate_images(
     model_dir: Path,
     n: int,

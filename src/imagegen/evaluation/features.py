@@ -20,6 +20,7 @@ from imagegen.config import EvaluateConfig
 from imagegen.data.loader import to_unit_range
 from imagegen.errors import DataError
 from imagegen.fileio import atomic_path, md5_file, write_json
+from imagegen.profiling import phase
 
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "classifier.weights.h5"
@@ -63,6 +64,7 @@ class FeatureExtractor:
     def fingerprint(self) -> str:
         return self.meta["weights_md5"]
 
+    @phase("features.embed", "work")
     def embed(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         images = np.asarray(images)
         expected = tuple(self.meta["image_shape"])
@@ -88,6 +90,7 @@ def save_extractor(classifier: keras.Model, out_dir: Path, meta: dict[str, Any])
     return out_dir
 
 
+@phase("features.load", "io")
 def load_extractor(path: Path | str) -> FeatureExtractor:
     path = Path(path)
     if not (path / MODEL_FILE).is_file():

@@ -16,8 +16,10 @@ from imagegen.data.raw import cache_root
 from imagegen.evaluation import metrics
 from imagegen.evaluation.features import FeatureExtractor
 from imagegen.fileio import atomic_path
+from imagegen.profiling import phase
 
 
+@phase("evaluate.real_features", "work")
 def real_features(
     extractor: FeatureExtractor,
     dataset: ProcessedDataset,
@@ -44,6 +46,7 @@ def real_features(
     return feats, probs, labels
 
 
+@phase("evaluate.metrics", "work")
 def quality_metrics(
     real_f: np.ndarray, real_p: np.ndarray, fake_f: np.ndarray, fake_p: np.ndarray, params: Params
 ) -> dict[str, float]:

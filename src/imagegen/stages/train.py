@@ -30,6 +30,7 @@ from imagegen.config import Params
 from imagegen.data.loader import BatchStream, to_unit_range
 from imagegen.data.processed import ProcessedDataset
 from imagegen.fileio import write_json, write_text
+from imagegen.profiling import phase
 from imagegen.sampling import sampler_kwargs
 from imagegen.tracking import start_run
 from imagegen.training.collapse import KLWatch, sample_health, sample_problems
@@ -67,6 +68,7 @@ def read_history_csv(path: Path, up_to_step: int) -> list[dict[str, float]]:
     return [row for row in rows if "step" in row and row["step"] <= up_to_step]
 
 
+@phase("train.collapse_check", "work")
 def collapse_report(
     params: Params,
     family_name: str,
@@ -120,7 +122,7 @@ def run_train(
 
     seed_everything(params.seed)
     policy = resolve_policy(cfg.mixed_precision)
-    with dtype_policy(policy):
+    with dtype_policy(policy), phase("model.build", "work"):
         family = build_family(family_name, params, dataset.image_shape, dataset.num_classes, dataset=dataset)
     stream = BatchStream(dataset.split("train"), cfg.batch_size, params.seed)
     module = family_module(family_name)

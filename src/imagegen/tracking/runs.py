@@ -12,6 +12,7 @@ import numpy as np
 
 from imagegen.config import TrackingConfig
 from imagegen.errors import ImagegenError
+from imagegen.profiling import phase
 from imagegen.tracking.context import (
     PARENT_RUN_ENV,
     parent_run_id_from_env,
@@ -201,7 +202,8 @@ def is_store_failure(exc: BaseException) -> bool:
 def store_errors(uri: str) -> Iterator[None]:
     """Turn a failure of the store into a :class:`TrackingStoreError` naming ``uri``."""
     try:
-        yield
+        with phase("mlflow", "tracking"):  # every store call goes through here
+            yield
     except ImagegenError:
         raise
     except Exception as exc:
@@ -250,7 +252,8 @@ def start_run(
         yield NullRun()
         return
     env_tags = run_tags_from_env()
-    client, uri = open_store(cfg)
+    with phase("mlflow.open_store", "tracking"):  # imports mlflow
+        client, uri = open_store(cfg)
     parent = parent_run_id or parent_run_id_from_env()
     all_tags = {"imagegen.stage": stage, "mlflow.runName": run_name, **provenance_tags()}
     all_tags.update(env_tags)

@@ -28,6 +28,7 @@ from imagegen.data.loader import BatchStream, to_uint8
 from imagegen.errors import TrainingError
 from imagegen.fileio import remove_stale_temps
 from imagegen.images import save_grid
+from imagegen.profiling import phase
 from imagegen.training.checkpoint import (
     UnreadableCheckpoint,
     list_checkpoints,
@@ -200,7 +201,8 @@ class Trainer:
                 }
                 if batch.captions is not None:  # token ids of a dataset with captions (a caption DDPM reads them)
                     feed["captions"] = batch.captions
-                metrics = self.stepper.step(feed)
+                with phase("train.first_step" if first else "train.steps", "compile" if first else "work"):
+                    metrics = self.stepper.step(feed)
                 self.step += 1
                 window_steps += 1
                 progress.advance(task)
@@ -209,7 +211,8 @@ class Trainer:
                 at_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == total_steps or out_of_time
                 at_grid = self.step % cfg.sample_every == 0 or self.step == total_steps or out_of_time
                 if first or at_log or at_ckpt or at_grid:
-                    values = {k: float(np.asarray(v)) for k, v in metrics.items()}  # syncs the device
+                    with phase("train.first_step" if first else "train.steps", "compile" if first else "work"):
+                        values = {k: float(np.asarray(v)) for k, v in metrics.items()}  # syncs the device
                     now = time.perf_counter()
                     if first:  # the first step includes compilation: keep it out of the speed
                         first = False
@@ -226,9 +229,11 @@ class Trainer:
                     status = " ".join(f"{k}={v:.4f}" for k, v in values.items())
                     progress.update(task, status=f"{status} {rate:,.0f} img/s")
                 if at_ckpt:
-                    last_ckpt = self.save()
+                    with phase("train.checkpoints", "io"):
+                        last_ckpt = self.save()
                 if at_grid:
-                    self._grid()
+                    with phase("train.sample_grids", "work"):
+                        self._grid()
                 if at_ckpt or at_grid:  # keep checkpoint and sampling time out of images/s
                     window_start = time.perf_counter()
                 if out_of_time:

@@ -1,0 +1,189 @@
+"""Where the time of ``dvc repro`` goes: per DVC stage, wall time split into DVC's own overhead, process start
+and imports, XLA/graph compilation, the work (steps, samples, conversions), I/O and MLflow tracking.
+
+    python bench/pipeline_profile.py --clone /tmp/x --out reports/profile.json   # the whole pipeline, clean clone
+    python bench/pipeline_profile.py --project /tmp/x --stage train_vae --stage evaluate@vae   # re-run stages
+
+``--clone`` clones this repository (its committed HEAD) into a new folder and runs one plain ``dvc repro`` there,
+so it takes as long as ``dvc repro`` itself. ``--stage`` runs ``dvc repro --single-item --force STAGE`` for each
+stage given, in an existing project (whose stages upstream are already built). Either way every ``imagegen``
+process writes its phase timings (``IMAGEGEN_PROFILE``, see ``imagegen.profiling``) and this script joins them
+with the stage boundaries it reads from DVC's output. The stage list comes from DVC (``pipelines.dvc_graph``).
+
+Columns (seconds): ``wall`` from DVC starting the stage to the next one starting; ``dvc`` the part outside the
+imagegen process (DVC hashing, caching, lock file); ``start+imports`` interpreter start to the first phase
+(imports, TensorFlow start-up, params); ``compile`` first train steps (XLA); ``work``; ``io`` (model and
+checkpoint files); ``mlflow``; ``other`` untimed time inside the process (e.g. TensorFlow tear-down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_LINE = re.compile(r"Running stage '([^']+)'")
+SKIP_LINE = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
+COLUMNS = ("wall", "dvc", "start+imports", "compile", "work", "io", "mlflow", "other")
+
+
+def stage_names(project: Path) -> list[str]:
+    """The stages of ``project/dvc.yaml`` in DVC's topological order (``pipelines.dvc_graph``)."""
+    sys.path.insert(0, str(ROOT))
+    from pipelines.dvc_graph import read_stages
+
+    return [s.name for s in read_stages(project)]
+
+
+def run_dvc(cmd: list[str], project: Path, profile_dir: Path) -> tuple[float, dict[str, float], list[str], int]:
+    """Run ``cmd`` in ``project`` streaming its output; (wall s, stage -> wall s, skipped stages, exit status)."""
+    env = {**os.environ, "IMAGEGEN_PROFILE": f"{profile_dir}/", "PYTHONUNBUFFERED": "1"}
+    start = time.time()
+    proc = subprocess.Popen(
+        cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    marks: list[tuple[str, float]] = []
+    skipped: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        if m := STAGE_LINE.search(line):
+            marks.append((m.group(1), time.time()))
+        elif m := SKIP_LINE.search(line):
+            skipped.append(m.group(1))
+            marks.append(("", time.time()))  # a skipped stage ends the one before it
+    status = proc.wait()
+    end = time.time()
+    walls: dict[str, float] = {}
+    for i, (name, t) in enumerate(marks):
+        if name:
+            walls[name] = walls.get(name, 0.0) + (marks[i + 1][1] if i + 1 < len(marks) else end) - t
+    return end - start, walls, skipped, status
+
+
+def split(wall: float | None, record: dict[str, Any] | None) -> dict[str, Any]:
+    """One stage's row: ``wall`` divided into the columns, from its process's profile record."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS, None)
+    row["wall"] = wall
+    if record is None or record.get("process_start") is None:
+        return row
+    started, ended = record["process_start"], record["ended"]
+    entered = record.get("entered") or ended
+    process = ended - started
+    sums = {"compile": 0.0, "work": 0.0, "io": 0.0, "tracking": 0.0}
+    for phase in record["phases"].values():
+        sums[phase["category"]] += phase["seconds"]
+    row.update(
+        {
+            "dvc": None if wall is None else wall - process,
+            "start+imports": entered - started,
+            "compile": sums["compile"],
+            "work": sums["work"],
+            "io": sums["io"],
+            "mlflow": sums["tracking"],
+            "other": process - (entered - started) - sum(sums.values()),
+            "phases": record["phases"],
+        }
+    )
+    return row
+
+
+def read_records(profile_dir: Path) -> dict[str, dict[str, Any]]:
+    """Stage -> the profile record of its imagegen process (the last one, if a stage ran several)."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in sorted(profile_dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
+        record = json.loads(path.read_text())
+        records[record.get("stage") or path.stem] = record
+    return records
+
+
+def table(rows: dict[str, dict[str, Any]], total_wall: float) -> str:
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    width = max(len("stage"), *(len(n) for n in rows))
+    lines = [f"{'stage':<{width}} " + " ".join(f"{c:>13}" for c in COLUMNS)]
+    totals = dict.fromkeys(COLUMNS, 0.0)
+    for name, row in rows.items():
+        lines.append(f"{name:<{width}} " + " ".join(f"{cell(row[c]):>13}" for c in COLUMNS))
+        for c in COLUMNS:
+            totals[c] += row[c] or 0.0
+    lines.append(f"{'sum of stages':<{width}} " + " ".join(f"{cell(totals[c]):>13}" for c in COLUMNS))
+    lines.append(f"whole command wall: {total_wall:.1f} s; load average now {os.getloadavg()}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--clone", type=Path, help="new folder: clone this repository there and run `dvc repro`")
+    where.add_argument("--project", type=Path, help="existing project folder (with --stage)")
+    ap.add_argument("--stage", action="append", default=[], help="with --project: re-run this stage (repeatable)")
+    ap.add_argument("--source", default=str(ROOT), help="repository to clone (default: this one)")
+    ap.add_argument("--out", type=Path, help="write the profile as JSON here")
+    args = ap.parse_args(argv)
+
+    if args.clone is not None:
+        if args.clone.exists() and any(args.clone.iterdir()):
+            ap.error(f"--clone {args.clone}: exists and is not empty; give a new folder")
+        subprocess.run(["git", "clone", "--quiet", args.source, str(args.clone)], check=True)
+        project = args.clone.resolve()
+        commands = [["dvc", "repro"]]
+    else:
+        if not args.stage:
+            ap.error("--project needs at least one --stage NAME")
+        project = args.project.resolve()
+        commands = [["dvc", "repro", "--single-item", "--force", stage] for stage in args.stage]
+    names = stage_names(project)
+    unknown = [s for s in args.stage if s not in names]
+    if unknown:
+        ap.error(f"--stage {unknown}: not in {project / 'dvc.yaml'} ({', '.join(names)})")
+
+    load_before = os.getloadavg()
+    profile_dir = Path(tempfile.mkdtemp(prefix="imagegen-profile-"))
+    total, walls, skipped, status = 0.0, {}, [], 0
+    for cmd in commands:
+        wall, stage_walls, stage_skipped, status = run_dvc(cmd, project, profile_dir)
+        total += wall
+        walls.update(stage_walls)
+        skipped += stage_skipped
+        if status != 0:
+            print(f"{' '.join(cmd)} failed (exit {status}); profiling what ran", file=sys.stderr)
+            break
+    records = read_records(profile_dir)
+    shutil.rmtree(profile_dir, ignore_errors=True)
+    rows = {name: split(walls.get(name), records.get(name)) for name in names if name in walls or name in records}
+
+    print()
+    print(table(rows, total))
+    if skipped:
+        print(f"skipped by DVC (unchanged): {', '.join(sorted(set(skipped)))}")
+    if args.out is not None:
+        report = {
+            "project": str(project),
+            "command": [" ".join(c) for c in commands],
+            "wall_s": total,
+            "exit_status": status,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "cpu_count": os.cpu_count(),
+            "stages": rows,
+            "skipped": sorted(set(skipped)),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
