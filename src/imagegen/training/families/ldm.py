@@ -121,6 +121,8 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
     from imagegen.training.families import ddpm
 
     cfg = params.ldm
+    if getattr(cfg, "captions", False):
+        raise ConfigError("ldm.captions=true: caption conditioning is a ddpm feature; the ldm takes class labels only")
     size, _, channels = image_shape
     vae = None
     if dataset is not None:
@@ -196,6 +198,7 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     x_T: np.ndarray | None = None,
     timesteps: Sequence[int] | None = None,
+    prompt: Any = None,
 ) -> np.ndarray:
     """Sample ``n`` images (float32 in [-1, 1]): DDIM/DDPM in latent space, then the VAE decoder.
 
@@ -203,6 +206,8 @@ def generate(
     (n, *latent_grid). ``clip_x0`` is ignored: the predicted x0 is a latent, not an image in [-1, 1].
     """
     del clip_x0
+    if prompt is not None:
+        raise ConfigError("a prompt was given, but an ldm is not caption-conditioned")
     cfg = LDMConfig(**family.spec["ldm"])
     schedule = schedule_from_config(cfg)
     if predict is None:
