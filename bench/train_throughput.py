@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -24,9 +27,21 @@ from imagegen.training.precision import accelerator, dtype_policy, resolve_polic
 from imagegen.training.steppers import make_stepper
 
 
-def measure(
-    family_name: str, batch: int, size: int, channels: int, steps: int, warmup: int, overrides: list[str]
-) -> dict:
+@dataclass
+class Prepared:
+    """A family's stepper ready to train on random data: ``step()`` runs one train step on ``next_batch()``."""
+
+    family: Any
+    stepper: Any
+    params: Any
+    policy: str
+    next_batch: Callable[[], dict]
+
+    def step(self) -> dict:
+        return self.stepper.step(self.next_batch())
+
+
+def prepare(family_name: str, batch: int, size: int, channels: int, overrides: list[str]) -> Prepared:
     params = load_params(None, overrides)
     keras.utils.set_random_seed(0)
     policy = resolve_policy(params.train.mixed_precision)
@@ -37,28 +52,40 @@ def measure(
     images = rng.integers(0, 256, size=(max(batch * 4, 512), size, size, channels), dtype=np.uint8)
     stream = BatchStream(Split(images, rng.integers(0, 10, len(images))), batch, seed=0)
 
-    def run(n: int) -> float:
-        t0 = time.perf_counter()
-        metrics: dict = {}
-        for _ in range(n):
-            b = next(stream)
-            metrics = stepper.step({"images": b.images, "labels": b.labels, **family.noise(rng, b.labels)})
-        for v in metrics.values():
-            float(np.asarray(v))  # wait for the device
-        return time.perf_counter() - t0
+    def next_batch() -> dict:
+        b = next(stream)
+        return {"images": b.images, "labels": b.labels, **family.noise(rng, b.labels)}
 
-    compile_s = run(warmup)
-    seconds = run(steps)
+    return Prepared(family, stepper, params, policy, next_batch)
+
+
+def time_steps(step: Callable[[], Mapping[str, Any]], n: int) -> float:
+    """Seconds for ``n`` calls of ``step``; the last call's metrics are read back (waits for the device)."""
+    t0 = time.perf_counter()
+    metrics: Mapping[str, Any] = {}
+    for _ in range(n):
+        metrics = step()
+    for v in metrics.values():
+        float(np.asarray(v))
+    return time.perf_counter() - t0
+
+
+def measure(
+    family_name: str, batch: int, size: int, channels: int, steps: int, warmup: int, overrides: list[str]
+) -> dict:
+    p = prepare(family_name, batch, size, channels, overrides)
+    compile_s = time_steps(p.step, warmup)
+    seconds = time_steps(p.step, steps)
     return {
         "family": family_name,
         "backend": keras.backend.backend(),
         "device": accelerator(),
-        "dtype_policy": policy,
-        "jit_compile": params.train.jit_compile,
+        "dtype_policy": p.policy,
+        "jit_compile": p.params.train.jit_compile,
         "batch_size": batch,
         "image_size": size,
         "channels": channels,
-        "parameters": family.trainable_count(),
+        "parameters": p.family.trainable_count(),
         "steps": steps,
         "images_per_sec": round(batch * steps / seconds, 1),
         "ms_per_step": round(1000 * seconds / steps, 2),
