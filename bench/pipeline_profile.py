@@ -46,8 +46,11 @@ def stage_names(project: Path) -> list[str]:
 
 def run_dvc(cmd: list[str], project: Path, profile_dir: Path) -> tuple[float, dict[str, float], list[str], int]:
     """Run ``cmd`` in ``project`` streaming its output; (wall s, stage -> wall s, skipped stages, exit status)."""
-    env = {**os.environ, "IMAGEGEN_PROFILE": f"{profile_dir}/", "PYTHONUNBUFFERED": "1"}
+    bin_dir = str(Path(sys.executable).parent)  # this venv's dvc and imagegen, activated or not
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "IMAGEGEN_PROFILE": f"{profile_dir}/", "PYTHONUNBUFFERED": "1", "PATH": path}
     start = time.time()
+    cmd = [shutil.which(cmd[0], path=path) or cmd[0], *cmd[1:]]
     proc = subprocess.Popen(
         cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
