@@ -81,11 +81,14 @@ class Serving:
 
 
 def to_uint8_images(x: Any) -> Any:
-    """float [-1, 1] -> uint8: round((x + 1) * 127.5) clipped to 0..255 (round half to even, as np.rint)."""
+    """float [-1, 1] -> uint8: round(x * 127.5 + 127.5) clipped to 0..255 (round half to even, as np.rint).
+
+    One clip, after the affine map, and multiply before add: full-integer int8 TFLite quantizes a clip to [-1, 1]
+    followed by ``(x + 1) * 127.5`` onto ~3 levels (the ADD inherits the MUL's output scale, ~1.0)."""
     import tensorflow as tf
 
-    x = tf.clip_by_value(tf.cast(x, tf.float32), -1.0, 1.0)
-    return tf.cast(tf.clip_by_value(tf.round((x + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
+    x = tf.cast(x, tf.float32) * 127.5 + 127.5
+    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 
 def _decoder_serving(loaded: LoadedModel) -> Serving:
