@@ -365,12 +365,12 @@ class DistillConfig(Section):
     )
     temperature: float = Field(default=4.0, gt=0, description="Knowledge (and the discriminator term): KL's T.")
     kd_alpha: float = Field(
-        default=0.9, ge=0, le=1, description="Knowledge: weight of T^2 KL; the hard-label loss gets 1 - kd_alpha."
+        default=0.5, ge=0, le=1, description="Knowledge: weight of T^2 KL; the hard-label loss gets 1 - kd_alpha."
     )
     kd_width_factor: float = Field(
         default=0.25, gt=0, le=1, description="Knowledge: student classifier width (and feature_dim) / the teacher's."
     )
-    kd_epochs: int = Field(default=8, gt=0, description="Knowledge: epochs of the student (and the baseline).")
+    kd_epochs: int = Field(default=30, gt=0, description="Knowledge: epochs of the student (and the baseline).")
 
     @model_validator(mode="after")
     def _check_steps(self) -> DistillConfig:
@@ -393,6 +393,12 @@ class ExportConfig(Section):
         default_factory=lambda: ["float32", "float16", "int8"]
     )
     ddpm_steps: int = Field(default=4, gt=0, description="DDIM steps unrolled inside the exported diffusion graph.")
+    int8_quantization: Literal["fastest", "dynamic_range", "full_integer"] = Field(
+        default="fastest",
+        description="The int8 TFLite: dynamic_range (int8 weights), full_integer (int8 weights and activations, "
+        "calibrated on calibration_n generator inputs), or fastest: both, keep the faster that passes parity.",
+    )
+    calibration_n: int = Field(default=64, gt=0, description="Inputs (noise, labels) calibrating full_integer int8.")
     parity_n: int = Field(default=16, gt=0, description="Fixed inputs compared between Keras and each artifact.")
     max_abs_error: dict[str, float] = Field(
         default_factory=lambda: {"savedmodel": 2.0, "float32": 2.0, "float16": 8.0, "int8": 48.0},
