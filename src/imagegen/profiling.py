@@ -92,7 +92,7 @@ class Profile:
 _current: ContextVar[Profile | None] = ContextVar("imagegen_profile", default=None)
 
 
-def activate_from_env(environ: Mapping[str, str] | None = None) -> Profile | None:
+def activate_from_env(environ: Mapping[str, str] | None = None, *, write_at_exit: bool = True) -> Profile | None:
     """Start profiling this process when ``IMAGEGEN_PROFILE`` is set (written at exit); else None.
 
     A file path gets this process's record; an existing folder (or a path ending in ``/``) gets one file per
@@ -111,7 +111,8 @@ def activate_from_env(environ: Mapping[str, str] | None = None) -> Profile | Non
         path = path / f"{stage or 'imagegen'}.{os.getpid()}.json"
     profile = Profile(path, process_start_epoch(), stage)
     _current.set(profile)
-    atexit.register(profile.write)
+    if write_at_exit:
+        atexit.register(profile.write)
     return profile
 
 
