@@ -14,6 +14,11 @@ batch, tensors allocated, then invoked. Size: the file, or the SavedModel folder
 Thresholds come from ``export.max_abs_error[name]`` and ``export.min_ssim[name]``; a name missing from a
 mapping given in params falls back to the default of :class:`imagegen.config.ExportConfig` (so
 ``-S export.max_abs_error={int8: -1}`` tightens int8 only).
+
+int8 candidates: when the export made several int8 kinds (``export.int8_quantization: fastest``), each is
+measured as ``int8`` (same inputs, same thresholds) and the one :func:`imagegen.export.tflite.pick_int8` keeps
+becomes the ``int8`` entry; ``metrics.json`` records the choice as ``"int8_quantization": {"kind", "why",
+"candidates": {kind: entry}}``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from imagegen.config import ExportConfig
 from imagegen.data.loader import to_uint8
 from imagegen.evaluation.metrics import image_similarity
 from imagegen.export.graph import OUTPUT, SIGNATURE, Serving
-from imagegen.export.tflite import make_interpreter
+from imagegen.export.tflite import make_interpreter, pick_int8
 from imagegen.training.families import is_diffusion
 
 Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -193,8 +198,10 @@ def parity_report(
     clip_x0: bool = True,
     guidance_scale: float = 1.0,
     num_threads: int | None = None,
+    int8_candidates: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """``metrics.json``: {"family", "ddpm_steps" (ddpm only), "artifacts": {name: measure(...)}}."""
+    """``metrics.json``: {"family", "ddpm_steps" (ddpm only), "artifacts": {name: measure(...)}}, plus
+    "int8_quantization" when ``int8_candidates`` ({kind: path}) are given: the kept kind's entry is ``int8``."""
     inputs = parity_inputs(serving, cfg.parity_n, seed, int(loaded.family.spec["num_classes"]))
     reference = keras_images(loaded, inputs, ddpm_steps=cfg.ddpm_steps, clip_x0=clip_x0, guidance_scale=guidance_scale)
     report: dict[str, Any] = {"family": loaded.name}
@@ -203,6 +210,13 @@ def parity_report(
     report["artifacts"] = {
         name: measure(name, path, inputs, reference, cfg, num_threads) for name, path in artifacts.items()
     }
+    if int8_candidates:
+        entries = {
+            kind: measure("int8", path, inputs, reference, cfg, num_threads) for kind, path in int8_candidates.items()
+        }
+        kind, why = pick_int8(entries)
+        report["artifacts"]["int8"] = entries[kind]
+        report["int8_quantization"] = {"kind": kind, "why": why, "candidates": entries}
     return report
 
 

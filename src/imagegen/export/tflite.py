@@ -1,12 +1,24 @@
-"""SavedModel -> TFLite flatbuffers (float32, float16, dynamic-range int8), TFLite builtin ops only.
+"""SavedModel -> TFLite flatbuffers (float32, float16, int8), TFLite builtin ops only.
 
 * ``float32``: plain conversion.
 * ``float16``: ``optimizations=[DEFAULT]`` and ``target_spec.supported_types=[tf.float16]`` (weights stored
   as float16, dequantized at load on a CPU).
-* ``int8``: ``optimizations=[DEFAULT]`` alone, i.e. dynamic-range quantization (int8 weights, float
-  activations quantized on the fly by the kernels that support it); no representative dataset.
+* ``int8``, of one of two kinds (:data:`INT8_KINDS`):
 
-Every conversion asks for ``supported_ops=[TFLITE_BUILTINS]``: a graph needing a TensorFlow (Flex) kernel or a
+  - ``dynamic_range``: ``optimizations=[DEFAULT]`` alone: int8 weights, float activations quantized on the fly
+    by the kernels that support it ("hybrid" kernels); no representative dataset. XNNPACK has no hybrid
+    kernels, so on a CPU these run TFLite's reference-speed paths: ~13x slower than float32 for the
+    DCGAN/VAE generators (TRANSPOSE_CONV).
+  - ``full_integer``: ``optimizations=[DEFAULT]``, a representative dataset (:func:`representative_dataset`,
+    the generator's own inputs: N(0, 1) noise and cycling labels) to calibrate every activation's range, and
+    ``supported_ops=[TFLITE_BUILTINS_INT8]``: int8 weights *and* activations, run by XNNPACK's int8 kernels.
+    The signature keeps float32 noise in (callers feed every variant the same noise; the QUANTIZE of the
+    input is one cheap op) and uint8 images out (the graph's output is already integer).
+
+  The export stage (``export.int8_quantization``: ``fastest``) converts both, checks both against Keras and
+  keeps the one that passes parity and is faster (:func:`pick_int8`).
+
+Every conversion asks for builtin ops only: a graph needing a TensorFlow (Flex) kernel or a
 custom op fails, and the :class:`~imagegen.errors.ExportError` raised names the op(s) as the converter spells
 them (``tf.Erf``, ``tf.MatrixDeterminant``...). The converted model's op list is checked again through the
 interpreter (:func:`check_builtin_ops`), so a Flex or custom op can never slip into a written file.
@@ -18,14 +30,23 @@ interpreter (:func:`check_builtin_ops`), so a Flex or custom op can never slip i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imagegen.errors import ExportError
-from imagegen.export.graph import SIGNATURE, require_tensorflow
+from imagegen.export.graph import SIGNATURE, InputSpec, require_tensorflow
 from imagegen.fileio import write_bytes
 
 VARIANTS = ("float32", "float16", "int8")
+INT8_KINDS = ("dynamic_range", "full_integer")
+# full_integer is kept over dynamic_range only when it is at least this much faster (latency ratio), so that
+# timing noise between two equally fast kinds does not flip the exported file from run to run.
+FULL_INTEGER_MIN_SPEEDUP = 1.1
+
+Representative = Callable[[], Iterator[dict[str, np.ndarray]]]
 
 _OP_PATTERNS = (
     re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op"),
@@ -75,32 +96,118 @@ def _first_error_line(text: str) -> str:
     return text.strip().splitlines()[0][:500] if text.strip() else "(no message)"
 
 
-def convert(saved_model_dir: Path, variant: str) -> bytes:
-    """Convert the ``serving_default`` signature of a SavedModel to a TFLite flatbuffer (builtin ops only)."""
+def representative_dataset(samples: Mapping[str, np.ndarray], inputs: Sequence[InputSpec]) -> Representative:
+    """The converter's calibration data: ``samples`` (one array per signature input, samples along axis 0) checked
+    against ``inputs`` and fed one sample at a time (batch 1) as ``{input name: array}``.
+
+    A missing, extra or misshapen input, a wrong dtype, no samples or a non-finite value is an
+    :class:`ExportError` naming the input and what was expected."""
+    expected = {spec.name: spec for spec in inputs}
+    if set(samples) != set(expected):
+        raise ExportError(
+            f"TFLite int8 representative dataset: inputs {sorted(samples)}, expected the signature's {sorted(expected)}"
+        )
+    counts = set()
+    arrays: dict[str, np.ndarray] = {}
+    for name, spec in expected.items():
+        array = np.asarray(samples[name])
+        if array.ndim != 1 + len(spec.shape) or tuple(array.shape[1:]) != spec.shape or len(array) == 0:
+            raise ExportError(
+                f"TFLite int8 representative dataset: input {name!r} has shape {array.shape}, expected "
+                f"(N >= 1, {', '.join(map(str, spec.shape))})".replace(", )", ")")
+            )
+        if array.dtype != np.dtype(spec.dtype):
+            raise ExportError(
+                f"TFLite int8 representative dataset: input {name!r} is {array.dtype}, expected {spec.dtype}"
+            )
+        if not np.all(np.isfinite(array)):
+            raise ExportError(f"TFLite int8 representative dataset: input {name!r} holds NaN or infinite values")
+        counts.add(len(array))
+        arrays[name] = array
+    if len(counts) != 1:
+        raise ExportError(f"TFLite int8 representative dataset: inputs hold different sample counts {sorted(counts)}")
+    n = counts.pop()
+
+    def generate() -> Iterator[dict[str, np.ndarray]]:
+        for i in range(n):
+            yield {name: array[i : i + 1] for name, array in arrays.items()}
+
+    return generate
+
+
+def convert(
+    saved_model_dir: Path,
+    variant: str,
+    *,
+    int8_kind: str = "dynamic_range",
+    representative: Representative | None = None,
+) -> bytes:
+    """Convert the ``serving_default`` signature of a SavedModel to a TFLite flatbuffer (builtin ops only).
+
+    ``int8_kind`` (``int8`` only): ``dynamic_range`` or ``full_integer``; the latter needs ``representative``."""
     require_tensorflow()
     import tensorflow as tf
 
     if variant not in VARIANTS:
         raise ExportError(f"TFLite: unknown variant {variant!r}; expected one of {VARIANTS}")
+    if variant == "int8" and int8_kind not in INT8_KINDS:
+        raise ExportError(f"TFLite: unknown int8 kind {int8_kind!r}; expected one of {INT8_KINDS}")
+    full_integer = variant == "int8" and int8_kind == "full_integer"
+    if full_integer and representative is None:
+        raise ExportError("TFLite int8 full_integer export needs a representative dataset (none was given)")
+    label = f"{variant} {int8_kind}" if variant == "int8" else variant
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[SIGNATURE])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if full_integer else tf.lite.OpsSet.TFLITE_BUILTINS
+    ]
     converter.allow_custom_ops = False
     if variant in ("float16", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
+    if full_integer:
+        converter.representative_dataset = representative
     try:
         return bytes(converter.convert())
-    except Exception as exc:  # tf.lite's ConverterError, or whatever the MLIR pipeline raised
+    except ExportError:
+        raise
+    except Exception as exc:  # tf.lite's ConverterError, or whatever the MLIR pipeline / calibrator raised
         text = str(exc)
         ops = unsupported_ops_from_error(text, getattr(exc, "errors", ()))
         if ops:
             raise ExportError(
-                f"TFLite export ({variant}) of {saved_model_dir}: op(s) with no TFLite builtin kernel: "
+                f"TFLite export ({label}) of {saved_model_dir}: op(s) with no TFLite builtin kernel: "
                 f"{', '.join(ops)}; only builtin ops are allowed (no Flex/TF Select or custom ops), so "
                 "the model must avoid them"
             ) from None
-        raise ExportError(f"TFLite export ({variant}) of {saved_model_dir} failed: {_first_error_line(text)}") from exc
+        raise ExportError(f"TFLite export ({label}) of {saved_model_dir} failed: {_first_error_line(text)}") from exc
+
+
+def pick_int8(entries: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
+    """The int8 kind to keep among measured candidates ``{kind: parity entry}``, and why, in words.
+
+    A kind that passes parity beats one that does not; between two that pass, ``full_integer`` is kept when it
+    is at least :data:`FULL_INTEGER_MIN_SPEEDUP` times faster, else ``dynamic_range``. When none passes,
+    ``dynamic_range`` (the one whose failure the export then reports)."""
+    passing = [kind for kind in INT8_KINDS if kind in entries and entries[kind]["passed"]]
+
+    def ms(kind: str) -> str:
+        return f"{kind} {entries[kind]['latency_ms_per_image']:.3g} ms/image"
+
+    if len(passing) == 1:
+        others = [k for k in entries if k != passing[0]]
+        why = f"the only kind that passes parity ({', '.join(others)} failed)" if others else "the only kind tried"
+        return passing[0], why
+    if not passing:
+        kind = "dynamic_range" if "dynamic_range" in entries else next(iter(entries))
+        return kind, "no kind passes parity"
+    full, dyn = (entries[k]["latency_ms_per_image"] for k in ("full_integer", "dynamic_range"))
+    if full * FULL_INTEGER_MIN_SPEEDUP <= dyn:
+        return "full_integer", f"both pass parity; faster: {ms('full_integer')} vs {ms('dynamic_range')}"
+    return "dynamic_range", (
+        f"both pass parity; full_integer not >= {FULL_INTEGER_MIN_SPEEDUP}x faster: "
+        f"{ms('full_integer')} vs {ms('dynamic_range')}"
+    )
 
 
 def model_ops(model: Path | bytes) -> list[str]:
@@ -120,6 +227,35 @@ def model_ops(model: Path | bytes) -> list[str]:
     return [str(d["op_name"]) for d in details()]
 
 
+def write_int8_candidates(
+    saved_model_dir: Path,
+    folder: Path,
+    kinds: Sequence[str],
+    calibration: Mapping[str, np.ndarray],
+    inputs: Sequence[InputSpec],
+) -> dict[str, Path]:
+    """``{kind: folder/model_int8.<kind>.tflite}``, one conversion per int8 kind; ``full_integer`` is calibrated
+    on ``calibration`` (checked against the signature's ``inputs`` by :func:`representative_dataset`)."""
+    return {
+        kind: write_tflite(
+            saved_model_dir,
+            Path(folder) / f"model_int8.{kind}.tflite",
+            "int8",
+            int8_kind=kind,
+            representative=representative_dataset(calibration, inputs) if kind == "full_integer" else None,
+        )
+        for kind in kinds
+    }
+
+
+def keep_int8(candidates: Mapping[str, Path], kind: str, dest: Path) -> Path:
+    """Rename the kept candidate to ``dest`` and delete the others."""
+    for other, path in candidates.items():
+        if other != kind:
+            Path(path).unlink()
+    return Path(candidates[kind]).replace(dest)
+
+
 def check_builtin_ops(model: Path | bytes, what: str = "TFLite model") -> list[str]:
     """The sorted distinct op names of ``model``; :class:`ExportError` naming any Flex or custom op."""
     ops = sorted(set(model_ops(model)))
@@ -130,8 +266,15 @@ def check_builtin_ops(model: Path | bytes, what: str = "TFLite model") -> list[s
     return ops
 
 
-def write_tflite(saved_model_dir: Path, dest: Path, variant: str) -> Path:
+def write_tflite(
+    saved_model_dir: Path,
+    dest: Path,
+    variant: str,
+    *,
+    int8_kind: str = "dynamic_range",
+    representative: Representative | None = None,
+) -> Path:
     """Convert, check the op list, and write ``dest`` atomically."""
-    data = convert(saved_model_dir, variant)
+    data = convert(saved_model_dir, variant, int8_kind=int8_kind, representative=representative)
     check_builtin_ops(data, f"TFLite export ({variant}) of {saved_model_dir}")
     return write_bytes(dest, data)

@@ -5,9 +5,10 @@ Output folder (default ``export.export_dir / <family>``)::
     savedmodel/              serving_default: noise (+ label) -> uint8 images, dynamic batch
     model_float32.tflite     one per entry of export.tflite_variants
     model_float16.tflite
-    model_int8.tflite
+    model_int8.tflite        the int8 kind export.int8_quantization kept (fastest: the faster that passes parity)
     metrics.json             {"family", "ddpm_steps" (ddpm), "artifacts": {name: {"bytes",
-                              "latency_ms_per_image", "max_abs_error", "ssim", "passed"}}}
+                              "latency_ms_per_image", "max_abs_error", "ssim", "passed"}},
+                              "int8_quantization" (int8): {"kind", "why", "candidates": {kind: entry}}}
 
 A copy of ``metrics.json`` and a markdown table (``report.md``) also go to ``report_dir`` (default
 ``<train.reports_dir>/export_<folder name>``), outside the DVC-tracked export folder, for ``dvc metrics``; the
@@ -55,14 +56,16 @@ def report_table(report: dict[str, Any]) -> str:
             f"| {name} | {a['bytes'] / 1024:.1f} | {a['latency_ms_per_image']:.3f} | {a['max_abs_error']} | "
             f"{a['ssim']:.4f} | {'passed' if a['passed'] else 'FAILED'} |"
         )
+    if "int8_quantization" in report:
+        lines += ["", f"int8 kept: {report['int8_quantization']['kind']} ({report['int8_quantization']['why']})"]
     return "\n".join(lines) + "\n"
 
 
 def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None) -> Path:
     """Export the model in ``model_dir``; write the folder described above and return its path."""
     from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
-    from imagegen.export.parity import parity_report, threshold_failures
-    from imagegen.export.tflite import write_tflite
+    from imagegen.export.parity import parity_inputs, parity_report, threshold_failures
+    from imagegen.export.tflite import INT8_KINDS, keep_int8, write_int8_candidates, write_tflite
 
     require_tensorflow()
     cfg = params.export
@@ -80,8 +83,15 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
     with atomic_dir(out_dir) as tmp:
         saved = export_savedmodel(serving, tmp / "savedmodel")
         artifacts = {"savedmodel": saved}
+        int8_candidates = {}  # int8: one file per kind tried (export.int8_quantization), the kept one renamed below
         for variant in dict.fromkeys(cfg.tflite_variants):
-            artifacts[variant] = write_tflite(saved, tmp / f"model_{variant}.tflite", variant)
+            if variant == "int8":
+                kinds = INT8_KINDS if cfg.int8_quantization == "fastest" else (cfg.int8_quantization,)
+                num_classes = int(loaded.family.spec["num_classes"])
+                calibration = parity_inputs(serving, cfg.calibration_n, params.seed + 1, num_classes)  # not parity's
+                int8_candidates = write_int8_candidates(saved, tmp, kinds, calibration, serving.inputs)
+            else:
+                artifacts[variant] = write_tflite(saved, tmp / f"model_{variant}.tflite", variant)
         report = parity_report(
             loaded,
             serving,
@@ -90,7 +100,10 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
             seed=params.seed,
             clip_x0=params.sample.clip_x0,
             guidance_scale=params.sample.guidance_scale,
+            int8_candidates=int8_candidates,
         )
+        if int8_candidates:
+            keep_int8(int8_candidates, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
         write_json(tmp / "metrics.json", report)
         problems = threshold_failures(report, cfg)
         if problems:
@@ -111,6 +124,7 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
             "model": str(model_dir),
             "family": loaded.name,
             "tflite_variants": ",".join(cfg.tflite_variants),
+            **({"int8_kind": report["int8_quantization"]["kind"]} if "int8_quantization" in report else {}),
             **({"ddpm_steps": report["ddpm_steps"]} if "ddpm_steps" in report else {}),
         },
     ) as run:
