@@ -299,7 +299,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="image sides (default 16 32)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 64 128")
     ap.add_argument("--backends", nargs="+", default=["tf", "jax"], choices=["tf", "jax"], help="ours on these")
-    ap.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default 6)")
+    ap.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default 4)")
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="param override (ours)")
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
@@ -310,7 +310,7 @@ def main() -> None:
     sizes = args.sizes or ([16] if args.quick else [16, 32])
     batches = args.batch_sizes or ([8] if args.quick else [64, 128])
     cfg_timing = {
-        "seconds": args.seconds if args.seconds is not None else (0.0 if args.quick else 6.0),
+        "seconds": args.seconds if args.seconds is not None else (0.0 if args.quick else 4.0),
         "min_steps": 1 if args.quick else 3,
         "max_steps": 2 if args.quick else 50,
         "overrides": args.overrides,
