@@ -47,3 +47,26 @@ def test_training_imports_and_runs_with_mlflow_prefect_and_dvc_blocked(tmp_path)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("trained without []")
+
+
+LIGHT_COMMANDS = """
+import sys
+from typer.testing import CliRunner
+from imagegen.cli import app
+
+runner = CliRunner()
+for args in (["params"], ["--help"], ["train", "--help"], ["promote", "--help"],
+             ["promote", "imagegen-ddpm-digits", "-S", "tracking.enabled=false"], ["params", "-S", "nosuch=1"]):
+    result = runner.invoke(app, args)
+    assert result.exit_code in (0, 2), (args, result.exit_code, result.output)
+print("heavy", sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras", "jax", "mlflow", "torch"}))
+"""
+
+
+def test_params_help_promote_and_their_errors_start_without_tensorflow_or_mlflow(tmp_path) -> None:
+    """Commands that need no model answer in a second or two: no TensorFlow, Keras, JAX or MLflow import."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_COMMANDS], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("heavy []")
