@@ -295,6 +295,8 @@ def _architecture(
     distillation = {"method": "architecture", "width_factor": cfg.width_factor, "steps": cfg.architecture_steps}
     features = _feature_network(job) if family_name == "dcgan" and cfg.feature_weight > 0 else None
     distillation["feature_matching"] = features is not None
+    if family_name == "dcgan":  # a student trained with the teacher-discriminator term is a different student
+        distillation["discriminator_weight"] = cfg.discriminator_weight
     model_dir = job.out_root
     tags = _teacher_tags(job.teacher_dir, job.teacher.meta, **{"distill.width_factor": cfg.width_factor})
     with job.open_run(f"distill-{family_name}-architecture-x{cfg.width_factor:g}", tags) as child:
