@@ -158,10 +158,11 @@ def test_the_ldm_samples_and_exports_with_parity(trained) -> None:
     assert int(np.max(np.abs(exported.astype(int) - reference.astype(int)))) <= 2
 
 
-def test_an_ldm_is_not_built_without_its_latent_scale(trained) -> None:
-    params = load_params(None, tiny(trained["root"]))  # scale_factor: null, and no dataset to compute it on
-    with pytest.raises(ConfigError, match="ldm.scale_factor"):
-        build_family("ldm", params, (8, 8, 1), 10)
+def test_a_blank_ldm_builds_without_data_for_benchmarks(tmp_path) -> None:
+    params = load_params(None, tiny(tmp_path))  # scale_factor: null, and no dataset to compute it on
+    family = build_family("ldm", params, (8, 8, 1), 10)
+    assert sorted(family.networks) == ["decoder", "encoder", "unet", "unet_ema"]
+    assert family.spec["latent_grid"] == [4, 4, 1] and ldm.scale_of(params.ldm) == 1.0
 
 
 def test_train_ldm_without_a_trained_vae_fails_in_one_line(trained, tmp_path) -> None:

@@ -35,7 +35,7 @@ from imagegen.models.diffusion import (
     ddim_update,
     schedule_from_config,
 )
-from imagegen.training.families import is_diffusion
+from imagegen.training.families import is_diffusion, ldm
 
 SIGNATURE = "serving_default"
 OUTPUT = "images"
@@ -145,7 +145,7 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
     def to_images(x: Any) -> Any:
         if not latent:
             return x
-        z = tf.reshape(x, (-1, int(loaded.family.spec["vae"]["latent_dim"]))) / float(cfg.scale_factor)
+        z = tf.reshape(x, (-1, int(loaded.family.spec["vae"]["latent_dim"]))) / ldm.scale_of(cfg)
         return loaded.family.networks["decoder"](z, training=False)
 
     def sample(x_T: Any, label: Any | None) -> dict[str, Any]:

@@ -116,7 +116,8 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
 
     With ``dataset`` (training): the VAE of ``ldm.vae`` is loaded and copied in, and the latent scale is computed
     on the dataset's train split unless ``ldm.scale_factor`` is set. Without (rebuilding a saved model): the
-    architecture comes from ``params.vae`` and ``ldm.scale_factor`` (both recorded in the model's spec).
+    architecture comes from ``params.vae`` and ``ldm.scale_factor`` (both recorded in the model's spec); with no
+    scale recorded (a blank LDM, e.g. for a throughput benchmark on random data) the scale is 1.
     """
     from imagegen.training.families import ddpm
 
@@ -133,9 +134,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
             cfg = cfg.model_copy(update={"scale_factor": scale})
     else:
         vae_cfg = params.vae
-    if cfg.scale_factor is None:
-        raise ConfigError("ldm.scale_factor: null outside training; a new LDM is made by `imagegen train ldm`")
-    scale = float(cfg.scale_factor)
+    scale = scale_of(cfg)
     latent_dim = vae_cfg.latent_dim
     grid = latent_grid(latent_dim, cfg)
 
@@ -166,10 +165,15 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
     )
 
 
+def scale_of(cfg: LDMConfig) -> float:
+    """The latent scale factor (1 for a blank LDM that was never trained)."""
+    return 1.0 if cfg.scale_factor is None else float(cfg.scale_factor)
+
+
 def decode(family: Family, latents: Any) -> np.ndarray:
     """Scaled latents (B, *grid) -> float32 images in [-1, 1] through the frozen VAE decoder."""
     cfg = LDMConfig(**family.spec["ldm"])
-    z = from_grid(ops.cast(latents, "float32"), int(family.spec["vae"]["latent_dim"])) / float(cfg.scale_factor)
+    z = from_grid(ops.cast(latents, "float32"), int(family.spec["vae"]["latent_dim"])) / scale_of(cfg)
     out = family.networks["decoder"](z, training=False)
     return np.clip(np.asarray(ops.convert_to_numpy(out), dtype=np.float32), -1.0, 1.0)
 
@@ -178,7 +182,7 @@ def encode(family: Family, images: np.ndarray) -> np.ndarray:
     """Float images in [-1, 1] -> scaled latents (B, *grid), float32: what the U-Net is trained on."""
     cfg = LDMConfig(**family.spec["ldm"])
     z_mean, _ = family.networks["encoder"](images, training=False)
-    z = np.asarray(ops.convert_to_numpy(z_mean), dtype=np.float32) * float(cfg.scale_factor)
+    z = np.asarray(ops.convert_to_numpy(z_mean), dtype=np.float32) * scale_of(cfg)
     return z.reshape(-1, *family.spec["latent_grid"])
 
 
