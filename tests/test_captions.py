@@ -164,6 +164,7 @@ def caption_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "ddpm.text_layers=1",
             "ddpm.timesteps=200",
             "train.batch_size=64",
+            "train.jit_compile=false",  # a few hundred steps: XLA's compile time is not repaid on a CPU
             "train.sample_every=100000",
             "train.checkpoint_every=100000",
             "train.grid_size=4",
