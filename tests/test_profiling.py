@@ -80,3 +80,20 @@ def test_a_folder_gets_one_file_per_process_named_after_the_dvc_stage(tmp_path: 
     assert record["stage"] == "evaluate@vae"
     assert record["argv"][-1] == "params"
     assert record["process_start"] <= record["activated"] <= record["ended"]
+
+
+def test_a_predictors_first_call_per_input_shape_counts_as_compilation(tmp_path: Path) -> None:
+    import numpy as np
+
+    from imagegen.training.predict import first_call_per_shape_as_compile
+
+    def body():
+        profile = activate_from_env({ENV_VAR: str(tmp_path / "p.json")}, write_at_exit=False)
+        predict = first_call_per_shape_as_compile(lambda x: x * 2)
+        for batch in (4, 4, 3, 4, 3):
+            assert predict(np.ones((batch, 2))).shape == (batch, 2)
+        return profile
+
+    phases = in_fresh_context(body).phases
+    compiled = phases["predict.first_call_per_shape"]
+    assert (compiled["category"], compiled["count"]) == ("compile", 2)  # shapes (4, 2) and (3, 2), once each

@@ -7,6 +7,8 @@ from typing import Any
 
 import keras
 
+from imagegen.profiling import phase
+
 
 def compiled_predictor(model: keras.Model) -> Callable[..., Any]:
     """``predict(*inputs)`` = ``model(list(inputs), training=False)``, jit-compiled where the backend can.
@@ -14,6 +16,25 @@ def compiled_predictor(model: keras.Model) -> Callable[..., Any]:
     The compiled function reads the model's variables at call time (TensorFlow captures them; JAX gets
     their current values passed in), so later weight updates are seen.
     """
+    return first_call_per_shape_as_compile(_compiled(model))
+
+
+def first_call_per_shape_as_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` whose first call per input shape counts as compilation in a profile (``imagegen.profiling``)."""
+    seen: set[tuple[tuple[int, ...], ...]] = set()
+
+    def call(*xs: Any) -> Any:
+        shapes = tuple(tuple(getattr(x, "shape", ())) for x in xs)
+        if shapes in seen:
+            return fn(*xs)
+        seen.add(shapes)
+        with phase("predict.first_call_per_shape", "compile"):
+            return fn(*xs)
+
+    return call
+
+
+def _compiled(model: keras.Model) -> Callable[..., Any]:
     backend = keras.backend.backend()
     single = len(model.inputs) == 1
 
