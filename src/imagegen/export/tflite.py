@@ -30,6 +30,7 @@ interpreter (:func:`check_builtin_ops`), so a Flex or custom op can never slip i
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -235,17 +236,27 @@ def write_int8_candidates(
     inputs: Sequence[InputSpec],
 ) -> dict[str, Path]:
     """``{kind: folder/model_int8.<kind>.tflite}``, one conversion per int8 kind; ``full_integer`` is calibrated
-    on ``calibration`` (checked against the signature's ``inputs`` by :func:`representative_dataset`)."""
-    return {
-        kind: write_tflite(
-            saved_model_dir,
-            Path(folder) / f"model_int8.{kind}.tflite",
-            "int8",
-            int8_kind=kind,
-            representative=representative_dataset(calibration, inputs) if kind == "full_integer" else None,
-        )
-        for kind in kinds
-    }
+    on ``calibration`` (checked against the signature's ``inputs`` by :func:`representative_dataset`).
+
+    With several kinds, one whose conversion fails (a graph op with no int8 kernel) is left out with a warning
+    naming the error, so ``fastest`` never fails where ``dynamic_range`` alone would succeed."""
+    out: dict[str, Path] = {}
+    for kind in kinds:
+        try:
+            out[kind] = write_tflite(
+                saved_model_dir,
+                Path(folder) / f"model_int8.{kind}.tflite",
+                "int8",
+                int8_kind=kind,
+                representative=representative_dataset(calibration, inputs) if kind == "full_integer" else None,
+            )
+        except ExportError as exc:
+            if len(kinds) == 1:
+                raise
+            warnings.warn(f"int8 {kind} left out: {exc}", stacklevel=2)
+    if not out:
+        raise ExportError(f"TFLite int8: no kind of {list(kinds)} could be converted from {saved_model_dir}")
+    return out
 
 
 def keep_int8(candidates: Mapping[str, Path], kind: str, dest: Path) -> Path:
