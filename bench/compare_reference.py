@@ -273,7 +273,8 @@ def _row(size: int, batch: int, res: dict[str, dict]) -> dict:
 
 
 def _fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    """``format(v, spec)``, or a dash of the same width when there is no value (a backend not run)."""
+    return format("-", spec.split(".")[0]) if v is None else format(v, spec)
 
 
 def print_table(rows: list[dict]) -> None:
