@@ -161,14 +161,31 @@ def generate(
     else:
         eps_fn = predictor_eps_fn(predict)
 
-    common = {"progress": progress, "clip_x0": clip_x0, "x_T": x_T}
-    if sampler == "ddpm":
-        x0 = ddpm_sample(eps_fn, schedule, shape, rng, **common)
-    elif sampler == "ddim":
-        x0 = ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common)
-    else:
-        raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    x0 = run_sampler(
+        eps_fn, schedule, shape, rng, sampler, steps=steps, eta=eta, timesteps=timesteps,
+        progress=progress, clip_x0=clip_x0, x_T=x_T,
+    )  # fmt: skip
     return np.clip(np.asarray(ops.convert_to_numpy(x0), dtype=np.float32), -1.0, 1.0)
+
+
+def run_sampler(
+    eps_fn: Callable[[Any, Any], Any],
+    schedule: Any,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    sampler: str,
+    *,
+    steps: int,
+    eta: float,
+    timesteps: Sequence[int] | None,
+    **common: Any,
+) -> Any:
+    """x_0 from DDPM ancestral (all T) or DDIM sampling: the sampler choice shared by every diffusion family."""
+    if sampler == "ddpm":
+        return ddpm_sample(eps_fn, schedule, shape, rng, **common)
+    if sampler == "ddim":
+        return ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common)
+    raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
 
 
 def caption_tokens(cfg: DDPMConfig, prompt: str | Sequence[str] | None, n: int) -> np.ndarray:

@@ -30,9 +30,10 @@ from keras import ops
 
 from imagegen.config import DDPMConfig, LDMConfig, Params, VAEConfig
 from imagegen.errors import ConfigError, DataError
-from imagegen.models.diffusion import ddim_sample, ddpm_sample, predictor_eps_fn, schedule_from_config
+from imagegen.models.diffusion import predictor_eps_fn, schedule_from_config
 from imagegen.models.vae import build_decoder, build_encoder
 from imagegen.training.families.base import Caller, Family, Phase
+from imagegen.training.families.ddpm import run_sampler
 
 # run_train passes the processed dataset to this family's build (the VAE is loaded and the scale computed there)
 BUILD_NEEDS_DATASET = True
@@ -225,11 +226,8 @@ def generate(
         eps_fn = predictor_eps_fn(predict, labels, num_classes, guidance_scale)
     else:
         eps_fn = predictor_eps_fn(predict)
-    common = {"progress": progress, "clip_x0": False, "x_T": x_T}
-    if sampler == "ddpm":
-        z0 = ddpm_sample(eps_fn, schedule, shape, rng, **common)
-    elif sampler == "ddim":
-        z0 = ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common)
-    else:
-        raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    z0 = run_sampler(
+        eps_fn, schedule, shape, rng, sampler, steps=steps, eta=eta, timesteps=timesteps,
+        progress=progress, clip_x0=False, x_T=x_T,
+    )  # fmt: skip
     return decode(family, z0)
