@@ -17,6 +17,7 @@ import numpy as np
 from imagegen.config import Params
 from imagegen.data.processed import ProcessedDataset
 from imagegen.distill import agreement, cost
+from imagegen.profiling import phase
 from imagegen.sampling import make_sampler, sample_images
 from imagegen.training.families.base import Family
 
@@ -100,13 +101,15 @@ class SideBySide:
         n = p.distill.compare_n
         if self.has_quality_metrics:
             n = max(p.evaluate.n_samples, n)
-        images, _ = sample_images(sample, family.spec, n, p.seed, p.evaluate.batch_size)
-        figures: dict[str, Any] = {
-            "steps": cost.sampling_steps(family, sampling),
-            "parameters": cost.parameters(family),
-            "macs_per_image": cost.macs_per_image(family, sampling),
-            "images_per_sec": cost.images_per_second(sample, p.distill.speed_n),
-        }
+        with phase("side_by_side.sample", "work"):
+            images, _ = sample_images(sample, family.spec, n, p.seed, p.evaluate.batch_size)
+        with phase("side_by_side.cost", "work"):
+            figures: dict[str, Any] = {
+                "steps": cost.sampling_steps(family, sampling),
+                "parameters": cost.parameters(family),
+                "macs_per_image": cost.macs_per_image(family, sampling),
+                "images_per_sec": cost.images_per_second(sample, p.distill.speed_n),
+            }
         if self.has_quality_metrics:
             from imagegen.evaluation.quality import quality_metrics
 

@@ -32,6 +32,7 @@ from imagegen.artifact import load_model
 from imagegen.config import Params
 from imagegen.errors import ExportError
 from imagegen.fileio import atomic_dir, write_json, write_text
+from imagegen.profiling import phase
 from imagegen.tracking import finite_metrics, start_run
 
 
@@ -81,7 +82,8 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
         guidance_scale=params.sample.guidance_scale,
     )
     with atomic_dir(out_dir) as tmp:
-        saved = export_savedmodel(serving, tmp / "savedmodel")
+        with phase("export.savedmodel", "compile"):
+            saved = export_savedmodel(serving, tmp / "savedmodel")
         artifacts = {"savedmodel": saved}
         int8_candidates = {}  # int8: one file per kind tried (export.int8_quantization), the kept one renamed below
         for variant in dict.fromkeys(cfg.tflite_variants):
@@ -89,19 +91,22 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
                 kinds = INT8_KINDS if cfg.int8_quantization == "fastest" else (cfg.int8_quantization,)
                 num_classes = int(loaded.family.spec["num_classes"])
                 calibration = parity_inputs(serving, cfg.calibration_n, params.seed + 1, num_classes)  # not parity's
-                int8_candidates = write_int8_candidates(saved, tmp, kinds, calibration, serving.inputs)
+                with phase("export.tflite_int8", "compile"):
+                    int8_candidates = write_int8_candidates(saved, tmp, kinds, calibration, serving.inputs)
             else:
-                artifacts[variant] = write_tflite(saved, tmp / f"model_{variant}.tflite", variant)
-        report = parity_report(
-            loaded,
-            serving,
-            artifacts,
-            cfg,
-            seed=params.seed,
-            clip_x0=params.sample.clip_x0,
-            guidance_scale=params.sample.guidance_scale,
-            int8_candidates=int8_candidates,
-        )
+                with phase(f"export.tflite_{variant}", "compile"):
+                    artifacts[variant] = write_tflite(saved, tmp / f"model_{variant}.tflite", variant)
+        with phase("export.parity_and_latency", "work"):
+            report = parity_report(
+                loaded,
+                serving,
+                artifacts,
+                cfg,
+                seed=params.seed,
+                clip_x0=params.sample.clip_x0,
+                guidance_scale=params.sample.guidance_scale,
+                int8_candidates=int8_candidates,
+            )
         if int8_candidates:
             keep_int8(int8_candidates, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
         write_json(tmp / "metrics.json", report)
