@@ -50,8 +50,13 @@ def run_dvc(cmd: list[str], project: Path, profile_dir: Path) -> tuple[float, di
     path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     # The project's own src/ first: an editable install of this venv would otherwise run another checkout's code.
     pythonpath = os.pathsep.join(p for p in (str(project.resolve() / "src"), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "IMAGEGEN_PROFILE": f"{profile_dir}/", "PYTHONUNBUFFERED": "1", "PATH": path}
-    env["PYTHONPATH"] = pythonpath
+    env = {
+        **os.environ,
+        "IMAGEGEN_PROFILE": f"{profile_dir}/",
+        "PYTHONUNBUFFERED": "1",
+        "PATH": path,
+        "PYTHONPATH": pythonpath,
+    }
     start = time.time()
     cmd = [shutil.which(cmd[0], path=path) or cmd[0], *cmd[1:]]
     proc = subprocess.Popen(

@@ -396,6 +396,26 @@ def ddim_sample(
     return x
 
 
+def run_sampler(
+    eps_fn: Callable[[Any, Any], Any],
+    schedule: Any,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    sampler: str,
+    *,
+    steps: int,
+    eta: float,
+    timesteps: Sequence[int] | None,
+    **common: Any,
+) -> Any:
+    """x_0 from DDPM ancestral (all T) or DDIM sampling: the sampler choice shared by every diffusion family."""
+    if sampler == "ddpm":
+        return ddpm_sample(eps_fn, schedule, shape, rng, **common)
+    if sampler == "ddim":
+        return ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common)
+    raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+
+
 # --------------------------------------------------------------------------------------------------
 # Classifier-free guidance
 

@@ -21,13 +21,7 @@ from keras import ops
 
 from imagegen.config import DDPMConfig, Params
 from imagegen.errors import ConfigError
-from imagegen.models.diffusion import (
-    ddim_sample,
-    ddpm_sample,
-    predictor_eps_fn,
-    q_sample,
-    schedule_from_config,
-)
+from imagegen.models.diffusion import predictor_eps_fn, q_sample, run_sampler, schedule_from_config
 from imagegen.models.text import ENCODER_NAME, PAD_ID, load_text_encoder_weights, tokenizer_for
 from imagegen.models.unet import build_unet
 from imagegen.training.families.base import Caller, Family, Phase
@@ -166,26 +160,6 @@ def generate(
         progress=progress, clip_x0=clip_x0, x_T=x_T,
     )  # fmt: skip
     return np.clip(np.asarray(ops.convert_to_numpy(x0), dtype=np.float32), -1.0, 1.0)
-
-
-def run_sampler(
-    eps_fn: Callable[[Any, Any], Any],
-    schedule: Any,
-    shape: tuple[int, ...],
-    rng: np.random.Generator,
-    sampler: str,
-    *,
-    steps: int,
-    eta: float,
-    timesteps: Sequence[int] | None,
-    **common: Any,
-) -> Any:
-    """x_0 from DDPM ancestral (all T) or DDIM sampling: the sampler choice shared by every diffusion family."""
-    if sampler == "ddpm":
-        return ddpm_sample(eps_fn, schedule, shape, rng, **common)
-    if sampler == "ddim":
-        return ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common)
-    raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
 
 
 def caption_tokens(cfg: DDPMConfig, prompt: str | Sequence[str] | None, n: int) -> np.ndarray:

@@ -30,10 +30,9 @@ from keras import ops
 
 from imagegen.config import DDPMConfig, LDMConfig, Params, VAEConfig
 from imagegen.errors import ConfigError, DataError
-from imagegen.models.diffusion import predictor_eps_fn, schedule_from_config
+from imagegen.models.diffusion import predictor_eps_fn, run_sampler, schedule_from_config
 from imagegen.models.vae import build_decoder, build_encoder
 from imagegen.training.families.base import Caller, Family, Phase
-from imagegen.training.families.ddpm import run_sampler
 
 # run_train passes the processed dataset to this family's build (the VAE is loaded and the scale computed there)
 BUILD_NEEDS_DATASET = True
