@@ -162,6 +162,19 @@ def test_a_planted_nan_stops_training_and_keeps_the_last_good_checkpoint(digits,
     assert all(np.isfinite(w).all() for ws in all_weights(fresh).values() for w in ws)
 
 
+def test_resume_may_train_longer_than_the_first_run_planned(digits, tmp_path) -> None:
+    """`imagegen train ddpm --resume -S ddpm.steps=N` continues a finished run: the step count is how long to
+    train, not part of the model, so it does not block the resume (and the result is the straight run's)."""
+    straight = make_trainer(params_for(tmp_path, "ddpm.steps=12"), "ddpm", digits, tmp_path / "a")
+    straight.fit(12)
+    make_trainer(params_for(tmp_path, "ddpm.steps=6"), "ddpm", digits, tmp_path / "b").fit(6)
+
+    longer = make_trainer(params_for(tmp_path, "ddpm.steps=12"), "ddpm", digits, tmp_path / "b")
+    assert longer.resume() is not None and longer.step == 6
+    assert longer.fit(12).step == 12
+    np.testing.assert_allclose(longer.history[-1]["loss"], straight.history[-1]["loss"], rtol=1e-5)
+
+
 def test_resume_refuses_a_checkpoint_of_another_architecture(digits, tmp_path) -> None:
     make_trainer(params_for(tmp_path), "vae", digits, tmp_path / "ckpt").fit(6)
     other = make_trainer(params_for(tmp_path, "vae.latent_dim=4"), "vae", digits, tmp_path / "ckpt")

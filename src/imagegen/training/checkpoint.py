@@ -27,6 +27,9 @@ from imagegen.fileio import atomic_path, pause_for_tests
 from imagegen.training.families.base import Family
 
 _NAME = re.compile(r"^ckpt-(\d{6,})\.h5$")
+# Spec keys that only say how long to train. Changing them is what ``--resume`` is for (train 600 steps, then
+# ``--resume -S ddpm.steps=1500``), so the fingerprint leaves them out.
+LENGTH_KEYS = frozenset({"steps"})
 
 
 class UnreadableCheckpoint(TrainingError):
@@ -49,10 +52,19 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def fingerprint(family: Family) -> str:
-    """Shapes of every weight and optimiser variable, plus the family spec: what must match to resume."""
+def _without_length(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: {kk: vv for kk, vv in v.items() if kk not in LENGTH_KEYS} if isinstance(v, dict) else v
+        for k, v in spec.items()
+        if k not in LENGTH_KEYS
+    }
+
+
+def fingerprint(family: Family, *, with_length: bool = False) -> str:
+    """Shapes of every weight and optimiser variable, plus the family spec less :data:`LENGTH_KEYS`: what must
+    match to resume. ``with_length`` keeps them, as checkpoints written before 2026-12 did."""
     parts = {
-        "spec": family.spec,
+        "spec": family.spec if with_length else _without_length(family.spec),
         "nets": {n: [list(w.shape) for w in m.weights] for n, m in sorted(family.networks.items())},
         "opts": {p.name: [list(v.shape) for v in p.optimizer.variables] for p in family.phases},
     }
@@ -103,7 +115,7 @@ def load_checkpoint(path: Path, family: Family) -> dict[str, Any]:
     (with the logged ``history`` under that key, empty for checkpoints written before it was stored)."""
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs["fingerprint"] != fingerprint(family):
+            if f.attrs["fingerprint"] not in (fingerprint(family), fingerprint(family, with_length=True)):
                 raise TrainingError(
                     f"{path}: checkpoint was written for a different model or optimiser configuration; "
                     "start without --resume or restore the params it was trained with"
