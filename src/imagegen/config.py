@@ -354,7 +354,14 @@ class DistillConfig(Section):
     ema_decay: float = Field(default=0.995, ge=0, lt=1, description="EMA of the DDPM student's weights.")
     batch_size: int | None = Field(default=None, gt=0, description="null: train.batch_size.")
     compare_n: int = Field(default=256, gt=0, description="Images on the same noise for student-vs-teacher SSIM/PSNR.")
-    speed_n: int = Field(default=128, gt=0, description="Images per timed batch for images/s.")
+    speed_n: int = Field(
+        default=128,
+        gt=0,
+        description=(
+            "Images per timed batch for images/s where no sampling gives it: the knowledge method, and models "
+            "sampled in fewer than two full evaluate.batch_size batches (the others time those batches)."
+        ),
+    )
     discriminator_weight: float = Field(
         default=0.0,
         ge=0,

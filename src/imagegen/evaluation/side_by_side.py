@@ -101,14 +101,16 @@ class SideBySide:
         n = p.distill.compare_n
         if self.has_quality_metrics:
             n = max(p.evaluate.n_samples, n)
+        timed = cost.TimedSampler(sample)
         with phase("side_by_side.sample", "work"):
-            images, _ = sample_images(sample, family.spec, n, p.seed, p.evaluate.batch_size)
+            images, _ = sample_images(timed, family.spec, n, p.seed, p.evaluate.batch_size)
         with phase("side_by_side.cost", "work"):
+            speed = timed.images_per_second()  # the sampling just done, when it had two full batches to time
             figures: dict[str, Any] = {
                 "steps": cost.sampling_steps(family, sampling),
                 "parameters": cost.parameters(family),
                 "macs_per_image": cost.macs_per_image(family, sampling),
-                "images_per_sec": cost.images_per_second(sample, p.distill.speed_n),
+                "images_per_sec": speed if speed is not None else cost.images_per_second(sample, p.distill.speed_n),
             }
         if self.has_quality_metrics:
             from imagegen.evaluation.quality import quality_metrics
