@@ -240,3 +240,29 @@ def test_a_time_budget_stops_with_a_checkpoint_that_resume_continues(digits, tmp
     later = make_trainer(params_for(tmp_path), "vae", digits, tmp_path / "ckpt")
     later.resume()
     assert later.fit(8).step == 8 and not later.stopped_early
+
+
+def test_training_grids_and_the_collapse_check_share_one_compiled_predictor(digits, tmp_path) -> None:
+    """Every sample grid of a diffusion run (and the collapse check after it) reuses one compiled network:
+    a new predictor per grid would compile again each time (seconds per grid with XLA on CPU)."""
+    import contextvars
+
+    from imagegen.profiling import ENV_VAR, activate_from_env
+    from imagegen.stages.train import run_train
+
+    params = params_for(
+        tmp_path,
+        "ddpm.steps=6",
+        "train.sample_every=2",
+        f"train.models_dir={tmp_path / 'models'}",
+        f"train.reports_dir={tmp_path / 'reports'}",
+    )
+
+    def body():
+        profile = activate_from_env({ENV_VAR: str(tmp_path / "p.json")}, write_at_exit=False)
+        out = run_train(params, "ddpm", data_dir=digits, show_progress=False)
+        return profile, out
+
+    profile, out = contextvars.copy_context().run(body)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [f"step-00000{i}.png" for i in (2, 4, 6)]
+    assert profile.phases["predict.first_call_per_shape"]["count"] == 1  # 3 grids + the check, one shape

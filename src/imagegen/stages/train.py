@@ -31,11 +31,11 @@ from imagegen.data.loader import BatchStream, to_unit_range
 from imagegen.data.processed import ProcessedDataset
 from imagegen.fileio import write_json, write_text
 from imagegen.profiling import phase
-from imagegen.sampling import sampler_kwargs
+from imagegen.sampling import make_sampler, sampler_kwargs
 from imagegen.tracking import start_run
 from imagegen.training.collapse import KLWatch, sample_health, sample_problems
 from imagegen.training.distributed import follower_outputs, initialize_multihost, is_writer
-from imagegen.training.families import build_family, family_module
+from imagegen.training.families import build_family
 from imagegen.training.loop import Trainer
 from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
 from imagegen.training.seeding import seed_everything
@@ -125,10 +125,12 @@ def run_train(
     with dtype_policy(policy), phase("model.build", "work"):
         family = build_family(family_name, params, dataset.image_shape, dataset.num_classes, dataset=dataset)
     stream = BatchStream(dataset.split("train"), cfg.batch_size, params.seed)
-    module = family_module(family_name)
+    # One sampler (one compiled predictor) for every grid and the collapse check: a fresh one per grid would
+    # recompile the diffusion network each time (seconds with XLA on CPU).
+    sample = make_sampler(family, sampler_kwargs(params))
 
     def sample_fn(fam: Any, n: int, rng: np.random.Generator) -> np.ndarray:
-        return module.generate(fam, n, rng, **sampler_kwargs(params))
+        return sample(n, rng)
 
     samples_stage = ckpt_dir / "samples"  # grids wait here, beside the resume state, until the model is saved
     if not resume:
