@@ -171,10 +171,12 @@ def _measure(kind: str, cfg: dict) -> dict:
     import keras
     from train_throughput import prepare
 
+    from imagegen.training.steppers import resolve_jit
+
     keras.backend.clear_session()
     p = prepare("ddpm", batch, size, 1, OURS + cfg["overrides"])
     out = {**_timed(p.step, batch, *timing), "parameters": p.family.trainable_count()}
-    out["jit_compile"] = p.params.train.jit_compile
+    out["jit_compile"] = resolve_jit(p.params.train.jit_compile)
     if kind == "jax":
         out["flops_per_image"] = _xla_flops(p.stepper, p.next_batch()) / batch
     return out

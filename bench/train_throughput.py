@@ -24,7 +24,7 @@ from imagegen.data.loader import BatchStream
 from imagegen.data.processed import Split
 from imagegen.training.families import FAMILIES, build_family
 from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
-from imagegen.training.steppers import make_stepper
+from imagegen.training.steppers import make_stepper, resolve_jit
 
 
 @dataclass
@@ -81,7 +81,7 @@ def measure(
         "backend": keras.backend.backend(),
         "device": accelerator(),
         "dtype_policy": p.policy,
-        "jit_compile": p.params.train.jit_compile,
+        "jit_compile": resolve_jit(p.params.train.jit_compile),
         "batch_size": batch,
         "image_size": size,
         "channels": channels,

@@ -102,9 +102,19 @@ def test_loss_falls_over_a_few_dozen_steps_on_real_digits(
     assert np.mean(losses[-5:]) < factor * np.mean(losses[:3]), losses
 
 
+def test_jit_compile_auto_is_xla_on_jax_and_gpus_and_graph_mode_for_tensorflow_on_a_cpu() -> None:
+    from imagegen.training.precision import accelerator
+    from imagegen.training.steppers import resolve_jit
+
+    assert load_params(None, []).train.jit_compile == "auto"
+    assert resolve_jit("auto", "jax") is True
+    assert resolve_jit("auto", "tensorflow") is (accelerator() == "gpu")
+    assert resolve_jit(True, "tensorflow") is True and resolve_jit(False, "jax") is False
+
+
 @pytest.mark.parametrize("family_name", ["ddpm", "dcgan"])
 def test_xla_compiled_steps_train_like_the_uncompiled_ones(digits, tmp_path, family_name) -> None:
-    """train.jit_compile=true, the default users run: the same losses as without XLA, to float32
+    """train.jit_compile=true, what auto picks on a GPU: the same losses as without XLA, to float32
     tolerance (the DCGAN also carries BatchNorm statistics through the compiled step)."""
     plain = make_trainer(params_for(tmp_path), family_name, digits, tmp_path / "plain")
     plain.fit(4)

@@ -145,7 +145,12 @@ class TrainConfig(Section):
     mixed_precision: Literal["auto", "off", "bf16"] = Field(
         default="auto", description="auto: bf16 on a GPU that supports it, float32 on CPU."
     )
-    jit_compile: bool = True
+    jit_compile: Literal["auto"] | bool = Field(
+        default="auto",
+        description="XLA-compile the train step. auto: on with JAX (which runs op by op without it) and on a GPU; "
+        "off for TensorFlow on a CPU, where the compile (up to ~40 s a stage) costs more than XLA saves at this "
+        "project's model sizes.",
+    )
     devices: Literal["auto"] | int = Field(
         default="auto",
         description="Data-parallel devices per process (JAX backend): auto = every local accelerator "

@@ -39,6 +39,7 @@ from imagegen.training.families import build_family
 from imagegen.training.loop import Trainer
 from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
 from imagegen.training.seeding import seed_everything
+from imagegen.training.steppers import resolve_jit
 
 __all__ = ["history_csv", "run_train", "sampler_kwargs", "seed_everything"]
 
@@ -122,6 +123,7 @@ def run_train(
 
     seed_everything(params.seed)
     policy = resolve_policy(cfg.mixed_precision)
+    jit = resolve_jit(cfg.jit_compile)
     with dtype_policy(policy), phase("model.build", "work"):
         family = build_family(family_name, params, dataset.image_shape, dataset.num_classes, dataset=dataset)
     stream = BatchStream(dataset.split("train"), cfg.batch_size, params.seed)
@@ -147,7 +149,12 @@ def run_train(
         dataset_hash=dataset.content_hash,
         dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
         params=run_params,
-        tags={"keras.backend": keras.backend.backend(), "device": accelerator(), "dtype_policy": policy},
+        tags={
+            "keras.backend": keras.backend.backend(),
+            "device": accelerator(),
+            "dtype_policy": policy,
+            "jit_compile": str(jit).lower(),
+        },
     ) as run:
         trainer = Trainer(
             family,
@@ -173,7 +180,12 @@ def run_train(
         meta = {
             "dataset": {"name": dataset.manifest["dataset"], "content_hash": dataset.content_hash},
             "step": result.step,
-            "trained_with": {"backend": keras.backend.backend(), "device": accelerator(), "dtype_policy": policy},
+            "trained_with": {
+                "backend": keras.backend.backend(),
+                "device": accelerator(),
+                "dtype_policy": policy,
+                "jit_compile": jit,
+            },
             "resumed_from": str(resumed) if resumed else None,
             "stopped_early": trainer.stopped_early,
             "mlflow_run_id": run.run_id,  # None when tracking is off; lets a distillation link back to this run

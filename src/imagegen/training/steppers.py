@@ -21,8 +21,26 @@ class Stepper(Protocol):
     def push(self) -> None: ...
 
 
+def resolve_jit(setting: str | bool, backend: str | None = None) -> bool:
+    """``train.jit_compile``: ``auto`` is XLA on JAX and on a GPU, plain graph mode for TensorFlow on a CPU.
+
+    On 2 CPU cores XLA compiles a DDPM or distillation step for 10-40 s, and its steps are within ~10% of
+    TensorFlow's own graph (oneDNN) kernels, faster for some families and slower for others
+    (``bench/train_throughput.py``), so the compile is not repaid in a pipeline's few thousand steps. JAX
+    without ``jit`` dispatches every op from Python, which is never the faster choice.
+    """
+    if setting != "auto":
+        return bool(setting)
+    backend = backend or keras.backend.backend()
+    if backend == "jax":
+        return True
+    from imagegen.training.precision import accelerator
+
+    return accelerator() == "gpu"
+
+
 def make_stepper(
-    family: Family, jit_compile: bool = True, devices: str | int = 1, batch_size: int | None = None
+    family: Family, jit_compile: str | bool = "auto", devices: str | int = 1, batch_size: int | None = None
 ) -> Stepper:
     """The stepper for the backend; ``devices`` (``train.devices``) > 1 trains data-parallel on JAX.
 
@@ -35,6 +53,7 @@ def make_stepper(
     if backend not in ("tensorflow", "jax"):
         raise ConfigError(f"KERAS_BACKEND={backend!r}: training supports 'tensorflow' and 'jax'")
     n = resolve_devices(devices, batch_size or 1, backend) if batch_size else 1
+    jit_compile = resolve_jit(jit_compile, backend)
     if backend == "tensorflow":
         from imagegen.training.step_tensorflow import TensorFlowStepper
 
