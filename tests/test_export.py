@@ -212,6 +212,18 @@ def test_export_refuses_a_backend_other_than_tensorflow(exports, monkeypatch) ->
     assert not (model_dir.parent / "never").exists()
 
 
+def test_int8_fastest_of_a_diffusion_graph_converts_dynamic_range_only_and_says_why(exports) -> None:
+    _, dcgan_out = exports["dcgan"]
+    _, ddpm_out = exports["ddpm"]
+    assert sorted(json.loads((dcgan_out / "metrics.json").read_text())["int8_quantization"]["candidates"]) == [
+        "dynamic_range",
+        "full_integer",
+    ]
+    choice = json.loads((ddpm_out / "metrics.json").read_text())["int8_quantization"]
+    assert sorted(choice["candidates"]) == ["dynamic_range"] and choice["kind"] == "dynamic_range"
+    assert "diffusion graph" in choice["not_tried"]["full_integer"]
+
+
 def test_a_distilled_student_is_exported_on_its_own_timestep_grid(exports, tmp_path) -> None:
     """A progressive student records the DDIM grid it was trained for; the exported graph samples on that grid."""
     from imagegen.export.graph import build_serving

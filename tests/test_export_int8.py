@@ -19,7 +19,7 @@ from imagegen.data.loader import BatchStream
 from imagegen.data.processed import ProcessedDataset
 from imagegen.errors import ConfigError, ExportError
 from imagegen.export.graph import InputSpec
-from imagegen.export.tflite import convert, pick_int8, representative_dataset
+from imagegen.export.tflite import convert, int8_kinds, pick_int8, representative_dataset
 from imagegen.stages.export import run_export
 from imagegen.stages.ingest import run_ingest
 from imagegen.training.families import build_family
@@ -165,3 +165,11 @@ def test_unknown_variants_and_a_missing_calibration_are_one_line_errors(full_int
     for key in ("tflite_variants=[int4]", "int8_quantization=int4"):  # params are checked before any export
         with pytest.raises(ConfigError, match=rf"export\.{key.split('=')[0]}\b.*'int4'"):
             tiny_params(f"export.{key}")
+
+
+def test_fastest_tries_both_int8_kinds_except_full_integer_on_a_diffusion_graph() -> None:
+    assert int8_kinds("fastest", diffusion=False) == ({}, ("dynamic_range", "full_integer"))
+    not_tried, kinds = int8_kinds("fastest", diffusion=True)
+    assert kinds == ("dynamic_range",) and "never passed parity" in not_tried["full_integer"]
+    assert int8_kinds("full_integer", diffusion=True) == ({}, ("full_integer",))  # asked for by name: converted
+    assert int8_kinds("dynamic_range", diffusion=False) == ({}, ("dynamic_range",))

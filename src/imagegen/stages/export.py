@@ -59,6 +59,8 @@ def report_table(report: dict[str, Any]) -> str:
         )
     if "int8_quantization" in report:
         lines += ["", f"int8 kept: {report['int8_quantization']['kind']} ({report['int8_quantization']['why']})"]
+        for kind, why in report["int8_quantization"].get("not_tried", {}).items():
+            lines.append(f"int8 {kind} {why}")
     return "\n".join(lines) + "\n"
 
 
@@ -66,7 +68,8 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
     """Export the model in ``model_dir``; write the folder described above and return its path."""
     from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
     from imagegen.export.parity import parity_inputs, parity_report, threshold_failures
-    from imagegen.export.tflite import INT8_KINDS, keep_int8, write_int8_candidates, write_tflite
+    from imagegen.export.tflite import int8_kinds, keep_int8, write_int8_candidates, write_tflite
+    from imagegen.training.families import is_diffusion
 
     require_tensorflow()
     cfg = params.export
@@ -85,10 +88,12 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
         with phase("export.savedmodel", "compile"):
             saved = export_savedmodel(serving, tmp / "savedmodel")
         artifacts = {"savedmodel": saved}
-        int8_candidates = {}  # int8: one file per kind tried (export.int8_quantization), the kept one renamed below
+        # int8: one file per kind tried (export.int8_quantization), the kept one renamed below
+        int8_candidates: dict[str, Path] = {}
+        not_tried: dict[str, str] = {}
         for variant in dict.fromkeys(cfg.tflite_variants):
             if variant == "int8":
-                kinds = INT8_KINDS if cfg.int8_quantization == "fastest" else (cfg.int8_quantization,)
+                not_tried, kinds = int8_kinds(cfg.int8_quantization, is_diffusion(loaded.name))
                 num_classes = int(loaded.family.spec["num_classes"])
                 calibration = parity_inputs(serving, cfg.calibration_n, params.seed + 1, num_classes)  # not parity's
                 with phase("export.tflite_int8", "compile"):
@@ -109,6 +114,8 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
             )
         if int8_candidates:
             keep_int8(int8_candidates, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
+            if not_tried:
+                report["int8_quantization"]["not_tried"] = not_tried
         write_json(tmp / "metrics.json", report)
         problems = threshold_failures(report, cfg)
         if problems:
