@@ -16,7 +16,7 @@ from keras import ops
 from imagegen.config import DCGANConfig, DDPMConfig, VAEConfig
 from imagegen.errors import ConfigError
 from imagegen.models import dcgan, unet, vae
-from imagegen.models.layers import AttentionBlock, ResBlock, SinusoidalEmbedding, conv_plan
+from imagegen.models.layers import AttentionBlock, GroupNormalization, ResBlock, SinusoidalEmbedding, conv_plan
 
 NUM_CLASSES = 10
 SIZES = [16, 32]
@@ -326,3 +326,45 @@ def test_every_model_builds_and_runs_under_jax() -> None:
     proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(("shape", "groups"), [((4, 16, 16, 32), 8), ((3, 8, 8, 64), 8), ((2, 4, 4, 16), 4)])
+def test_our_group_normalization_computes_what_keras_computes_values_and_gradients(shape, groups) -> None:
+    """Same weights, same outputs and input gradients to float32 rounding, also for off-centre activations."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant((rng.standard_normal(shape) * 3.0 + 2.0).astype("float32"))
+    gamma, beta = (rng.standard_normal(shape[-1]).astype("float32") for _ in range(2))
+    ours = GroupNormalization(groups=groups, epsilon=1e-5)
+    theirs = keras.layers.GroupNormalization(groups=groups, epsilon=1e-5)
+    for layer in (ours, theirs):
+        layer.build(shape)
+        layer.set_weights([gamma, beta])
+    outputs, grads = [], []
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y * tf.cast(tf.range(shape[-1]), "float32"))  # channels weighted unequally
+        outputs.append(y.numpy())
+        grads.append(tape.gradient(loss, x).numpy())
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-3, rtol=1e-3)
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights] == ["gamma", "beta"]
+
+
+def test_weights_saved_with_keras_group_normalization_load_into_ours(tmp_path: Path) -> None:
+    """Models trained before ours replaced keras' layer keep loading: the weight files are the same."""
+
+    def model(norm: type) -> keras.Model:
+        inputs = keras.Input((8, 8, 16))
+        return keras.Model(inputs, norm(groups=4, epsilon=1e-5, name="norm")(keras.layers.Conv2D(16, 3)(inputs)))
+
+    old = model(keras.layers.GroupNormalization)
+    old.layers[-1].set_weights([np.linspace(0.5, 2, 16, dtype="float32"), np.linspace(-1, 1, 16, dtype="float32")])
+    old.save_weights(tmp_path / "old.weights.h5")
+    new = model(GroupNormalization)
+    new.load_weights(tmp_path / "old.weights.h5")
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 16)).astype("float32")
+    np.testing.assert_allclose(np.asarray(new(x)), np.asarray(old(x)), atol=1e-5)

@@ -41,6 +41,7 @@ from imagegen.models.layers import (
     AttentionBlock,
     CrossAttentionBlock,
     Downsample,
+    GroupNormalization,
     ResBlock,
     SinusoidalEmbedding,
     Upsample,
@@ -124,7 +125,7 @@ def build_unet(cfg: DDPMConfig, image_size: int, channels: int, num_classes: int
             h = Upsample(width, name=f"up{level}_resample")(h)
             side *= 2
 
-    h = layers.GroupNormalization(groups=cfg.groups, epsilon=1e-5, name="out_norm")(h)
+    h = GroupNormalization(groups=cfg.groups, epsilon=1e-5, name="out_norm")(h)
     h = layers.Activation("silu", name="out_silu")(h)
     eps = layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros", dtype="float32", name="eps")(h)
     return keras.Model(inputs, eps, name="ddpm_unet")
