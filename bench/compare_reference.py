@@ -171,7 +171,7 @@ def _measure(kind: str, cfg: dict) -> dict:
     import keras
     from train_throughput import prepare
 
-    from imagegen.training.steppers import resolve_jit
+    from imagegen.training.precision import resolve_jit
 
     keras.backend.clear_session()
     p = prepare("ddpm", batch, size, 1, OURS + cfg["overrides"])

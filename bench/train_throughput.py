@@ -23,8 +23,8 @@ from imagegen.config import load_params
 from imagegen.data.loader import BatchStream
 from imagegen.data.processed import Split
 from imagegen.training.families import FAMILIES, build_family
-from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
-from imagegen.training.steppers import make_stepper, resolve_jit
+from imagegen.training.precision import accelerator, dtype_policy, resolve_jit, resolve_policy
+from imagegen.training.steppers import make_stepper
 
 
 @dataclass

@@ -103,8 +103,7 @@ def test_loss_falls_over_a_few_dozen_steps_on_real_digits(
 
 
 def test_jit_compile_auto_is_xla_on_jax_and_gpus_and_graph_mode_for_tensorflow_on_a_cpu() -> None:
-    from imagegen.training.precision import accelerator
-    from imagegen.training.steppers import resolve_jit
+    from imagegen.training.precision import accelerator, resolve_jit
 
     assert load_params(None, []).train.jit_compile == "auto"
     assert resolve_jit("auto", "jax") is True

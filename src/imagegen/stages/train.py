@@ -37,9 +37,8 @@ from imagegen.training.collapse import KLWatch, sample_health, sample_problems
 from imagegen.training.distributed import follower_outputs, initialize_multihost, is_writer
 from imagegen.training.families import build_family
 from imagegen.training.loop import Trainer
-from imagegen.training.precision import accelerator, dtype_policy, resolve_policy
+from imagegen.training.precision import accelerator, dtype_policy, resolve_jit, resolve_policy
 from imagegen.training.seeding import seed_everything
-from imagegen.training.steppers import resolve_jit
 
 __all__ = ["history_csv", "run_train", "sampler_kwargs", "seed_everything"]
 

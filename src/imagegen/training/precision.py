@@ -1,4 +1,4 @@
-"""Mixed precision: bf16 compute where a GPU supports it, float32 elsewhere."""
+"""Choices that depend on the device: bf16 compute where a GPU supports it (float32 elsewhere), and XLA."""
 
 from __future__ import annotations
 
@@ -38,3 +38,21 @@ def dtype_policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def resolve_jit(setting: str | bool, backend: str | None = None) -> bool:
+    """``train.jit_compile``: ``auto`` is XLA on JAX and on a GPU, plain graph mode for TensorFlow on a CPU.
+
+    On 2 CPU cores XLA compiles a DDPM or distillation step for 10-40 s, and its steps are within ~10% of
+    TensorFlow's own graph (oneDNN) kernels, faster for some families and slower for others
+    (``bench/train_throughput.py``), so the compile is not repaid in a pipeline's few thousand steps; the
+    samplers' predictor (:mod:`imagegen.training.predict`) follows the same rule, as its 3-4 s compile per
+    batch shape is more than XLA saves in an evaluation's few hundred calls. JAX without ``jit`` dispatches
+    every op from Python, which is never the faster choice.
+    """
+    if setting != "auto":
+        return bool(setting)
+    backend = backend or keras.backend.backend()
+    if backend == "jax":
+        return True
+    return accelerator() == "gpu"

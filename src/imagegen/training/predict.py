@@ -11,7 +11,8 @@ from imagegen.profiling import phase
 
 
 def compiled_predictor(model: keras.Model) -> Callable[..., Any]:
-    """``predict(*inputs)`` = ``model(list(inputs), training=False)``, jit-compiled where the backend can.
+    """``predict(*inputs)`` = ``model(list(inputs), training=False)`` as one compiled function: a TensorFlow
+    graph (XLA-compiled on a GPU, :func:`imagegen.training.precision.resolve_jit`), or ``jax.jit``.
 
     The compiled function reads the model's variables at call time (TensorFlow captures them; JAX gets
     their current values passed in), so later weight updates are seen. A ragged last batch runs padded to
@@ -70,7 +71,10 @@ def _compiled(model: keras.Model) -> Callable[..., Any]:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(lambda *xs: model(pack(xs), training=False), jit_compile=True, reduce_retracing=True)
+        from imagegen.training.precision import resolve_jit
+
+        jit = resolve_jit("auto", backend)  # XLA on a GPU; on a CPU its compile per shape costs more than it saves
+        fn = tf.function(lambda *xs: model(pack(xs), training=False), jit_compile=jit, reduce_retracing=True)
         return lambda *xs: fn(*xs)
     if backend == "jax":
         import jax

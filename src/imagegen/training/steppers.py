@@ -10,6 +10,7 @@ import numpy as np
 
 from imagegen.errors import ConfigError
 from imagegen.training.families.base import Family
+from imagegen.training.precision import resolve_jit
 
 
 class Stepper(Protocol):
@@ -19,24 +20,6 @@ class Stepper(Protocol):
     def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]: ...
     def pull(self) -> None: ...
     def push(self) -> None: ...
-
-
-def resolve_jit(setting: str | bool, backend: str | None = None) -> bool:
-    """``train.jit_compile``: ``auto`` is XLA on JAX and on a GPU, plain graph mode for TensorFlow on a CPU.
-
-    On 2 CPU cores XLA compiles a DDPM or distillation step for 10-40 s, and its steps are within ~10% of
-    TensorFlow's own graph (oneDNN) kernels, faster for some families and slower for others
-    (``bench/train_throughput.py``), so the compile is not repaid in a pipeline's few thousand steps. JAX
-    without ``jit`` dispatches every op from Python, which is never the faster choice.
-    """
-    if setting != "auto":
-        return bool(setting)
-    backend = backend or keras.backend.backend()
-    if backend == "jax":
-        return True
-    from imagegen.training.precision import accelerator
-
-    return accelerator() == "gpu"
 
 
 def make_stepper(
