@@ -191,7 +191,7 @@ class DCGANConfig(Section):
     latent_dim: int = Field(default=64, gt=0)
     base_filters: int = Field(default=32, gt=0)
     conditional: bool = False
-    steps: int = Field(default=3000, gt=0)
+    steps: int = Field(default=2000, gt=0, description="2000: FID as at 3000 on the digits (bench/steps_curve.py)")
     learning_rate: float = Field(default=2e-4, gt=0)
     beta_1: float = Field(default=0.5, ge=0, lt=1)
 
@@ -337,7 +337,7 @@ class DistillConfig(Section):
         default=16, gt=1, description="Progressive: the teacher's DDIM steps that the first round halves."
     )
     target_steps: int = Field(default=4, ge=1, description="Progressive: rounds halve the steps down to this.")
-    steps_per_round: int = Field(default=300, gt=0, description="Progressive: training steps per round.")
+    steps_per_round: int = Field(default=150, gt=0, description="Progressive: training steps per round.")
     learning_rate: float = Field(
         default=1e-4, gt=0, description="Progressive: Adam learning rate (student starts as the teacher)."
     )
