@@ -59,12 +59,19 @@ for args in (["params"], ["--help"], ["train", "--help"], ["promote", "--help"],
              ["promote", "imagegen-ddpm-digits", "-S", "tracking.enabled=false"], ["params", "-S", "nosuch=1"]):
     result = runner.invoke(app, args)
     assert result.exit_code in (0, 2), (args, result.exit_code, result.output)
+# Bad input to the heavy stages is refused before TensorFlow starts: one line, exit 2, in a second.
+for args, says in ((["train", "gan"], "family 'gan'"),
+                   (["evaluate", "--out", "o", "--samples", "missing.npz"], "missing.npz: not a readable .npz"),
+                   (["export", "--model", "nowhere"], "nowhere/model.json: no trained model here")):
+    result = runner.invoke(app, [*args, "-S", "tracking.enabled=false"])
+    assert result.exit_code == 2 and says in result.output, (args, result.exit_code, result.output)
 print("heavy", sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras", "jax", "mlflow", "torch"}))
 """
 
 
 def test_params_help_promote_and_their_errors_start_without_tensorflow_or_mlflow(tmp_path) -> None:
-    """Commands that need no model answer in a second or two: no TensorFlow, Keras, JAX or MLflow import."""
+    """Commands that need no model, and bad input to train, evaluate and export, answer in a second or two:
+    no TensorFlow, Keras, JAX or MLflow import."""
     proc = subprocess.run(
         [sys.executable, "-c", LIGHT_COMMANDS], capture_output=True, text=True, timeout=600, cwd=tmp_path
     )

@@ -13,13 +13,16 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagegen.config import Params
 from imagegen.errors import DataError
 from imagegen.fileio import atomic_dir, write_json
 from imagegen.profiling import phase
-from imagegen.training.families import Family, build_family
+from imagegen.training.families import build_family
+
+if TYPE_CHECKING:
+    from imagegen.training.families import Family
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.json"

@@ -19,9 +19,7 @@ from imagegen.config import Params
 from imagegen.data.loader import to_uint8
 from imagegen.data.processed import ProcessedDataset
 from imagegen.errors import DataError
-from imagegen.evaluation.features import load_extractor
 from imagegen.evaluation.metrics import image_similarity
-from imagegen.evaluation.quality import quality_metrics, real_features, real_floor
 from imagegen.fileio import write_json, write_text
 from imagegen.images import save_grid
 from imagegen.tracking import start_run
@@ -111,6 +109,9 @@ def run_evaluate(
         raise DataError("evaluate: give exactly one of --model DIR or --samples FILE.npz")
     cfg = params.evaluate
     given = checked_samples(Path(samples), cfg.knn_k) if samples is not None else None  # before any loading
+    from imagegen.evaluation.features import load_extractor  # Keras: after the argument checks
+    from imagegen.evaluation.quality import quality_metrics, real_features, real_floor
+
     dataset = ProcessedDataset.open(Path(data_dir) if data_dir is not None else params.data.output_dir)
     extractor = load_extractor(Path(features_dir) if features_dir is not None else cfg.features_dir)
     if extractor.meta["dataset"]["content_hash"] != dataset.content_hash:

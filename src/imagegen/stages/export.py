@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imagegen.artifact import load_model
+from imagegen.artifact import load_model, read_model_meta
 from imagegen.config import Params
 from imagegen.errors import ExportError
 from imagegen.fileio import atomic_dir, write_json, write_text
@@ -66,6 +66,7 @@ def report_table(report: dict[str, Any]) -> str:
 
 def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None) -> Path:
     """Export the model in ``model_dir``; write the folder described above and return its path."""
+    read_model_meta(model_dir)  # a missing or unreadable model.json is one line, before TensorFlow starts
     from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
     from imagegen.export.parity import parity_inputs, parity_report, threshold_failures
     from imagegen.export.tflite import int8_kinds, keep_int8, write_int8_candidates, write_tflite

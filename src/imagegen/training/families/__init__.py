@@ -1,10 +1,16 @@
-"""Model families for the training loop: ``build_family(name, params, image_shape, num_classes)``."""
+"""Model families for the training loop: ``build_family(name, params, image_shape, num_classes)``.
+
+Importing this package does not import Keras: the names and :func:`is_diffusion` serve the CLI's argument
+checks and error paths, which answer without starting TensorFlow. ``Family`` and ``Phase`` (and every family
+module) load Keras when first used.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imagegen.training.families.base import Family, Phase
+if TYPE_CHECKING:
+    from imagegen.training.families.base import Family, Phase
 
 FAMILIES = ("dcgan", "vae", "ddpm", "ldm")
 # Families sampled by a diffusion sampler (imagegen.sampling's keywords, the unrolled DDIM export graph).
@@ -41,6 +47,15 @@ def build_family(
         family = module.build(params, image_shape, num_classes)
     family.spec.update(family=name, image_shape=list(image_shape), num_classes=int(num_classes))
     return family
+
+
+def __getattr__(name: str) -> Any:
+    """``Family`` and ``Phase``, imported on first use (they need Keras)."""
+    if name in ("Family", "Phase"):
+        from imagegen.training.families import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["DIFFUSION_FAMILIES", "FAMILIES", "Family", "Phase", "build_family", "family_module", "is_diffusion"]
