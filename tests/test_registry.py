@@ -173,6 +173,9 @@ def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(trained, tmp_p
 
     client.set_registered_model_alias(name, CHAMPION, v1)  # load the real pyfunc
     model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    import imagegen.artifact  # the folder is read once, at load: a request must not read it again
+
+    monkeypatch.setattr(imagegen.artifact, "load_model", lambda *a, **k: pytest.fail("a request re-read the model"))
     images = model.predict(pd.DataFrame({"n": [3], "seed": [1]}))
     assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
     assert np.array_equal(model.predict([{"n": 3, "seed": 1}]), images)  # same seed, same images

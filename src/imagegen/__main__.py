@@ -1,3 +1,3 @@
-from imagegen.cli import app
+from imagegen.cli import main
 
-app()
+main()

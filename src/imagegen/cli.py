@@ -6,7 +6,9 @@ Every command takes ``--params/-p`` (default ``params.yaml``) and ``-S key=value
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -343,7 +345,20 @@ def promote_cmd(
         raise typer.Exit(code=3)
 
 
-def main() -> None:  # pragma: no cover - thin wrapper for `python -m imagegen`
+def freeze_heap_at_exit() -> None:
+    """Move every live object out of the garbage collector's reach before the interpreter shuts down.
+
+    With TensorFlow and Keras loaded, CPython's collections during shutdown walk millions of objects: 1.4-2 s
+    of every stage process on 2 cores, spent after the stage's files are written. Frozen objects are still freed
+    by reference counting as modules are cleared; only reference cycles among them are left to the OS, which
+    reclaims the whole process a moment later. Registered first, so it runs after every other exit handler
+    (MLflow's, the profile's)."""
+    gc.freeze()
+
+
+def main() -> None:
+    """The ``imagegen`` console script (and ``python -m imagegen``): the Typer app, and no shutdown collection."""
+    atexit.register(freeze_heap_at_exit)
     app()
 
 

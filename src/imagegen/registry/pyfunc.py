@@ -23,6 +23,7 @@ MAX_IMAGES = 4096
 # "the model's own"
 # (a distilled student's grid, else sample.* defaults), as `imagegen sample` without flags.
 SAMPLER_PARAMS: dict[str, Any] = {"sampler": "", "steps": 0, "eta": -1.0}
+BATCH_SIZE = 256  # images per sampler call, as `imagegen sample`
 
 
 class GenerateRequest(BaseModel):
@@ -49,11 +50,20 @@ def sampler_overrides(params: dict[str, Any] | None) -> dict[str, Any]:
 
 class ImagegenModel(mlflow.pyfunc.PythonModel):
     """``sample`` is the project's ``sample:`` section at registration (sampler defaults a model's
-    own grid and request params override, as for `imagegen sample`)."""
+    own grid and request params override, as for `imagegen sample`).
+
+    The model folder is loaded once per serving process (``load_context``) and one sampler, with its
+    compiled predictor, is kept per distinct sampler setting, so a request costs sampling only: no model
+    load and no re-trace per call."""
 
     def __init__(self, sample: dict[str, Any] | None = None, backend: str | None = None) -> None:
         self._sample = dict(sample or {})
         self._backend = backend
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What is pickled into the logged model: the settings, never a loaded model or its samplers
+        (MLflow runs ``predict`` on the input example before it pickles this object)."""
+        return {"_sample": self._sample, "_backend": self._backend}
 
     def load_context(self, context: Any) -> None:
         import os
@@ -64,6 +74,23 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
 
         self._model_dir = context.artifacts["model_dir"]
         self._loaded = load_model(self._model_dir)
+        self._samplers: dict[str, Any] = {}
+
+    def _sampler(self, params: dict[str, Any] | None) -> Any:
+        """The sampler for this request's settings (``SAMPLER_PARAMS`` over the registered ``sample:``
+        section and the model's own grid), made on first use."""
+        import json
+        from types import SimpleNamespace
+
+        from imagegen.config import SampleConfig
+        from imagegen.sampling import make_sampler, sampler_kwargs
+
+        project = SimpleNamespace(sample=SampleConfig.model_validate(getattr(self, "_sample", {})))
+        kwargs = sampler_kwargs(project, self._loaded.meta, sampler_overrides(params))
+        key = json.dumps(kwargs, sort_keys=True, default=str)
+        if key not in self._samplers:
+            self._samplers[key] = make_sampler(self._loaded.family, kwargs)
+        return self._samplers[key]
 
     def predict(
         self,
@@ -72,17 +99,11 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """``n`` images per request from its ``seed``; requests are concatenated (uint8 N,H,W,C)."""
-        from types import SimpleNamespace
+        from imagegen.profiling import phase
+        from imagegen.sampling import sample_images
 
-        from imagegen.config import SampleConfig
-        from imagegen.sampling import generate_images
-
-        project = SimpleNamespace(sample=SampleConfig.model_validate(getattr(self, "_sample", {})))
-        sampler = sampler_overrides(params)
-        images = [
-            generate_images(self._model_dir, r.n, seed=r.seed, show_progress=False, params=project, **sampler)[0]
-            for r in (
-                req if isinstance(req, GenerateRequest) else GenerateRequest.model_validate(req) for req in model_input
-            )
-        ]
+        sample = self._sampler(params)
+        requests = (req if isinstance(req, GenerateRequest) else GenerateRequest.model_validate(req) for req in model_input)
+        with phase("sample", "work"):
+            images = [sample_images(sample, self._loaded.family.spec, r.n, r.seed, BATCH_SIZE)[0] for r in requests]
         return np.concatenate(images)
