@@ -103,7 +103,7 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
         from imagegen.sampling import sample_images
 
         sample = self._sampler(params)
-        requests = (req if isinstance(req, GenerateRequest) else GenerateRequest.model_validate(req) for req in model_input)
+        requests = [r if isinstance(r, GenerateRequest) else GenerateRequest.model_validate(r) for r in model_input]
         with phase("sample", "work"):
             images = [sample_images(sample, self._loaded.family.spec, r.n, r.seed, BATCH_SIZE)[0] for r in requests]
         return np.concatenate(images)
