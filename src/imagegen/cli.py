@@ -357,8 +357,12 @@ def freeze_heap_at_exit() -> None:
 
 
 def main() -> None:
-    """The ``imagegen`` console script (and ``python -m imagegen``): the Typer app, and no shutdown collection."""
+    """The ``imagegen`` console script (and ``python -m imagegen``): the Typer app, without the integrations
+    TensorFlow would import for nothing (:mod:`imagegen.startup`) and without a shutdown collection."""
+    from imagegen import startup
+
     atexit.register(freeze_heap_at_exit)
+    startup.install()
     app()
 
 

@@ -1,0 +1,73 @@
+"""Start-up of an ``imagegen`` process: keep TensorFlow and Keras from importing integrations no stage uses.
+
+``import keras`` on the TensorFlow backend also imports, because they happen to be installed, scikit-learn
+(Keras' scikit-learn wrappers), pandas (Keras' DataFrame adapter) and JAX (TFLite's JAX converter): 2-2.5 s of
+the ~6 s TensorFlow start-up of every stage process on 2 cores, for code paths imagegen never takes (it feeds
+Keras numpy arrays and converts SavedModels to TFLite). :class:`HideFromBackend` answers those imports *made
+from inside* ``keras`` or ``tensorflow`` with ``ModuleNotFoundError``, which both libraries catch as "not
+installed". Everyone else still imports them: imagegen's own code (scikit-learn's digits), MLflow (pandas).
+
+Only the console script installs it (:func:`install`), and only when Keras runs on TensorFlow: on JAX, JAX is
+the backend itself.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import os
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+OPTIONAL_INTEGRATIONS = frozenset({"sklearn", "pandas", "jax", "jaxlib"})
+"""Top-level packages hidden from the importers below."""
+IMPORTERS = frozenset({"keras", "tensorflow"})
+"""Top-level packages whose own imports of an optional integration are refused."""
+_IMPORT_MACHINERY = ("importlib", "_frozen_importlib", __name__)
+
+
+def keras_backend(environ: dict[str, str] | None = None) -> str:
+    """The backend Keras will pick, found without importing it: ``$KERAS_BACKEND``, else ``backend`` of
+    ``keras.json`` (``$KERAS_HOME`` or ``~/.keras``), else ``tensorflow``."""
+    env = os.environ if environ is None else environ
+    if env.get("KERAS_BACKEND"):
+        return env["KERAS_BACKEND"]
+    config = Path(env.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+    try:
+        return str(json.loads(config.read_text()).get("backend") or "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def _importer(frame: FrameType | None) -> str:
+    """The module whose code runs the import: the first frame outside the import machinery."""
+    while frame is not None:
+        name = str(frame.f_globals.get("__name__", ""))
+        if not name.startswith(_IMPORT_MACHINERY):
+            return name
+        frame = frame.f_back
+    return ""
+
+
+class HideFromBackend(importlib.abc.MetaPathFinder):
+    """A ``sys.meta_path`` finder refusing :data:`OPTIONAL_INTEGRATIONS` to code of :data:`IMPORTERS`."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.partition(".")[0] not in OPTIONAL_INTEGRATIONS:
+            return None
+        importer = _importer(sys._getframe(1))
+        if importer.partition(".")[0] in IMPORTERS:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden from {importer} by {__name__})")
+        return None
+
+
+def install() -> bool:
+    """Put :class:`HideFromBackend` first on ``sys.meta_path`` when Keras will run on TensorFlow (once);
+    whether it is installed."""
+    if keras_backend() != "tensorflow":
+        return False
+    if not any(isinstance(f, HideFromBackend) for f in sys.meta_path):
+        sys.meta_path.insert(0, HideFromBackend())
+    return True
