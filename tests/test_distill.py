@@ -33,6 +33,7 @@ from imagegen.distill import cost
 from imagegen.distill.architecture import build_architecture, student_width
 from imagegen.distill.progressive import (
     build_progressive,
+    next_round,
     plan_rounds,
     student_grid,
     target_coefficients,
@@ -250,6 +251,69 @@ def test_one_round_lowers_the_students_one_step_error_against_the_teachers_two_s
     assert after["loss"] < 0.7 * before["loss"], (before, after)
     for a, b in zip(teacher_before, teacher.family.networks["unet_ema"].get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)  # the teacher is frozen
+
+
+def test_the_next_round_reuses_the_compiled_step_and_trains_as_a_fresh_round_would(
+    root: Path, digits: Path, ddpm_teacher: Path
+) -> None:
+    """Round 2 on round 1's networks (next_round) equals round 2 built anew from round 1's student, without a
+    second trace of the train step, and the caller's teacher network is never written."""
+    params = params_for(root, "distill.learning_rate=0.002")
+    teacher = load_model(ddpm_teacher)
+    original = [w.copy() for w in teacher.family.networks["unet_ema"].get_weights()]
+    ds = ProcessedDataset.open(digits)
+    grid = D.ddim_timesteps(T, 4)
+
+    def fit(family, stepper=None, name="a") -> Trainer:
+        trainer = Trainer(
+            family,
+            BatchStream(ds.split("train"), 16, 0),
+            params.train,
+            seed=0,
+            checkpoint_dir=root / f"ckpt-reuse-{name}",
+            show_progress=False,
+            stepper=stepper,
+        )
+        trainer.fit(4)
+        return trainer
+
+    keras.utils.set_random_seed(0)
+    first = build_progressive(teacher.family.networks["unet_ema"], teacher.family.spec, grid, params.distill, True)
+    round_1 = fit(first.family, name="r1")
+    round_1_student = first.student.networks["unet_ema"]
+    fresh = build_progressive(round_1_student, first.student.spec, grid[::2], params.distill, True)
+    reused = next_round(first, grid[::2], params.distill, True, "r2")
+    assert reused.family.spec["distill"]["teacher_grid"] == [int(t) for t in grid[::2]]
+    assert reused.family.networks["teacher"] is first.family.networks["teacher"]  # nothing new was built
+
+    round_2 = fit(reused.family, stepper=round_1.stepper, name="r2")
+    fit(fresh.family, name="fresh")
+    assert round_2.stepper is round_1.stepper
+    if keras.backend.backend() == "tensorflow":
+        assert round_1.stepper._step_fn.experimental_get_tracing_count() == 1
+    trained_weights = (f.student.networks["unet_ema"].get_weights() for f in (reused, fresh))
+    for a, b in zip(*trained_weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(original, teacher.family.networks["unet_ema"].get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_reset_optimizer_equals_a_new_one_built_on_the_same_variables() -> None:
+    from imagegen.distill.setup import reset_optimizer
+
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    used = keras.optimizers.Adam(0.01, global_clipnorm=1.0)
+    used.build(layer.trainable_variables)
+    for _ in range(3):
+        used.apply([keras.ops.ones_like(v) for v in layer.trainable_variables], layer.trainable_variables)
+    assert int(used.iterations) == 3
+    reset_optimizer(used)
+    new = keras.optimizers.Adam(0.01, global_clipnorm=1.0)
+    new.build(layer.trainable_variables)
+    assert [v.name for v in used.variables] == [v.name for v in new.variables]
+    for a, b in zip(used.variables, new.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # --------------------------------------------------------------------------------------------------

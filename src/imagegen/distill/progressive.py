@@ -42,7 +42,7 @@ uses) starts there too and follows with ``distill.ema_decay``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import keras
@@ -56,6 +56,7 @@ from imagegen.distill.setup import (
     copy_network,
     family_params,
     frozen,
+    reset_optimizer,
 )
 from imagegen.errors import ConfigError
 from imagegen.models.diffusion import (
@@ -68,6 +69,7 @@ from imagegen.models.diffusion import (
     q_sample,
     schedule_from_config,
 )
+from imagegen.models.unet import build_unet
 from imagegen.training.families import build_family
 from imagegen.training.families.base import Caller, Family, Phase
 from imagegen.training.families.ddpm import drop_labels
@@ -206,6 +208,8 @@ def build_progressive(
     """One round: ``teacher`` (an eps U-Net, frozen) on ``teacher_grid``; the student starts as a copy of it.
 
     ``spec`` is the teacher's model spec (``model.json`` ``spec``: the ``ddpm`` section, image shape, classes).
+    The round trains its own copy of ``teacher`` (``networks["teacher"]``), so :func:`next_round` can overwrite
+    it without touching the caller's network.
     """
     check_method(METHOD, spec.get("family"), "the teacher's spec")
     params = family_params(spec)
@@ -213,12 +217,11 @@ def build_progressive(
     image_shape = tuple(spec["image_shape"])
     num_classes = int(spec["num_classes"])
     schedule = schedule_from_config(ddpm_cfg)
-    grid = check_timesteps(teacher_grid, schedule.timesteps)
-    steps = len(student_grid(grid))
 
     student = build_family("ddpm", params, image_shape, num_classes)
-    copy_network(teacher, student.networks["unet"])
-    copy_network(teacher, student.networks["unet_ema"])
+    teacher_copy = build_unet(ddpm_cfg, image_shape[0], image_shape[2], num_classes)
+    for net in (teacher_copy, student.networks["unet"], student.networks["unet_ema"]):
+        copy_network(teacher, net)
     conditional = ddpm_cfg.conditional
 
     def inputs(x: Any, t: Any, batch: Mapping[str, Any]) -> Any:
@@ -240,6 +243,48 @@ def build_progressive(
         weighted = ops.mean(ops.cast(batch["weight"], "float32") * per_image)
         return weighted, {"loss": weighted, "x0_mse": ops.mean(per_image)}
 
+    family = Family(
+        name=name,
+        networks={"teacher": teacher_copy, "unet": student.networks["unet"], "unet_ema": student.networks["unet_ema"]},
+        phases=[Phase("student", ("unet",), loss, keras.optimizers.Adam(cfg.learning_rate, global_clipnorm=1.0))],
+        noise=lambda rng, labels: {},  # set for the grid by _on_grid
+        ema={"unet_ema": "unet"},
+        ema_decay=cfg.ema_decay,
+        spec=dict(student.spec),
+    )
+    return _on_grid(Distillation(family=family, student=student), teacher_grid, cfg, clip_x0, name)
+
+
+def next_round(
+    previous: Distillation, teacher_grid: np.ndarray, cfg: DistillConfig, clip_x0: bool, name: str
+) -> Distillation:
+    """The round after ``previous``, on its networks and optimizer: what :func:`build_progressive` of the
+    previous student would build, without building (or compiling a train step for) anything new.
+
+    The previous student's EMA weights (what it samples with, and what was saved) become the teacher and the new
+    student's start, the optimizer returns to its freshly built state, and only the noise function changes: the
+    loss reads every grid-dependent coefficient from the batch, so the same compiled step (pass the previous
+    round's stepper to the Trainer, whose ``fit`` re-reads the weights into it) trains every round."""
+    networks = previous.family.networks
+    for dest in ("teacher", "unet"):
+        copy_network(networks["unet_ema"], networks[dest])
+    for phase in previous.family.phases:
+        reset_optimizer(phase.optimizer)
+    return _on_grid(previous, teacher_grid, cfg, clip_x0, name)
+
+
+def _on_grid(
+    dist: Distillation, teacher_grid: np.ndarray, cfg: DistillConfig, clip_x0: bool, name: str
+) -> Distillation:
+    """``dist`` with the noise function (timesteps and their DDIM coefficients) and the spec of ``teacher_grid``."""
+    spec = dist.student.spec
+    ddpm_cfg = family_params(spec).ddpm
+    image_shape = tuple(spec["image_shape"])
+    num_classes = int(spec["num_classes"])
+    schedule = schedule_from_config(ddpm_cfg)
+    grid = check_timesteps(teacher_grid, schedule.timesteps)
+    steps = len(student_grid(grid))
+    conditional = ddpm_cfg.conditional
     # The grid padded with -1 (clean) so that student step i reads positions 2i, 2i+1, 2i+2.
     padded = np.concatenate([grid, [-1]])
 
@@ -262,15 +307,12 @@ def build_progressive(
             out["cond_labels"] = drop_labels(rng, labels, ddpm_cfg.label_dropout, num_classes)
         return out
 
-    family = Family(
+    family = replace(
+        dist.family,
         name=name,
-        networks={"teacher": teacher, "unet": student.networks["unet"], "unet_ema": student.networks["unet_ema"]},
-        phases=[Phase("student", ("unet",), loss, keras.optimizers.Adam(cfg.learning_rate, global_clipnorm=1.0))],
         noise=noise,
-        ema={"unet_ema": "unet"},
-        ema_decay=cfg.ema_decay,
         spec={
-            **student.spec,
+            **spec,
             "distill": {
                 "method": METHOD,
                 "teacher_grid": [int(x) for x in grid],
@@ -279,4 +321,4 @@ def build_progressive(
             },
         },
     )
-    return Distillation(family=family, student=student)
+    return Distillation(family=family, student=dist.student)

@@ -29,13 +29,14 @@ from imagegen.config import Params
 from imagegen.data.loader import BatchStream
 from imagegen.data.processed import ProcessedDataset
 from imagegen.distill.architecture import build_architecture
-from imagegen.distill.progressive import build_progressive, plan_rounds, sampling_record
+from imagegen.distill.progressive import build_progressive, next_round, plan_rounds, sampling_record
 from imagegen.distill.setup import Distillation
 from imagegen.evaluation.side_by_side import Measurement, SideBySide
 from imagegen.sampling import sampler_kwargs
 from imagegen.tracking import finite_metrics
 from imagegen.training.loop import Trainer, TrainResult
 from imagegen.training.precision import accelerator, dtype_policy
+from imagegen.training.steppers import Stepper
 
 OpenRun = Callable[[str, dict[str, Any]], AbstractContextManager[Any]]
 """``open_run(name, tags)``: a context manager yielding a run (``log_metrics``, ``run_id``)."""
@@ -58,6 +59,17 @@ class DistillJob:
     resume: bool = False
     show_progress: bool = True
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Fitted:
+    """One student's training: the result, whether it stopped early (``train.max_minutes``), the checkpoint it
+    resumed from, and the stepper that trained it (reusable by the next progressive round)."""
+
+    result: TrainResult
+    stopped_early: bool
+    resumed: str | None
+    stepper: Stepper
 
 
 @dataclass
@@ -98,9 +110,16 @@ def distill(job: DistillJob) -> DistillOutcome:
 
 
 def fit_student(
-    job: DistillJob, distillation: Distillation, steps: int, seed: int, checkpoints: Path, run: Any
-) -> tuple[TrainResult, bool, str | None]:
-    """Train with the shared Trainer: the result, whether it stopped early, the resume point."""
+    job: DistillJob,
+    distillation: Distillation,
+    steps: int,
+    seed: int,
+    checkpoints: Path,
+    run: Any,
+    stepper: Stepper | None = None,
+) -> Fitted:
+    """Train with the shared Trainer. ``stepper``: the previous round's, to reuse its compiled step (see
+    :func:`imagegen.distill.progressive.next_round`)."""
     params = job.params
     batch_size = params.distill.batch_size or params.train.batch_size
     stream = BatchStream(job.dataset.split("train"), batch_size, seed)
@@ -112,24 +131,25 @@ def fit_student(
         checkpoint_dir=checkpoints,
         on_metrics=lambda step, m: run.log_metrics(m, step=step),
         show_progress=job.show_progress,
+        stepper=stepper,
     )
     resumed = trainer.resume() if job.resume else None
     if not job.resume:
         trainer.clear_checkpoints()
     result = trainer.fit(steps)
-    return result, trainer.stopped_early, str(resumed) if resumed else None
+    return Fitted(result, trainer.stopped_early, str(resumed) if resumed else None, trainer.stepper)
 
 
 def student_meta(
     job: DistillJob,
     teacher_meta: dict[str, Any],
     teacher_path: Path,
-    trained: tuple[TrainResult, bool, str | None],
+    trained: Fitted,
     run_id: Any,
     distillation: dict[str, Any],
 ) -> dict[str, Any]:
     """The student's ``model.json`` extras: where it comes from, how it was trained."""
-    result, stopped_early, resumed = trained
+    result, stopped_early, resumed = trained.result, trained.stopped_early, trained.resumed
     return {
         "dataset": teacher_meta.get("dataset"),
         "distilled_from": {
@@ -200,6 +220,9 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
 
     teacher_net = job.teacher.family.networks["unet_ema"]
     teacher_path, teacher_meta = job.teacher_dir, job.teacher.meta
+    # The round just trained in this process: the next one reuses its networks and compiled train step.
+    previous: Distillation | None = None
+    stepper: Stepper | None = None
     last: Path | None = None
     stopped = False
     report["rounds"] = {}
@@ -224,20 +247,18 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
                 student, meta = loaded.family, loaded.meta
                 job.notes.append(f"round {rnd.index}: kept the finished student in {model_dir} (--resume)")
                 stopped = False
+                previous, stepper = None, None
             else:
-                with dtype_policy(job.policy):
-                    dist = build_progressive(
-                        teacher_net,
-                        spec,
-                        rnd.teacher_grid,
-                        cfg,
-                        clip_x0,
-                        name=f"distill r{rnd.index} ({rnd.steps} steps)",
-                    )
-                trained = fit_student(
-                    job, dist, cfg.steps_per_round, p.seed + rnd.index, job.checkpoints / f"round_{rnd.index}", child
-                )
-                stopped = trained[1]
+                label = f"distill r{rnd.index} ({rnd.steps} steps)"
+                if previous is not None:
+                    dist = next_round(previous, rnd.teacher_grid, cfg, clip_x0, label)
+                else:
+                    with dtype_policy(job.policy):
+                        dist = build_progressive(teacher_net, spec, rnd.teacher_grid, cfg, clip_x0, name=label)
+                ckpt = job.checkpoints / f"round_{rnd.index}"
+                trained = fit_student(job, dist, cfg.steps_per_round, p.seed + rnd.index, ckpt, child, stepper)
+                previous, stepper = dist, trained.stepper
+                stopped = trained.stopped_early
                 student = dist.student
                 meta = {
                     **student_meta(job, teacher_meta, Path(teacher_path), trained, child.run_id, distillation),
@@ -314,7 +335,7 @@ def _architecture(
             if job.teacher.meta.get("sampling"):
                 meta["sampling"] = job.teacher.meta["sampling"]
             save_model(student, model_dir, meta)
-            if trained[1]:
+            if trained.stopped_early:
                 job.notes.append("training stopped at train.max_minutes; run again with --resume to continue")
         measured = job.side_by_side.measure(student, teacher_sampling, reference=teacher.images)
         report["student"] = {**measured.figures, "path": str(model_dir)}

@@ -67,6 +67,15 @@ def copy_network(source: keras.Model, dest: keras.Model) -> None:
     dest.set_weights(source.get_weights())
 
 
+def reset_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
+    """Return a built optimizer to the state it was built in: update count and every slot (Adam's moments) zero,
+    the learning rate kept. Equal to a new optimizer of the same settings built on the same variables, without
+    new variables, so a step function compiled against this one stays valid."""
+    for variable in optimizer.variables:
+        if variable.name != "learning_rate":
+            variable.assign(keras.ops.zeros_like(variable))
+
+
 def evaluate_loss(family: Family, feed: Mapping[str, np.ndarray], phase: int = 0) -> dict[str, float]:
     """The metrics a phase's loss reports on ``feed``, computed in inference mode without updating anything.
 

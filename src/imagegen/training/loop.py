@@ -37,7 +37,7 @@ from imagegen.training.checkpoint import (
 )
 from imagegen.training.distributed import is_writer
 from imagegen.training.families.base import Family
-from imagegen.training.steppers import make_stepper
+from imagegen.training.steppers import Stepper, make_stepper
 
 # (step, {metric: value}) -> None, e.g. MLflow logging; (step, png path, uint8 images) -> None for grids.
 MetricsHook = Callable[[int, dict[str, float]], None]
@@ -70,7 +70,10 @@ class Trainer:
         on_metrics: MetricsHook | None = None,
         on_grid: GridHook | None = None,
         show_progress: bool = True,
+        stepper: Stepper | None = None,
     ) -> None:
+        """``stepper``: one made for an earlier Trainer of a family with these very networks and phases (e.g.
+        the previous round of a progressive distillation), reused with its compiled step; else a new one."""
         self.family = family
         self.stream = stream
         self.cfg = cfg
@@ -81,7 +84,11 @@ class Trainer:
         self.on_metrics = on_metrics
         self.on_grid = on_grid
         self.show_progress = show_progress
-        self.stepper = make_stepper(
+        if stepper is not None:
+            if stepper.family.networks is not family.networks or stepper.family.phases is not family.phases:
+                raise ValueError("Trainer(stepper=...): the stepper was made for other networks or phases")
+            stepper.family = family  # same networks and phases: the compiled step stays valid (fit() pulls)
+        self.stepper = stepper or make_stepper(
             family, jit_compile=cfg.jit_compile, devices=cfg.devices, batch_size=stream.batch_size
         )
         stream.rows = self.stepper.local_rows  # multi-host: read only this process's rows

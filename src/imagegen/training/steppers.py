@@ -14,6 +14,7 @@ from imagegen.training.precision import resolve_jit
 
 
 class Stepper(Protocol):
+    family: Family  # whose networks and phases the step trains
     # This process's rows of each global batch in a multi-host run (a stream need read no others), else None.
     local_rows: slice | None
 
