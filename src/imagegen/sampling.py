@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from imagegen.training.families.base import Family
 
 SAMPLER_KEYS = ("sampler", "steps", "eta", "guidance_scale", "clip_x0", "timesteps")
+BATCH_SIZE = 256
+"""Images per sampler call unless a caller says otherwise (``generate_images``, the registered pyfunc)."""
 
 
 def sampler_kwargs(
@@ -123,7 +125,7 @@ def generate_images(
     model_dir: Path,
     n: int,
     seed: int,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     show_progress: bool = True,
     params: Any = None,
     **sampler: Any,

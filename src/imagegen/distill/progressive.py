@@ -41,7 +41,7 @@ uses) starts there too and follows with ``distill.ema_decay``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -217,6 +217,7 @@ def build_progressive(
     image_shape = tuple(spec["image_shape"])
     num_classes = int(spec["num_classes"])
     schedule = schedule_from_config(ddpm_cfg)
+    grid = check_timesteps(teacher_grid, schedule.timesteps)
 
     student = build_family("ddpm", params, image_shape, num_classes)
     teacher_copy = build_unet(ddpm_cfg, image_shape[0], image_shape[2], num_classes)
@@ -247,12 +248,12 @@ def build_progressive(
         name=name,
         networks={"teacher": teacher_copy, "unet": student.networks["unet"], "unet_ema": student.networks["unet_ema"]},
         phases=[Phase("student", ("unet",), loss, keras.optimizers.Adam(cfg.learning_rate, global_clipnorm=1.0))],
-        noise=lambda rng, labels: {},  # set for the grid by _on_grid
+        noise=_grid_noise(student.spec, grid, cfg),
         ema={"unet_ema": "unet"},
         ema_decay=cfg.ema_decay,
-        spec=dict(student.spec),
+        spec=_round_spec(student.spec, grid, cfg, clip_x0),
     )
-    return _on_grid(Distillation(family=family, student=student), teacher_grid, cfg, clip_x0, name)
+    return Distillation(family=family, student=student)
 
 
 def next_round(
@@ -265,24 +266,41 @@ def next_round(
     student's start, the optimizer returns to its freshly built state, and only the noise function changes: the
     loss reads every grid-dependent coefficient from the batch, so the same compiled step (pass the previous
     round's stepper to the Trainer, whose ``fit`` re-reads the weights into it) trains every round."""
+    spec = previous.student.spec
+    grid = check_timesteps(teacher_grid, schedule_from_config(family_params(spec).ddpm).timesteps)
     networks = previous.family.networks
     for dest in ("teacher", "unet"):
         copy_network(networks["unet_ema"], networks[dest])
     for phase in previous.family.phases:
         reset_optimizer(phase.optimizer)
-    return _on_grid(previous, teacher_grid, cfg, clip_x0, name)
+    family = replace(
+        previous.family, name=name, noise=_grid_noise(spec, grid, cfg), spec=_round_spec(spec, grid, cfg, clip_x0)
+    )
+    return Distillation(family=family, student=previous.student)
 
 
-def _on_grid(
-    dist: Distillation, teacher_grid: np.ndarray, cfg: DistillConfig, clip_x0: bool, name: str
-) -> Distillation:
-    """``dist`` with the noise function (timesteps and their DDIM coefficients) and the spec of ``teacher_grid``."""
-    spec = dist.student.spec
+def _round_spec(spec: Mapping[str, Any], grid: np.ndarray, cfg: DistillConfig, clip_x0: bool) -> dict[str, Any]:
+    """The training family's spec: the student's, and what this round distils (its teacher grid)."""
+    return {
+        **spec,
+        "distill": {
+            "method": METHOD,
+            "teacher_grid": [int(x) for x in grid],
+            "weighting": cfg.weighting,
+            "clip_x0": bool(clip_x0),
+        },
+    }
+
+
+def _grid_noise(
+    spec: Mapping[str, Any], grid: np.ndarray, cfg: DistillConfig
+) -> Callable[[np.random.Generator, np.ndarray], dict[str, np.ndarray]]:
+    """The round's noise function: per image a student step of ``grid`` (a checked teacher grid), its timesteps
+    and the DDIM coefficients of the teacher's two steps and of the target, as batch entries the loss reads."""
     ddpm_cfg = family_params(spec).ddpm
     image_shape = tuple(spec["image_shape"])
     num_classes = int(spec["num_classes"])
     schedule = schedule_from_config(ddpm_cfg)
-    grid = check_timesteps(teacher_grid, schedule.timesteps)
     steps = len(student_grid(grid))
     conditional = ddpm_cfg.conditional
     # The grid padded with -1 (clean) so that student step i reads positions 2i, 2i+1, 2i+2.
@@ -307,18 +325,4 @@ def _on_grid(
             out["cond_labels"] = drop_labels(rng, labels, ddpm_cfg.label_dropout, num_classes)
         return out
 
-    family = replace(
-        dist.family,
-        name=name,
-        noise=noise,
-        spec={
-            **spec,
-            "distill": {
-                "method": METHOD,
-                "teacher_grid": [int(x) for x in grid],
-                "weighting": cfg.weighting,
-                "clip_x0": bool(clip_x0),
-            },
-        },
-    )
-    return Distillation(family=family, student=dist.student)
+    return noise

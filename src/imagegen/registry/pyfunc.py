@@ -23,7 +23,6 @@ MAX_IMAGES = 4096
 # "the model's own"
 # (a distilled student's grid, else sample.* defaults), as `imagegen sample` without flags.
 SAMPLER_PARAMS: dict[str, Any] = {"sampler": "", "steps": 0, "eta": -1.0}
-BATCH_SIZE = 256  # images per sampler call, as `imagegen sample`
 
 
 class GenerateRequest(BaseModel):
@@ -70,23 +69,24 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
 
         if getattr(self, "_backend", None):  # before Keras is first imported in a serving process
             os.environ.setdefault("KERAS_BACKEND", self._backend)
+        from types import SimpleNamespace
+
         from imagegen.artifact import load_model
+        from imagegen.config import SampleConfig
 
         self._model_dir = context.artifacts["model_dir"]
         self._loaded = load_model(self._model_dir)
+        self._project = SimpleNamespace(sample=SampleConfig.model_validate(getattr(self, "_sample", {})))
         self._samplers: dict[str, Any] = {}
 
     def _sampler(self, params: dict[str, Any] | None) -> Any:
         """The sampler for this request's settings (``SAMPLER_PARAMS`` over the registered ``sample:``
         section and the model's own grid), made on first use."""
         import json
-        from types import SimpleNamespace
 
-        from imagegen.config import SampleConfig
         from imagegen.sampling import make_sampler, sampler_kwargs
 
-        project = SimpleNamespace(sample=SampleConfig.model_validate(getattr(self, "_sample", {})))
-        kwargs = sampler_kwargs(project, self._loaded.meta, sampler_overrides(params))
+        kwargs = sampler_kwargs(self._project, self._loaded.meta, sampler_overrides(params))
         key = json.dumps(kwargs, sort_keys=True, default=str)
         if key not in self._samplers:
             self._samplers[key] = make_sampler(self._loaded.family, kwargs)
@@ -100,7 +100,7 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
     ) -> np.ndarray:
         """``n`` images per request from its ``seed``; requests are concatenated (uint8 N,H,W,C)."""
         from imagegen.profiling import phase
-        from imagegen.sampling import sample_images
+        from imagegen.sampling import BATCH_SIZE, sample_images
 
         sample = self._sampler(params)
         requests = [r if isinstance(r, GenerateRequest) else GenerateRequest.model_validate(r) for r in model_input]
