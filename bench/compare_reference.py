@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from imagegen import startup
+
 HERE = Path(__file__).resolve().parent
 # imagegen's DDPM U-Net that has exactly diffusers' UNet2DModel(block_out_channels=(32, 64, 64), ...) weights.
 OURS = [
@@ -213,6 +215,7 @@ class Worker:
     def __init__(self, kind: str, log_dir: Path) -> None:
         env = {**os.environ, "KERAS_BACKEND": WORKERS[kind] if kind != "ref" else "tensorflow"}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        startup.set_tensorflow_defaults(env)  # ours on the kernels the `imagegen` command trains on
         self.kind = kind
         self.log = log_dir / f"{kind}.log"
         self.proc = subprocess.Popen(

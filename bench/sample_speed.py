@@ -21,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from imagegen.artifact import load_model
-from imagegen.sampling import make_sampler, sampler_kwargs
+from imagegen import startup
+
+startup.set_tensorflow_defaults()  # the kernels the `imagegen` command samples on (before TensorFlow loads)
+
+from imagegen.artifact import load_model  # noqa: E402
+from imagegen.sampling import make_sampler, sampler_kwargs  # noqa: E402
 
 
 def bench(model_dir: Path, n: int, steps: int, repeats: int) -> dict[str, object]:

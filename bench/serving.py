@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     args.exports = args.exports or args.root / "exports"
     affinity = pin_to_one_core(args.core)
 
+    from imagegen import startup
+
+    startup.set_tensorflow_defaults()  # the SavedModel rows on the kernels the `imagegen` command uses
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -16,15 +16,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import keras
-import numpy as np
+from imagegen import startup
 
-from imagegen.config import load_params
-from imagegen.data.loader import BatchStream
-from imagegen.data.processed import Split
-from imagegen.training.families import FAMILIES, build_family
-from imagegen.training.precision import accelerator, dtype_policy, resolve_jit, resolve_policy
-from imagegen.training.steppers import make_stepper
+startup.set_tensorflow_defaults()  # the kernels the `imagegen` command trains on (before TensorFlow loads)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from imagegen.config import load_params  # noqa: E402
+from imagegen.data.loader import BatchStream  # noqa: E402
+from imagegen.data.processed import Split  # noqa: E402
+from imagegen.training.families import FAMILIES, build_family  # noqa: E402
+from imagegen.training.precision import accelerator, dtype_policy, resolve_jit, resolve_policy  # noqa: E402
+from imagegen.training.steppers import make_stepper  # noqa: E402
 
 
 @dataclass

@@ -20,7 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagegen.config import Params, load_params
+from imagegen import startup
+
+startup.set_tensorflow_defaults()  # the kernels the `imagegen` command runs on, set before any test imports TF
+
+from imagegen.config import Params, load_params  # noqa: E402
 
 # Read once at import time, before any test's monkeypatch can change it.
 _ENV_DATA_DIR = os.environ.get("IMAGEGEN_DATA_DIR")

@@ -1,5 +1,5 @@
 """Process start-up (imagegen.startup): TensorFlow/Keras do not import scikit-learn, pandas or JAX for nothing,
-and everything else still can."""
+and everything else still can; TensorFlow runs its oneDNN kernels on every x86 CPU unless told otherwise."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from pathlib import Path
 from imagegen import startup
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+def run_python(code: str, drop: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
     import os
 
+    base = {k: v for k, v in os.environ.items() if k not in drop}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, "KERAS_BACKEND": "tensorflow", **env},
+        env={**base, "KERAS_BACKEND": "tensorflow", **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -63,3 +64,31 @@ def test_nothing_is_hidden_when_keras_runs_on_jax() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False False"
+
+
+def test_tensorflow_defaults_fill_only_what_the_environment_lacks() -> None:
+    env: dict[str, str] = {}
+    assert startup.set_tensorflow_defaults(env) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert env == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    mine = {"TF_ENABLE_ONEDNN_OPTS": "0"}  # a user comparing against Eigen's kernels keeps them
+    assert startup.set_tensorflow_defaults(mine) == {}
+    assert mine == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def test_the_console_script_runs_tensorflow_on_onednn_kernels_and_respects_an_explicit_choice() -> None:
+    # TensorFlow turns oneDNN on by itself only on CPUs with AVX512_VNNI/BF16 or AMX; the command does on all.
+    code = """
+        import os
+        from imagegen import cli
+        def probe():  # in place of the Typer app: what a stage importing TensorFlow after main()'s set-up sees
+            from tensorflow.python.util import _pywrap_util_port as port
+            print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), port.IsMklEnabled())
+        cli.app = probe
+        cli.main()
+        """
+    default = run_python(code, drop=("TF_ENABLE_ONEDNN_OPTS",))
+    assert default.returncode == 0, default.stderr[-2000:]
+    assert default.stdout.strip().splitlines()[-1] == "1 True"
+    explicit = run_python(code, TF_ENABLE_ONEDNN_OPTS="0")
+    assert explicit.returncode == 0, explicit.stderr[-2000:]
+    assert explicit.stdout.strip().splitlines()[-1] == "0 False"

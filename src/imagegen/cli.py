@@ -358,10 +358,12 @@ def freeze_heap_at_exit() -> None:
 
 def main() -> None:
     """The ``imagegen`` console script (and ``python -m imagegen``): the Typer app, without the integrations
-    TensorFlow would import for nothing (:mod:`imagegen.startup`) and without a shutdown collection."""
+    TensorFlow would import for nothing, on oneDNN kernels (:mod:`imagegen.startup`) and without a shutdown
+    collection."""
     from imagegen import startup
 
     atexit.register(freeze_heap_at_exit)
+    startup.set_tensorflow_defaults()
     startup.install()
     app()
 
