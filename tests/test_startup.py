@@ -76,7 +76,7 @@ def test_tensorflow_defaults_fill_only_what_the_environment_lacks() -> None:
 
 
 def test_the_console_script_runs_tensorflow_on_onednn_kernels_and_respects_an_explicit_choice() -> None:
-    # TensorFlow turns oneDNN on by itself only on CPUs with AVX512_VNNI/BF16 or AMX; the command does on all.
+    # TensorFlow turns oneDNN on by itself only on CPUs with AVX512_VNNI/BF16, AVX_VNNI or AMX; the command does on all.
     code = """
         import os
         from imagegen import cli

@@ -1,11 +1,12 @@
 """Start-up of an ``imagegen`` process: TensorFlow's CPU kernels, and no integrations that no stage uses.
 
 **oneDNN on every x86 CPU** (:func:`set_tensorflow_defaults`). TensorFlow turns its oneDNN kernels on by
-default only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX; elsewhere (a 2-core AMD EPYC without AVX-512, as
-many cloud machines are) it runs its Eigen kernels, whose convolution backward passes cost about nine times the
-forward on the default models' small shapes. Measured there (``bench/train_throughput.py``, batch 64, 16x16):
-a DDPM train step 249-264 -> 167-186 ms, DCGAN 93-107 -> 69-70 ms, VAE 65-72 -> 36-40 ms. It also gives every
-x86 machine the same kernel library, so a figure or a FID measured on one is comparable to another's.
+default on Linux only on CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``DefaultOneDnnPolicy`` in
+tensorflow/core/util/port.cc); elsewhere (a 2-core AMD EPYC without AVX-512, as many cloud machines are) it
+runs its Eigen kernels, whose convolution backward passes cost about nine times the forward on the default
+models' small shapes. Measured there (``bench/train_throughput.py``, batch 64, 16x16): a DDPM train step
+249-264 -> 167-186 ms, DCGAN 93-107 -> 69-70 ms, VAE 65-72 -> 36-40 ms. Every x86 machine then also runs the
+same kernel library (oneDNN still picks code per instruction set, so results are close, not bit-identical).
 ``TF_ENABLE_ONEDNN_OPTS`` already set (``=0`` to compare) is left as it is.
 
 **No integrations that no stage uses.**
