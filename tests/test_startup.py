@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from imagegen import startup
 
 
@@ -68,11 +70,18 @@ def test_nothing_is_hidden_when_keras_runs_on_jax() -> None:
 
 def test_tensorflow_defaults_fill_only_what_the_environment_lacks() -> None:
     env: dict[str, str] = {}
-    assert startup.set_tensorflow_defaults(env) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
-    assert env == {"TF_ENABLE_ONEDNN_OPTS": "1"}
-    mine = {"TF_ENABLE_ONEDNN_OPTS": "0"}  # a user comparing against Eigen's kernels keeps them
+    expected = startup.tensorflow_defaults()
+    assert set(expected) == {"TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS"}
+    assert startup.set_tensorflow_defaults(env) == expected
+    assert env == expected
+    mine = {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "2"}  # a user's choices are kept
     assert startup.set_tensorflow_defaults(mine) == {}
-    assert mine == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    assert mine == {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "2"}
+
+
+@pytest.mark.parametrize(("cores", "intra"), [(1, 1), (2, 1), (4, 1), (8, 2), (16, 4)])
+def test_each_of_up_to_four_branches_gets_an_equal_share_of_the_cores(cores: int, intra: int) -> None:
+    assert startup.tensorflow_defaults(cores)["TF_NUM_INTRAOP_THREADS"] == str(intra)
 
 
 def test_the_console_script_runs_tensorflow_on_onednn_kernels_and_respects_an_explicit_choice() -> None:

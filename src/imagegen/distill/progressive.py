@@ -252,6 +252,7 @@ def build_progressive(
         ema={"unet_ema": "unet"},
         ema_decay=cfg.ema_decay,
         spec=_round_spec(student.spec, grid, cfg, clip_x0),
+        batch_separable=True,  # the mean of per-image weighted x0 errors; the teacher runs in inference mode
     )
     return Distillation(family=family, student=student)
 

@@ -12,7 +12,8 @@ from imagegen.profiling import phase
 
 def compiled_predictor(model: keras.Model) -> Callable[..., Any]:
     """``predict(*inputs)`` = ``model(list(inputs), training=False)`` as one compiled function: a TensorFlow
-    graph (XLA-compiled on a GPU, :func:`imagegen.training.precision.resolve_jit`), or ``jax.jit``.
+    graph (XLA-compiled on a GPU, :func:`imagegen.training.precision.resolve_jit`; on a CPU the rows in shards
+    run side by side, :mod:`imagegen.training.branches`), or ``jax.jit``.
 
     The compiled function reads the model's variables at call time (TensorFlow captures them; JAX gets
     their current values passed in), so later weight updates are seen. A ragged last batch runs padded to
@@ -71,10 +72,17 @@ def _compiled(model: keras.Model) -> Callable[..., Any]:
     if backend == "tensorflow":
         import tensorflow as tf
 
+        from imagegen.training.branches import branches_for, cpu_branches, split_rows
         from imagegen.training.precision import resolve_jit
 
         jit = resolve_jit("auto", backend)  # XLA on a GPU; on a CPU its compile per shape costs more than it saves
-        fn = tf.function(lambda *xs: model(pack(xs), training=False), jit_compile=jit, reduce_retracing=True)
+        branches = 1 if jit else cpu_branches()
+
+        def predict(*xs: Any) -> Any:  # rows in side-by-side shards on a CPU (imagegen.training.branches)
+            shards = branches_for(xs[0].shape[0], branches)
+            return split_rows(lambda *part: model(pack(part), training=False), xs, shards)
+
+        fn = tf.function(predict, jit_compile=jit, reduce_retracing=True)
         return lambda *xs: fn(*xs)
     if backend == "jax":
         import jax

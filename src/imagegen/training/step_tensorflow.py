@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from imagegen.training.branches import branches_for, cpu_branches, split_mean
 from imagegen.training.families.base import Family
 
 
@@ -16,12 +17,17 @@ class TensorFlowStepper:
 
     One device only: ``train.devices`` > 1 is refused before this is built
     (:func:`imagegen.training.distributed.resolve_devices`); data-parallel training is on the JAX backend.
+    On a CPU the loss of a ``batch_separable`` family is computed in row shards that run side by side
+    (:mod:`imagegen.training.branches`); ``branches`` overrides their count (1: whole batches).
     """
 
     local_rows = None  # single process: the stream reads every row
 
-    def __init__(self, family: Family, jit_compile: bool = True) -> None:
+    def __init__(self, family: Family, jit_compile: bool = True, branches: int | None = None) -> None:
         self.family = family
+        if branches is None:
+            branches = cpu_branches() if family.batch_separable and not jit_compile else 1
+        self.branches = branches
         for phase in family.phases:
             phase.optimizer.build(self._phase_vars(phase))
         self._step_fn = tf.function(self._step, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
@@ -34,10 +40,13 @@ class TensorFlowStepper:
 
     def _step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
+        # Static while batches keep one size, as training's do (a relaxed retrace sees None: no split).
+        rows = next((v.shape[0] for v in batch.values() if len(v.shape)), None)
+        branches = branches_for(rows, self.branches)
         for phase in self.family.phases:
             variables = self._phase_vars(phase)
             with tf.GradientTape() as tape:
-                loss, phase_metrics = phase.loss(self._call, batch)
+                loss, phase_metrics = split_mean(lambda b, p=phase: p.loss(self._call, b), batch, branches)
                 loss = tf.cast(loss, tf.float32)
             grads = tape.gradient(loss, variables)
             phase.optimizer.apply(grads, variables)

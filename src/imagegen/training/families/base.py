@@ -45,6 +45,10 @@ class Family:
     ema_decay: float = 0.999
     # The config section (JSON) that rebuilds these networks, plus the data shape.
     spec: dict[str, Any] = field(default_factory=dict)
+    # Every phase's loss (and metric) is the batch mean of per-image terms and no network uses batch statistics:
+    # the loss of a batch is then the row-weighted mean of its shards' losses, so a CPU step may compute it in
+    # row shards side by side (imagegen.training.branches). False for BatchNorm networks or batch-level terms.
+    batch_separable: bool = False
 
     def ema_decay_at(self, updates: Any) -> Any:
         """EMA decay with warm-up, min(decay, (1 + n) / (10 + n)) after n updates (as tf.train.ExponentialMovingAverage

@@ -107,6 +107,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
         ema={"unet_ema": "unet"},
         ema_decay=cfg.ema_decay,
         spec={"ddpm": cfg.model_dump(mode="json")},
+        batch_separable=True,  # the mean eps MSE; GroupNorm is per image
     )
 
 

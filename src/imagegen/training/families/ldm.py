@@ -162,6 +162,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
         ema=inner.ema,
         ema_decay=inner.ema_decay,
         spec={"ldm": cfg.model_dump(mode="json"), "vae": vae_cfg.model_dump(mode="json"), "latent_grid": list(grid)},
+        batch_separable=inner.batch_separable,  # the DDPM loss on latents of the frozen encoder (inference mode)
     )
 
 
