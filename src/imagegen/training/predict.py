@@ -78,9 +78,14 @@ def _compiled(model: keras.Model) -> Callable[..., Any]:
         jit = resolve_jit("auto", backend)  # XLA on a GPU; on a CPU its compile per shape costs more than it saves
         branches = 1 if jit else cpu_branches()
 
+        # One traced call that every equal shard runs (traced once, not once per branch).
+        shard_fn = tf.function(lambda *part: model(pack(part), training=False), reduce_retracing=True)
+
         def predict(*xs: Any) -> Any:  # rows in side-by-side shards on a CPU (imagegen.training.branches)
             shards = branches_for(xs[0].shape[0], branches)
-            return split_rows(lambda *part: model(pack(part), training=False), xs, shards)
+            if shards == 1:
+                return model(pack(xs), training=False)
+            return split_rows(shard_fn, xs, shards)
 
         fn = tf.function(predict, jit_compile=jit, reduce_retracing=True)
         return lambda *xs: fn(*xs)

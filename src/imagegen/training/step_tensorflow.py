@@ -28,6 +28,7 @@ class TensorFlowStepper:
         if branches is None:
             branches = cpu_branches() if family.batch_separable and not jit_compile else 1
         self.branches = branches
+        self._shard_fns: dict[str, Any] = {}
         for phase in family.phases:
             phase.optimizer.build(self._phase_vars(phase))
         self._step_fn = tf.function(self._step, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
@@ -38,6 +39,17 @@ class TensorFlowStepper:
     def _call(self, name: str, inputs: Any, training: bool = True) -> Any:
         return self.family.networks[name](inputs, training=training)
 
+    def _shard_loss(self, phase: Any) -> Any:
+        """The phase's loss as one traced function that every equal shard calls: the graph of a shard is
+        traced (and differentiated) once, not once per branch."""
+        if phase.name not in self._shard_fns:
+
+            def shard_loss(batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+                return phase.loss(self._call, batch)
+
+            self._shard_fns[phase.name] = tf.function(shard_loss, reduce_retracing=True, autograph=False)
+        return self._shard_fns[phase.name]
+
     def _step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
         # Static while batches keep one size, as training's do (a relaxed retrace sees None: no split).
@@ -45,8 +57,9 @@ class TensorFlowStepper:
         branches = branches_for(rows, self.branches)
         for phase in self.family.phases:
             variables = self._phase_vars(phase)
+            shard_loss = self._shard_loss(phase) if branches > 1 else (lambda b, p=phase: p.loss(self._call, b))
             with tf.GradientTape() as tape:
-                loss, phase_metrics = split_mean(lambda b, p=phase: p.loss(self._call, b), batch, branches)
+                loss, phase_metrics = split_mean(shard_loss, batch, branches)
                 loss = tf.cast(loss, tf.float32)
             grads = tape.gradient(loss, variables)
             phase.optimizer.apply(grads, variables)
