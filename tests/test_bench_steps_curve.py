@@ -54,7 +54,8 @@ def test_the_curve_resumes_to_each_milestone_and_evaluates_it(tmp_path: Path) ->
     assert [int(r["steps"]) for r in rows] == [2, 4]
     assert all(float(r["fid"]) > 0 for r in rows)
     meta = json.loads((tmp_path / "models" / "vae" / "model.json").read_text())
-    assert meta["step"] == 4 and meta["resumed_from"].endswith("ckpt-000002.h5")  # continued, not retrained
+    run = json.loads((tmp_path / "reports" / "train_vae" / "run.json").read_text())
+    assert meta["step"] == 4 and run["resumed_from"].endswith("ckpt-000002.h5")  # continued, not retrained
 
 
 def test_milestones_must_ascend(tmp_path: Path) -> None:

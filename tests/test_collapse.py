@@ -1,4 +1,4 @@
-"""Collapse caught where it happens (issue 11, row 16): KL per image for the VAE, sample health for every family."""
+"""Collapse caught where it happens: KL per image for the VAE, sample health for every family."""
 
 from __future__ import annotations
 

@@ -213,7 +213,7 @@ def test_cli_missing_params_file_exits_2_naming_it(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Strict types, duplicate keys, section-level messages (issue 11, rows 13 and 14)
+# Strict types, duplicate keys, section-level messages
 
 
 @pytest.mark.parametrize(

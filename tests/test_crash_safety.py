@@ -1,4 +1,4 @@
-"""Crash safety, for real: `imagegen train` subprocesses killed with SIGKILL, then resumed (issue 11).
+"""Crash safety, for real: `imagegen train` subprocesses killed with SIGKILL, then resumed.
 
 - A run killed at a random moment, resumed, killed again *inside a checkpoint write*, and resumed to the end
   finishes with the same weights and the same loss curve (`train_log.csv`) as an uninterrupted run: the step
@@ -18,6 +18,7 @@ Tiny model (a VAE on 8x8 digits, 24 steps, no XLA) so CI runs this in well under
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -231,7 +232,8 @@ def test_crash_a_truncated_latest_checkpoint_falls_back_to_the_previous_with_a_w
     warning = next(r.getMessage() for r in caplog.records if "unreadable checkpoint" in r.getMessage())
     assert latest_path.name in warning and f"ckpt-{older:06d}.h5" in warning
     meta = load_model(cwd / "models/vae").meta
-    assert meta["resumed_from"].endswith(f"ckpt-{older:06d}.h5") and meta["step"] == STEPS
+    run = json.loads((cwd / "reports/train_vae/run.json").read_text())  # run facts live outside the model
+    assert run["resumed_from"].endswith(f"ckpt-{older:06d}.h5") and meta["step"] == STEPS
     expected, got = weights_of(ref_dir / "models/vae"), weights_of(cwd / "models/vae")
     for name in expected:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -261,7 +263,7 @@ def test_crash_suite_cli_stderr_has_no_tensorflow_xla_or_cuda_start_up_lines(ref
 
 
 # --------------------------------------------------------------------------------------------------
-# Leftovers of killed runs (row 9): removed by the next run of the stage, only when their owner is gone
+# Leftovers of killed runs: removed by the next run of the stage, only when their owner is gone
 
 
 def dead_pid() -> int:
@@ -316,7 +318,7 @@ def test_crash_between_the_two_renames_of_a_folder_swap_the_previous_output_come
     swapped_out = tmp_path / f".model.{dead_pid()}@{_host()}.old"  # dest renamed away, the new one not yet in
     swapped_out.mkdir()
     (swapped_out / "model.json").write_text("{}")
-    with atomic_dir(tmp_path / "other"):
+    with atomic_dir(tmp_path / "other", kind="model"):
         pass  # a swap of another output does not touch it
     assert swapped_out.exists()
     from imagegen.fileio import remove_stale_temps

@@ -15,8 +15,11 @@ import pytest
 
 from imagegen.config import Params, RegistryConfig, load_params
 
+# The weights digest the reports below name (a model folder's own is read with `digest_of`).
+DIGEST = "sha256:" + "ab" * 32
 # An evaluation report as `imagegen evaluate` writes it (the digits models score like this today).
 GOOD_EVAL: dict[str, Any] = {
+    "weights_digest": DIGEST,
     "fid": 3.0,
     "kid_mean": 0.02,
     "precision": 0.65,
@@ -26,11 +29,26 @@ GOOD_EVAL: dict[str, Any] = {
     "n_generated": 1000,
     "floor": {"fid": 1.0, "precision": 0.92, "recall": 0.91},
 }
-PARITY_OK: dict[str, Any] = {"artifacts": {"float32": {"passed": True}, "int8": {"passed": True}}}
+PARITY_OK: dict[str, Any] = {
+    "weights_digest": DIGEST,
+    "artifacts": {"float32": {"passed": True}, "int8": {"passed": True}},
+}
 
 
 def evaluation(**changes: Any) -> dict[str, Any]:
     return {**GOOD_EVAL, **changes}
+
+
+def digest_of(model_dir: Path) -> str:
+    """The weights digest a model folder records in its model.json."""
+    import json
+
+    return json.loads((Path(model_dir) / "model.json").read_text())["weights_digest"]
+
+
+def of_model(report: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """``report`` as if it had been made from the weights in ``model_dir``."""
+    return {**report, "weights_digest": digest_of(model_dir)}
 
 
 def tiny_vae(root: Path) -> Path:
@@ -77,8 +95,11 @@ def version_tags(evaluation_report: dict[str, Any], parity: bool | None = True) 
     from imagegen.registry import eval_tags
 
     tags = eval_tags(evaluation_report)
+    digest = evaluation_report.get("weights_digest", DIGEST)  # evaluation, export and version: the same weights
+    tags.update({"weights_digest": digest, "eval.weights_digest": digest})
     if parity is not None:
         tags["export.parity_passed"] = "true" if parity else "false"
+        tags["export.weights_digest"] = digest
     return tags
 
 
@@ -150,7 +171,7 @@ def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(trained, tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IMAGEGEN_CACHE_DIR", str(tmp_path / "cache"))
     params = store_params(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    name, v1 = register(params, trained, evaluation(fid=5.0), PARITY_OK)
+    name, v1 = register(params, trained, of_model(evaluation(fid=5.0), trained), of_model(PARITY_OK, trained))
     assert name == "imagegen-vae-digits"
     first = promote(params, name)
     assert first.promoted and "no champion yet" in first.reason and "absolute quality floor" in first.reason
@@ -196,7 +217,7 @@ def test_the_registered_pyfunc_pins_imagegen_and_its_backend_and_validates_reque
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    name, version = register(store_params(uri), trained, GOOD_EVAL, PARITY_OK)
+    name, version = register(store_params(uri), trained, of_model(GOOD_EVAL, trained), of_model(PARITY_OK, trained))
     mlflow.set_registry_uri(uri)
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", tracking_uri=uri))
     requirements = (local / "requirements.txt").read_text().split()

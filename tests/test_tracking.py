@@ -140,9 +140,9 @@ def test_a_training_run_logs_its_dataset_as_an_mlflow_input(monkeypatch, tmp_pat
         ],
     )
     data = run_ingest(p)
-    model = run_train(p, "vae", data_dir=data, out_dir=tmp_path / "vae", show_progress=False)
+    run_train(p, "vae", data_dir=data, out_dir=tmp_path / "vae", show_progress=False)
     manifest = json.loads((data / "manifest.json").read_text())
-    run_id = json.loads((model / "model.json").read_text())["mlflow_run_id"]
+    run_id = json.loads((tmp_path / "r" / "train_vae" / "run.json").read_text())["mlflow_run_id"]
 
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     (dataset_input,) = run.inputs.dataset_inputs

@@ -237,7 +237,10 @@ def test_run_train_writes_model_metrics_log_and_samples(digits, tmp_path) -> Non
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["step"] == 6 and np.isfinite(metrics["final.loss"])
     lines = (report / "train_log.csv").read_text().splitlines()
-    assert lines[0].split(",")[:2] == ["step", "images_per_sec"] and len(lines) == 7
+    assert lines[0].split(",")[0] == "step" and "images_per_sec" not in lines[0] and len(lines) == 7
+    # speeds differ run to run: they are kept apart from the tracked report, in run.json
+    assert "images_per_sec" not in metrics and "ms_per_step" not in metrics
+    assert json.loads((report / "run.json").read_text())["images_per_sec"] > 0
 
 
 def test_a_time_budget_stops_with_a_checkpoint_that_resume_continues(digits, tmp_path) -> None:

@@ -1,5 +1,11 @@
 """A trained model on disk: ``model.json`` (what to rebuild) plus one ``<network>.weights.h5`` per network.
 
+``model.json`` records ``weights_digest``, the content digest of the weights (:mod:`imagegen.provenance`),
+computed when the folder is saved and checked when it is loaded: a folder whose weights were swapped or
+edited since, or one written before digests existed, is refused. Weight entries are plain file names inside
+the folder; a path (``../``, absolute, a link leaving the folder) is refused, so a model folder can never make
+imagegen read another model's weights.
+
 ``.weights.h5`` files load under any Keras backend, so a model trained with JAX on a GPU is sampled,
 evaluated and exported with TensorFlow on a CPU. The folder is written like a processed dataset or an
 export: complete in a temporary sibling, then swapped into place (:func:`imagegen.fileio.atomic_dir`), so a
@@ -19,6 +25,7 @@ from imagegen.config import Params
 from imagegen.errors import DataError
 from imagegen.fileio import atomic_dir, write_json
 from imagegen.profiling import phase
+from imagegen.provenance import DIGEST_KEY, recorded_digest, weights_digest
 from imagegen.training.families import build_family
 
 if TYPE_CHECKING:
@@ -45,9 +52,10 @@ def save_model(family: Family, out_dir: Path, meta: dict[str, Any], include: dic
         "parameters": {n: int(net.count_params()) for n, net in family.networks.items()},
         **meta,
     }
-    with atomic_dir(out_dir, pause_point="save_model") as tmp:
+    with atomic_dir(out_dir, kind="model", pause_point="save_model") as tmp:
         for name, net in family.networks.items():
             net.save_weights(tmp / files[name])
+        record[DIGEST_KEY] = weights_digest(tmp, files)
         for name, source in (include or {}).items():
             source = Path(source)
             if source.is_dir():
@@ -74,7 +82,33 @@ def read_model_meta(path: Path | str) -> dict[str, Any]:
     missing = [k for k in ("family", "spec", "weights") if k not in meta]
     if missing:
         raise DataError(f"{meta_path}: missing {', '.join(missing)}; expected the model.json of `imagegen train`")
+    check_weight_entries(meta["weights"], meta_path)
+    recorded_digest(meta, meta_path, "imagegen train" if not meta.get("distillation") else "imagegen distill")
     return meta
+
+
+def check_weight_entries(weights: Any, meta_path: Path) -> None:
+    """``weights`` must map network names to plain ``.weights.h5`` file names inside the model folder."""
+    if not isinstance(weights, dict) or not weights:
+        raise DataError(
+            f"{meta_path}: 'weights' must map network names to file names, got {type(weights).__name__} "
+            f"{str(weights)[:60]}"
+        )
+    for network, filename in weights.items():
+        plain = isinstance(filename, str) and filename == Path(filename).name and filename not in ("", ".", "..")
+        if not plain or not filename.endswith(".weights.h5"):
+            raise DataError(
+                f"{meta_path}: weights of {network!r} is {filename!r}; expected a plain file name ending in "
+                ".weights.h5 inside the model folder (no folders, no absolute paths)"
+            )
+        path = meta_path.parent / filename
+        if path.is_symlink() and path.resolve().parent != meta_path.parent.resolve():
+            raise DataError(f"{path}: a link leaving the model folder; weights must be files inside {meta_path.parent}")
+
+
+def model_digest(path: Path | str) -> str:
+    """The weights digest a model folder records (refused with one line when it records none)."""
+    return str(read_model_meta(path)[DIGEST_KEY])
 
 
 @dataclass
@@ -103,10 +137,18 @@ def load_model(path: Path | str) -> LoadedModel:
         family = build_family(name, params, tuple(spec["image_shape"]), spec["num_classes"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{meta_path}: 'spec' does not describe a model ({type(exc).__name__}: {exc})") from None
-    for net_name, filename in meta["weights"].items():
+    for filename in meta["weights"].values():
         weights = path / filename
         if not weights.is_file():
             raise DataError(f"{weights}: weights file listed in {meta_path} is missing")
+    actual = weights_digest(path, meta["weights"])
+    if actual != meta[DIGEST_KEY]:
+        raise DataError(
+            f"{path}: the weights are not the ones {meta_path} records ({DIGEST_KEY} {meta[DIGEST_KEY][:19]}, "
+            f"files hash to {actual[:19]}); they were changed after `imagegen train` wrote them: train again"
+        )
+    for net_name, filename in meta["weights"].items():
+        weights = path / filename
         if net_name not in family.networks:
             raise DataError(f"{meta_path}: weights for unknown network {net_name!r}")
         try:

@@ -284,13 +284,15 @@ def export_cmd(
 ) -> None:
     """SavedModel + TFLite (float32/float16/int8), each checked for parity with Keras and timed."""
     cfg = _load(params, set_)
-    from imagegen.stages.export import report_table, run_export
+    from imagegen.stages.export import report_dir_for, report_table, run_export
+    from imagegen.timings import RUN_FILE
 
     with phase("stage", "work"):
         out_dir = run_export(cfg, model, out, report)
     import json
 
-    sys.stdout.write(report_table(json.loads((out_dir / "metrics.json").read_text())))
+    timing = json.loads((report_dir_for(cfg, out_dir, report) / RUN_FILE).read_text())
+    sys.stdout.write(report_table(json.loads((out_dir / "metrics.json").read_text()), timing))
     console.print(f"exported -> {out_dir}")
 
 

@@ -8,6 +8,7 @@ and what was expected. Stages receive the resulting :class:`Params` object and n
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,6 +28,17 @@ from pydantic import (
 from imagegen.errors import ConfigError
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+MAX_BATCH_SIZE = 4096
+"""Largest batch (or batch-sized sample) any stage accepts: far above what these models train with, far below
+the point where one batch alone exhausts memory (-S train.batch_size=100000 took 15 GB before failing)."""
+
+# The budget of YAML input (a params file or one -S value). Aliases count at the size of what they repeat, so
+# an alias bomb (nested anchors that expand to a billion values) is refused while it is composed, not built.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_ALIASES = 1000
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
 
 
 def _strict_problem(annotation: Any, value: Any) -> str | None:
@@ -103,6 +115,12 @@ class DataConfig(Section):
         "a folder's captions.csv is used whatever this is).",
     )
     caption_max_length: int = Field(default=16, gt=0, description="Words per caption kept at ingest (token ids).")
+    max_image_pixels: int = Field(
+        default=4096 * 4096,
+        gt=0,
+        description="Pixel budget per image of a `folder` dataset (width x height from its header); a larger "
+        "image is refused before it is decoded.",
+    )
 
     @field_validator("caption_template")
     @classmethod
@@ -137,7 +155,12 @@ class TrackingConfig(Section):
 class TrainConfig(Section):
     """Knobs of the training loop shared by all families."""
 
-    batch_size: int = Field(default=64, gt=0)
+    batch_size: int = Field(
+        default=64,
+        gt=0,
+        le=MAX_BATCH_SIZE,
+        description=f"Images per training step; at most {MAX_BATCH_SIZE} and at most the training split's size.",
+    )
     checkpoint_every: int = Field(default=200, gt=0, description="Steps between checkpoints.")
     sample_every: int = Field(default=500, gt=0, description="Steps between sample grids.")
     log_every: int = Field(default=25, gt=0, description="Steps between metric logs.")
@@ -156,7 +179,9 @@ class TrainConfig(Section):
         description="Data-parallel devices per process (JAX backend): auto = every local accelerator "
         "(on CPU the devices jax reports, 1 unless XLA_FLAGS forces more); batch_size must divide by the total.",
     )
-    grid_size: int = Field(default=64, gt=0, description="Images in each sample grid.")
+    grid_size: int = Field(
+        default=64, gt=0, le=MAX_BATCH_SIZE, description=f"Images in each sample grid (one batch; <= {MAX_BATCH_SIZE})."
+    )
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -299,6 +324,11 @@ class SampleConfig(Section):
     n: int = Field(default=64, gt=0)
     guidance_scale: float = Field(default=1.0, ge=0)
     clip_x0: bool = Field(default=True, description="Clip each predicted x0 to [-1, 1] (diffusion samplers).")
+    max_images: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Most images one `imagegen sample` may draw: 20x FID-50k; refuses a typo like --n 1000000000.",
+    )
 
 
 class EvaluateConfig(Section):
@@ -314,7 +344,12 @@ class EvaluateConfig(Section):
     kid_subsets: int = Field(default=50, gt=0)
     kid_subset_size: int = Field(default=500, gt=1)
     knn_k: int = Field(default=3, gt=0, description="k of the k-NN manifolds for precision/recall.")
-    batch_size: int = Field(default=256, gt=0)
+    batch_size: int = Field(
+        default=256,
+        gt=0,
+        le=MAX_BATCH_SIZE,
+        description=f"Images per batch when sampling and extracting features (<= {MAX_BATCH_SIZE}).",
+    )
     inception_weights: Path | None = Field(
         default=None, description="Local InceptionV3 ImageNet weights (.h5) for extra FID; never downloaded."
     )
@@ -357,14 +392,18 @@ class DistillConfig(Section):
         default=0.1, ge=0, description="Architecture, DCGAN: weight of matching the evaluation features (0: off)."
     )
     ema_decay: float = Field(default=0.995, ge=0, lt=1, description="EMA of the DDPM student's weights.")
-    batch_size: int | None = Field(default=None, gt=0, description="null: train.batch_size.")
+    batch_size: int | None = Field(
+        default=None, gt=0, le=MAX_BATCH_SIZE, description=f"null: train.batch_size (<= {MAX_BATCH_SIZE})."
+    )
     compare_n: int = Field(default=256, gt=0, description="Images on the same noise for student-vs-teacher SSIM/PSNR.")
     speed_n: int = Field(
         default=128,
         gt=0,
+        le=MAX_BATCH_SIZE,
         description=(
             "Images per timed batch for images/s where no sampling gives it: the knowledge method, and models "
-            "sampled in fewer than two full evaluate.batch_size batches (the others time those batches)."
+            f"sampled in fewer than two full evaluate.batch_size batches (the others time those batches; "
+            f"<= {MAX_BATCH_SIZE})."
         ),
     )
     discriminator_weight: float = Field(
@@ -436,7 +475,27 @@ class ExportConfig(Section):
 class RegistryConfig(Section):
     """MLflow model registry: one registered model per family and dataset; aliases champion/challenger."""
 
-    name_template: str = Field(default="imagegen-{family}-{dataset}", min_length=1)
+    name_template: str = Field(
+        default="imagegen-{family}-{dataset}",
+        min_length=1,
+        description="Registered model name; the fields {family} and {dataset} are filled in.",
+    )
+
+    @field_validator("name_template")
+    @classmethod
+    def _template_fields_known(cls, v: str) -> str:
+        """Fill the template now with dummy values, so a misspelt field stops the load, not a late register."""
+        allowed = "expected only the fields {family} and {dataset}"
+        try:
+            v.format(family="family", dataset="dataset")
+        except KeyError as exc:
+            raise ValueError(f"unknown field {{{exc.args[0]}}}; {allowed}") from None
+        except IndexError:
+            raise ValueError(f"a positional field {{}}; {allowed}") from None
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ValueError(f"not a valid template ({exc}); {allowed}, and literal braces doubled") from None
+        return v
+
     gate_metric: Literal["fid", "kid_mean"] = "fid"
     min_improvement: float = Field(
         default=0.02, ge=0, lt=1, description="Relative improvement of the gate metric needed to replace the champion."
@@ -461,6 +520,31 @@ class RegistryConfig(Section):
     )
 
 
+class PublishConfig(Section):
+    """Where the Prefect flow publishes a successful run (``pipelines/publish.py``); git_remote null: not published."""
+
+    git_remote: str | None = Field(
+        default=None,
+        description="Git remote (name or URL, e.g. origin) that gets the run as a DVC experiment: its dvc.lock, "
+        "params and metrics (`dvc exp push`). null: the run is not published.",
+    )
+    dvc_remote: str | None = Field(
+        default=None, description="DVC remote that gets the run's outputs; null: the project's default remote."
+    )
+
+
+class PipelineConfig(Section):
+    """The Prefect flow (``pipelines/flow.py``); no stage reads these, so changing them makes nothing stale."""
+
+    lock_timeout_s: float = Field(
+        default=3600, ge=0, description="How long a DVC command of the flow waits for another DVC process's lock."
+    )
+    progress_every_s: float = Field(
+        default=30, gt=0, description="Seconds between the progress lines of a running stage in the flow's logs."
+    )
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -477,6 +561,7 @@ class Params(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Dotted keys -> values, e.g. for MLflow params."""
@@ -498,13 +583,84 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_YAML12_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
+class _YamlBudgetExceeded(yaml.YAMLError):
+    """A document that would expand past the YAML input budget (an alias bomb, or absurdly large or deep)."""
+
+
+def _child_nodes(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes directly inside ``node`` (a mapping's keys and values), none for a scalar."""
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    """The params reader: yaml.SafeLoader with duplicate keys refused, YAML 1.2 booleans and an input budget.
+
+    - A key given twice in one mapping is an error (PyYAML keeps the last silently).
+    - Booleans are YAML 1.2's, as DVC reads params.yaml and ``-S``: only true/false, so ``off``, ``on``, ``yes``
+      and ``no`` stay strings (``train.mixed_precision: off`` is the string the schema expects).
+    - Composition is budgeted: every alias counts at the expanded size of the node it repeats, so nested
+      anchors that would construct a billion values stop after ``MAX_YAML_NODES``, before anything is built.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._expanded: dict[int, int] = {}  # id(node) -> values it stands for once its aliases are expanded
+        self._total = 0
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """Compose as PyYAML does, charging each node (an alias: its whole expansion) to the budget."""
+        line = self.peek_event().start_mark.line + 1
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise _YamlBudgetExceeded(f"more than {MAX_YAML_ALIASES} aliases (line {line})")
+            size = self._expanded.get(id(node))
+            if size is None:  # the anchor is still open: the alias repeats a node that contains it
+                raise _YamlBudgetExceeded(f"the alias at line {line} repeats a node that contains it")
+            self._charge(size, line)
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise _YamlBudgetExceeded(f"nested more than {MAX_YAML_DEPTH} levels deep (line {line})")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._expanded[id(node)] = 1 + sum(self._expanded[id(child)] for child in _child_nodes(node))
+        self._charge(1, line)
+        return node
+
+    def _charge(self, size: int, line: int) -> None:
+        """Add ``size`` values to the document's expanded total; refuse the document past the budget."""
+        self._total += size
+        if self._total > MAX_YAML_NODES:
+            raise _YamlBudgetExceeded(f"expands to more than {MAX_YAML_NODES} values (at line {line})")
+
+
+_UniqueKeyLoader.add_implicit_resolver(_BOOL_TAG, _YAML12_BOOL, list("tTfF"))
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged by construct_mapping, not a key
+            continue
         key = loader.construct_object(key_node, deep=deep)
         line = key_node.start_mark.line + 1
         try:
@@ -525,10 +681,28 @@ class DuplicateKeyError(ConfigError):
     """A YAML mapping names the same key twice."""
 
 
+class YamlBudgetError(ConfigError):
+    """YAML input larger, deeper or (through aliases) more expansive than the input budget allows."""
+
+
+_BUDGET = (
+    f"expected YAML within the input budget (at most {MAX_YAML_BYTES} bytes, {MAX_YAML_NODES} values with aliases "
+    f"expanded, {MAX_YAML_ALIASES} aliases, {MAX_YAML_DEPTH} levels)"
+)
+
+
 def load_yaml(text: str, source: str) -> Any:
-    """Parse YAML with duplicate keys refused; a ConfigError names ``source`` and the problem."""
+    """Parse YAML (1.2 booleans, duplicate keys refused, within the input budget); a ConfigError names ``source``.
+
+    The budget is checked while the document is composed, so an alias bomb is refused in milliseconds and
+    nothing of its expansion is built or printed.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise YamlBudgetError(f"{source}: {len(text)} characters; {_BUDGET}")
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _YamlBudgetExceeded as exc:
+        raise YamlBudgetError(f"{source}: {exc}; {_BUDGET}") from None
     except yaml.constructor.ConstructorError as exc:
         if exc.problem and exc.problem.startswith("duplicate key"):
             raise DuplicateKeyError(f"{source}: {exc.problem}; give each key once") from None
@@ -541,22 +715,27 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
+def _clip(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters: a message quotes what was given, never megabytes of it."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``key=value`` as ``dvc exp run -S`` spells it (an optional ``params.yaml:`` prefix too).
 
     The value is read as YAML, so ``-S train.batch_size=32`` gives an int and ``-S data.path=null`` None.
     """
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. -S data.name=mnist")
+        raise ConfigError(f"override {_clip(text)!r}: expected KEY=VALUE, e.g. -S data.name=mnist")
     key, _, raw = text.partition("=")
     key = key.strip()
     if ":" in key:  # dvc allows `params.yaml:key=value`
         file_part, _, key = key.rpartition(":")
         if Path(file_part).name != DEFAULT_PARAMS_FILE.name:
-            raise ConfigError(f"override {text!r}: only params.yaml keys can be overridden")
+            raise ConfigError(f"override {_clip(text)!r}: only params.yaml keys can be overridden")
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: empty key")
-    value = load_yaml(raw, f"override {text!r}: value") if raw.strip() else ""
+        raise ConfigError(f"override {_clip(text)!r}: empty key")
+    value = load_yaml(raw, f"override {_clip(text)!r}: value") if raw.strip() else ""
     return key, value
 
 
@@ -572,7 +751,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "o
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"{source} {text!r}: {part!r} is a value, not a section")
+                raise ConfigError(f"{source} {_clip(text)!r}: {part!r} is a value, not a section")
             node = child
         node[parts[-1]] = value
     return result
@@ -586,7 +765,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         value = err["input"]
         # A section-level check (a model validator) or an unknown section: the reason, not the whole dict.
         section_level = isinstance(value, dict) and err["type"] in ("value_error", "assertion_error", "extra_forbidden")
-        shown = "" if section_level else f" = {value!r}"
+        shown = "" if section_level else f" = {_clip(repr(value))}"
         if err["type"] == "extra_forbidden":
             lines.append(
                 f"{source}: unknown key {key!r}{shown.replace(' = ', ' (value ', 1) + ')' if shown else ''}"
@@ -607,13 +786,37 @@ def validate(tree: dict[str, Any], source: str = "params") -> Params:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
+def read_params_text(path: Path) -> str:
+    """The text of the params file ``path``, refused in one line unless it is readable UTF-8 within the budget.
+
+    At most ``MAX_YAML_BYTES`` + 1 bytes are read, so a huge file or a device such as /dev/zero is refused
+    without being read whole.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a YAML params file")
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); expected a readable YAML file") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise YamlBudgetError(f"{path}: larger than {MAX_YAML_BYTES} bytes; {_BUDGET}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: byte 0x{data[exc.start]:02x} at line {line} is not UTF-8; expected UTF-8 YAML"
+        ) from None
+
+
 def load_params(path: Path | str | None = None, overrides: list[str] | None = None) -> Params:
     """Load ``params.yaml`` (defaults if the file is absent and none was asked for), apply overrides, validate."""
     explicit = path is not None
     path = Path(path) if path is not None else DEFAULT_PARAMS_FILE
     tree: dict[str, Any] = {}
     if path.exists():
-        loaded = load_yaml(path.read_text(), str(path))
+        loaded = load_yaml(read_params_text(path), str(path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -624,7 +827,7 @@ def load_params(path: Path | str | None = None, overrides: list[str] | None = No
     source = str(path)
     if overrides:
         tree = apply_overrides(tree, overrides, source="-S")
-        source = f"{path} with -S {' '.join(overrides)}"
+        source = f"{path} with -S {' '.join(map(_clip, overrides))}"
     return validate(tree, source)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from imagegen.outputs import check_output, write_marker
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -162,18 +164,22 @@ def save_npy(dest: Path | str, array: np.ndarray) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: Path | str, pause_point: str | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``dest``; on success it replaces ``dest`` whole.
+def atomic_dir(dest: Path | str, kind: str, pause_point: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dest``, marked as an output of ``kind``; on success it replaces ``dest``.
 
+    ``dest`` must be replaceable by an output of ``kind`` (:func:`imagegen.outputs.check_output`: missing, empty,
+    or an earlier output of that kind), checked again here even when the stage checked it before its work.
     Stale temporaries of earlier, killed runs for the same ``dest`` are removed first (see the module
     docstring). ``pause_point`` names the :func:`pause_for_tests` window before the swap.
     """
     dest = Path(dest)
+    check_output(dest, kind)
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dest.parent, dest.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{_owner_tag()}.", suffix=".tmp", dir=dest.parent))
     _chmod_default(tmp, is_dir=True)
     try:
+        write_marker(tmp, kind)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,7 +197,14 @@ def atomic_dir(dest: Path | str, pause_point: str | None = None) -> Iterator[Pat
 
 
 def md5_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+    return _file_digest(path, hashlib.md5(), chunk)
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    return _file_digest(path, hashlib.sha256(), chunk)
+
+
+def _file_digest(path: Path | str, digest: Any, chunk: int) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)

@@ -15,7 +15,7 @@ the grid follows from ``steps``), so resolving an already resolved dict again ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ import numpy as np
 from imagegen.profiling import phase
 
 if TYPE_CHECKING:
+    from imagegen.artifact import LoadedModel
     from imagegen.training.families.base import Family
 
 SAMPLER_KEYS = ("sampler", "steps", "eta", "guidance_scale", "clip_x0", "timesteps")
@@ -91,10 +92,33 @@ def make_sampler(
     return sample
 
 
-def cycled_labels(spec: Mapping[str, Any], n: int) -> np.ndarray | None:
-    """``arange(n) % num_classes`` for a conditional model, None for an unconditional one."""
+def cycled_labels(spec: Mapping[str, Any], n: int, start: int = 0) -> np.ndarray | None:
+    """``arange(start, start + n) % num_classes`` for a conditional model, None for an unconditional one."""
     conditional = bool(spec.get(spec["family"], {}).get("conditional", False))
-    return (np.arange(n) % spec["num_classes"]).astype(np.int32) if conditional else None
+    return (np.arange(start, start + n) % spec["num_classes"]).astype(np.int32) if conditional else None
+
+
+def iter_sample_batches(
+    sample: SampleFn,
+    spec: Mapping[str, Any],
+    n: int,
+    seed: int,
+    batch_size: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """uint8 images and their labels (None if unconditional), one sampler batch of ``batch_size`` at a time.
+
+    All batches draw from one ``default_rng(seed)`` in order, so a caller that writes each batch away as it
+    comes (memory independent of ``n``) gets exactly the images :func:`sample_images` returns. The batches are
+    the sampler's own: a diffusion sampler draws fresh noise per step for the whole batch, so splitting a batch
+    differently would change the images.
+    """
+    from imagegen.data.loader import to_uint8
+
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, batch_size):
+        k = min(batch_size, n - start)
+        labels = cycled_labels(spec, k, start)
+        yield to_uint8(sample(k, rng, labels)), labels
 
 
 def sample_images(
@@ -106,18 +130,12 @@ def sample_images(
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 (n,H,W,C) images in batches from one ``default_rng(seed)``; their labels (if any)."""
-    from imagegen.data.loader import to_uint8
-
-    rng = np.random.default_rng(seed)
-    labels = cycled_labels(spec, n)
     chunks = []
-    for start in range(0, n, batch_size):
-        k = min(batch_size, n - start)
-        part = None if labels is None else labels[start : start + k]
-        chunks.append(to_uint8(sample(k, rng, part)))
+    for images, _ in iter_sample_batches(sample, spec, n, seed, batch_size):
+        chunks.append(images)
         if on_batch is not None:
-            on_batch(k)
-    return np.concatenate(chunks), labels
+            on_batch(len(images))
+    return np.concatenate(chunks), cycled_labels(spec, n)
 
 
 @phase("sample", "work")
@@ -139,10 +157,15 @@ def generate_images(
     """
     from rich.progress import Progress
 
-    from imagegen.artifact import load_model
-
-    loaded = load_model(model_dir)
-    sample = make_sampler(loaded.family, sampler_kwargs(params, loaded.meta, sampler))
+    loaded, sample = load_sampler(model_dir, params, **sampler)
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task(f"sample {loaded.name}", total=n)
         return sample_images(sample, loaded.family.spec, n, seed, batch_size, lambda k: progress.advance(task, k))
+
+
+def load_sampler(model_dir: Path, params: Any = None, **sampler: Any) -> tuple[LoadedModel, SampleFn]:
+    """The loaded model in ``model_dir`` and its sampler, with settings as :func:`generate_images` resolves them."""
+    from imagegen.artifact import load_model
+
+    loaded = load_model(model_dir)
+    return loaded, make_sampler(loaded.family, sampler_kwargs(params, loaded.meta, sampler))

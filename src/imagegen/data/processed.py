@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,7 +234,7 @@ def write_processed(ds: Dataset, out_dir: Path, extra: dict[str, Any] | None = N
         if required not in ds.splits:
             raise ValueError(f"dataset {ds.name!r} lacks the {required!r} split")
     digest = _start_hash(ds.class_names)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="dataset") as tmp:
         for name in sorted(ds.splits):
             split = streamed(ds.splits[name])
             labels = np.ascontiguousarray(split.labels.astype(np.int64))
@@ -248,6 +249,101 @@ def write_processed(ds: Dataset, out_dir: Path, extra: dict[str, Any] | None = N
         manifest = build_manifest(ds, extra, digest="sha256:" + digest.hexdigest())
         write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+# Keys every readable manifest has, with the JSON type each must be (format_version is checked first, alone).
+REQUIRED_KEYS: dict[str, type] = {
+    "dataset": str,
+    "image_shape": list,
+    "class_names": list,
+    "counts": dict,
+    "content_hash": str,
+}
+
+
+def _json_kind(value: Any) -> str:
+    """How a reader would call the JSON type of ``value``."""
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {dict: "a JSON object", list: "a JSON list", str: "a string", int: "an integer", float: "a number"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), "null")
+
+
+def _is_count(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_manifest(manifest: Any, manifest_path: Path) -> dict[str, Any]:
+    """``manifest`` when it has every key the readers index, with sane types; else a DataError naming the key.
+
+    A manifest edited by hand or written by something else fails here in one line, not later as a KeyError.
+    """
+    if not isinstance(manifest, dict):
+        raise DataError(
+            f"{manifest_path}: {_json_kind(manifest)}, expected a JSON object (a processed-dataset manifest)"
+        )
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise DataError(
+            f"{manifest_path}: format_version {version!r}, this imagegen reads {READABLE_VERSIONS}; re-run ingest"
+        )
+    for key, kind in REQUIRED_KEYS.items():
+        if key not in manifest:
+            raise DataError(
+                f"{manifest_path}: missing key {key!r}; expected a processed-dataset manifest with "
+                f"{', '.join(REQUIRED_KEYS)} (re-run ingest)"
+            )
+        if not isinstance(manifest[key], kind):
+            raise DataError(
+                f"{manifest_path}: key {key!r} is {_json_kind(manifest[key])}, expected {_json_kind(kind())}"
+            )
+    shape = manifest["image_shape"]
+    if len(shape) != 3 or not all(_is_count(d, 1) for d in shape):
+        raise DataError(
+            f"{manifest_path}: image_shape {shape!r}, expected 3 positive integers (height, width, channels)"
+        )
+    if not all(isinstance(name, str) for name in manifest["class_names"]):
+        raise DataError(f"{manifest_path}: class_names holds a non-string, expected a list of class names")
+    for split, count in manifest["counts"].items():
+        if not _is_count(count, 0):
+            raise DataError(f"{manifest_path}: counts[{split!r}] is {count!r}, expected a non-negative integer")
+    captions = manifest.get("captions")
+    if captions is not None and not (isinstance(captions, dict) and _is_count(captions.get("max_length"), 1)):
+        raise DataError(f"{manifest_path}: captions has no positive integer max_length, expected a captions record")
+    return manifest
+
+
+def check_npy_size(path: Path) -> None:
+    """Refuse ``path`` unless it is a regular .npy file holding every byte its header promises.
+
+    np.load would report a short file as a memory-map or reshape error; this names the file and the sizes.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; expected a processed-dataset array (re-run ingest)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreachable ({exc.strerror}); expected a processed-dataset array") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file; expected a processed-dataset .npy array")
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return  # a newer header layout: np.load judges it
+        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+            raise DataError(f"{path}: unreadable .npy header ({exc}); expected a processed-dataset array") from None
+        expected = fh.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    found = path.stat().st_size
+    if found < expected:
+        raise DataError(
+            f"{path}: truncated (expected {expected} bytes for shape {tuple(shape)} {dtype}, found {found}); "
+            "re-run ingest"
+        )
 
 
 @dataclass
@@ -266,15 +362,21 @@ class ProcessedDataset:
                 f"{manifest_path}: no processed dataset here; run `imagegen ingest` (or `dvc repro ingest`) first"
             )
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{manifest_path}: not valid JSON ({exc})") from None
-        version = manifest.get("format_version")
-        if version not in READABLE_VERSIONS:
-            raise DataError(
-                f"{manifest_path}: format_version {version!r}, this imagegen reads {READABLE_VERSIONS}; re-run ingest"
-            )
-        return cls(path=path, manifest=manifest)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{manifest_path}: unreadable ({exc}); expected a processed-dataset manifest") from None
+        dataset = cls(path=path, manifest=check_manifest(manifest, manifest_path))
+        for name in dataset.manifest["counts"]:  # a short or missing array fails now, not after a model is built
+            for array in dataset.array_paths(name):
+                check_npy_size(array)
+        return dataset
+
+    def array_paths(self, name: str) -> list[Path]:
+        """The .npy files of split ``name``: images, labels, and token ids when the dataset has captions."""
+        kinds = ("images", "labels", "captions") if self.captions is not None else ("images", "labels")
+        return [self.path / f"{name}_{kind}.npy" for kind in kinds]
 
     @property
     def content_hash(self) -> str:
@@ -302,6 +404,8 @@ class ProcessedDataset:
             raise DataError(f"{self.path}: no split {name!r} (has {sorted(self.manifest['counts'])})")
         mode = "r" if mmap else None
         img_path, lab_path = self.path / f"{name}_images.npy", self.path / f"{name}_labels.npy"
+        check_npy_size(img_path)
+        check_npy_size(lab_path)
         try:
             images = np.load(img_path, mmap_mode=mode, allow_pickle=False)
             labels = np.load(lab_path, mmap_mode=mode, allow_pickle=False)
@@ -310,9 +414,14 @@ class ProcessedDataset:
         expected = (self.manifest["counts"][name], *self.image_shape)
         if images.shape != expected or images.dtype != np.uint8:
             raise DataError(f"{img_path}: expected uint8 {expected}, found {images.dtype} {images.shape}")
+        if labels.shape != expected[:1] or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(
+                f"{lab_path}: expected integer labels of shape {expected[:1]}, found {labels.dtype} {labels.shape}"
+            )
         captions = None
         if self.captions is not None:
             cap_path = self.path / f"{name}_captions.npy"
+            check_npy_size(cap_path)
             try:
                 captions = np.load(cap_path, mmap_mode=mode, allow_pickle=False)
             except (OSError, ValueError) as exc:

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from imagegen.errors import ChecksumError, DataError, DataNotFoundError
+from imagegen.errors import ChecksumError, ConfigError, DataError, DataNotFoundError
 from imagegen.fileio import atomic_path, md5_file
 
 DATA_DIR_ENV = "IMAGEGEN_DATA_DIR"
@@ -34,8 +34,24 @@ class RawFile:
 
 
 def cache_root() -> Path:
+    """The user cache folder (``$IMAGEGEN_CACHE_DIR``, else ``~/.cache/imagegen``), checked to be usable as one."""
     env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "imagegen"
+    root = Path(env) if env else Path.home() / ".cache" / "imagegen"
+    check_folder_path(root, f"{CACHE_DIR_ENV}={env}" if env else f"the cache folder {root} (moved by {CACHE_DIR_ENV})")
+    return root
+
+
+def check_folder_path(path: Path, named: str) -> None:
+    """Refuse ``path`` when it, or the nearest part of it that exists, is not a folder.
+
+    A file there would otherwise surface later as a bare NotADirectoryError, or as raw files "not found" in it.
+    """
+    existing = next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+    if existing is None or existing.is_dir():
+        return
+    what = "a regular file" if existing.is_file() else "not a folder"
+    problem = what if existing == path else f"inside {existing}, which is {what}"
+    raise ConfigError(f"{named}: {problem}; expected a folder (or a path where one can be created)")
 
 
 def candidate_dirs(dataset: str, explicit: Path | None) -> list[Path]:

@@ -32,6 +32,8 @@ from imagegen.distill.architecture import build_architecture
 from imagegen.distill.progressive import build_progressive, next_round, plan_rounds, sampling_record
 from imagegen.distill.setup import Distillation
 from imagegen.evaluation.side_by_side import Measurement, SideBySide
+from imagegen.outputs import write_marker
+from imagegen.provenance import DIGEST_KEY
 from imagegen.sampling import sampler_kwargs
 from imagegen.tracking import finite_metrics
 from imagegen.training.loop import Trainer, TrainResult
@@ -85,6 +87,9 @@ def distill(job: DistillJob) -> DistillOutcome:
     """Run ``job.method``; the report puts the teacher and its students side by side."""
     if not job.resume:
         clear_outputs(job.out_root, job.method)
+    if job.method == "progressive":  # a folder of round folders, marked as imagegen's (see imagegen.outputs)
+        job.out_root.mkdir(parents=True, exist_ok=True)
+        write_marker(job.out_root, "students")
     teacher_sampling = sampler_kwargs(job.params, job.teacher.meta)
     teacher = job.side_by_side.measure(job.teacher.family, teacher_sampling)
     report: dict[str, Any] = {
@@ -145,18 +150,17 @@ def student_meta(
     teacher_meta: dict[str, Any],
     teacher_path: Path,
     trained: Fitted,
-    run_id: Any,
     distillation: dict[str, Any],
 ) -> dict[str, Any]:
     """The student's ``model.json`` extras: where it comes from, how it was trained."""
-    result, stopped_early, resumed = trained.result, trained.stopped_early, trained.resumed
+    result, stopped_early = trained.result, trained.stopped_early
     return {
         "dataset": teacher_meta.get("dataset"),
         "distilled_from": {
             "path": str(teacher_path),
             "family": teacher_meta.get("family"),
             "dataset": teacher_meta.get("dataset"),
-            "mlflow_run_id": teacher_meta.get("mlflow_run_id"),
+            DIGEST_KEY: teacher_meta.get(DIGEST_KEY),  # the weights it learned from
         },
         "distillation": distillation,
         "step": result.step,
@@ -166,9 +170,7 @@ def student_meta(
             "device": accelerator(),
             "dtype_policy": job.policy,
         },
-        "resumed_from": resumed,
         "stopped_early": stopped_early,
-        "mlflow_run_id": run_id,
     }
 
 
@@ -196,8 +198,8 @@ def clear_outputs(out_root: Path, method: str) -> None:
 
 def _teacher_tags(path: Path, meta: dict[str, Any], **tags: Any) -> dict[str, Any]:
     tags["teacher.path"] = str(Path(path).resolve())
-    if meta.get("mlflow_run_id"):
-        tags["teacher.run_id"] = meta["mlflow_run_id"]
+    if meta.get(DIGEST_KEY):  # the teacher's training run carries the same tag
+        tags[f"teacher.{DIGEST_KEY}"] = meta[DIGEST_KEY]
     return tags
 
 
@@ -261,12 +263,13 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
                 stopped = trained.stopped_early
                 student = dist.student
                 meta = {
-                    **student_meta(job, teacher_meta, Path(teacher_path), trained, child.run_id, distillation),
+                    **student_meta(job, teacher_meta, Path(teacher_path), trained, distillation),
                     "sampling": record,
                 }
                 save_model(student, model_dir, meta)
                 # as the next round reads it
                 meta = json.loads((model_dir / MODEL_FILE).read_text())
+                child.set_tags({DIGEST_KEY: meta[DIGEST_KEY]})  # the run a student folder finds by its digest
             sampling = {**base, "timesteps": record["timesteps"]}
             measured = job.side_by_side.measure(student, sampling, reference=start.images)
             teacher_same_steps = job.side_by_side.measure(job.teacher.family, sampling, reference=start.images)
@@ -331,10 +334,11 @@ def _architecture(
                 )
             trained = fit_student(job, dist, cfg.architecture_steps, p.seed + 1, job.checkpoints, child)
             student = dist.student
-            meta = student_meta(job, job.teacher.meta, job.teacher_dir, trained, child.run_id, distillation)
+            meta = student_meta(job, job.teacher.meta, job.teacher_dir, trained, distillation)
             if job.teacher.meta.get("sampling"):
                 meta["sampling"] = job.teacher.meta["sampling"]
             save_model(student, model_dir, meta)
+            child.set_tags({DIGEST_KEY: json.loads((model_dir / MODEL_FILE).read_text())[DIGEST_KEY]})
             if trained.stopped_early:
                 job.notes.append("training stopped at train.max_minutes; run again with --resume to continue")
         measured = job.side_by_side.measure(student, teacher_sampling, reference=teacher.images)

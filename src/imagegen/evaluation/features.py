@@ -20,6 +20,7 @@ from imagegen.config import EvaluateConfig
 from imagegen.data.loader import to_unit_range
 from imagegen.errors import DataError
 from imagegen.fileio import atomic_path, md5_file, write_json
+from imagegen.outputs import check_output, write_marker
 from imagegen.profiling import phase
 
 MODEL_FILE = "model.json"
@@ -82,7 +83,9 @@ class FeatureExtractor:
 
 
 def save_extractor(classifier: keras.Model, out_dir: Path, meta: dict[str, Any]) -> Path:
+    check_output(out_dir, "features")
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, "features")
     (out_dir / MODEL_FILE).unlink(missing_ok=True)
     with atomic_path(out_dir / WEIGHTS_FILE, suffix=".weights.h5") as tmp:
         classifier.save_weights(tmp)
@@ -90,14 +93,40 @@ def save_extractor(classifier: keras.Model, out_dir: Path, meta: dict[str, Any])
     return out_dir
 
 
+META_KEYS = ("image_shape", "num_classes", "width", "feature_dim", "weights_md5", "dataset", "scores")
+
+
+def read_extractor_meta(path: Path) -> dict[str, Any]:
+    """``model.json`` of the feature extractor in ``path``; a missing, non-JSON or incomplete one is a
+    :class:`DataError` naming it (evaluation cannot go on without it)."""
+    meta_path = path / MODEL_FILE
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: no feature extractor here; run `imagegen train-features` first")
+    rerun = "expected the model.json of `imagegen train-features` (re-run it)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc}); {rerun}") from None
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise DataError(f"{meta_path}: missing {', '.join(missing)}; {rerun}")
+    return meta
+
+
 @phase("features.load", "io")
 def load_extractor(path: Path | str) -> FeatureExtractor:
+    """The feature extractor saved in ``path``; unreadable files are a :class:`DataError` naming them."""
     path = Path(path)
-    if not (path / MODEL_FILE).is_file():
-        raise DataError(f"{path / MODEL_FILE}: no feature extractor here; run `imagegen train-features` first")
-    meta = json.loads((path / MODEL_FILE).read_text())
+    meta = read_extractor_meta(path)
     classifier = build_classifier(tuple(meta["image_shape"]), meta["num_classes"], meta["width"], meta["feature_dim"])
-    classifier.load_weights(path / WEIGHTS_FILE)
+    try:
+        classifier.load_weights(path / WEIGHTS_FILE)
+    except Exception as exc:  # h5py/keras raise OSError, ValueError, KeyError... for a missing or damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{path / WEIGHTS_FILE}: unreadable weights ({reason}); "
+            "expected the complete .weights.h5 of `imagegen train-features` (re-run it)"
+        ) from None
     return FeatureExtractor(path, meta, classifier)
 
 

@@ -7,6 +7,10 @@ way wherever it is measured.
 from __future__ import annotations
 
 import hashlib
+import logging
+import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +21,8 @@ from imagegen.evaluation import metrics
 from imagegen.evaluation.features import FeatureExtractor
 from imagegen.fileio import atomic_path
 from imagegen.profiling import phase
+
+log = logging.getLogger(__name__)
 
 
 @phase("evaluate.real_features", "work")
@@ -29,20 +35,38 @@ def real_features(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, probs and labels of (a seeded subset of) the test split, cached per dataset content
     hash and feature-extractor weights (outside any DVC output), so repeated evaluations embed them
-    once."""
+    once. A cache entry that cannot be read back whole is recomputed (with a warning) and rewritten."""
     split = dataset.split("test")
     n = min(max_real, split.images.shape[0])
     key_text = f"{dataset.content_hash}|{extractor.fingerprint}|{n}|{seed}"
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     cache = cache_root() / "eval-features" / f"{key}.npz"
-    if cache.is_file():
-        with np.load(cache) as npz:
-            return npz["features"], npz["probs"], npz["labels"]
+    cached = read_cached_features(cache, n)
+    if cached is not None:
+        return cached
     idx = np.sort(np.random.default_rng(seed).permutation(split.images.shape[0])[:n])
     feats, probs = extractor.embed(np.asarray(split.images[idx]), batch_size)
     labels = np.asarray(split.labels[idx])
     with atomic_path(cache, suffix=".npz") as tmp:
         np.savez(tmp, features=feats, probs=probs, labels=labels)
+    return feats, probs, labels
+
+
+def read_cached_features(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The (features, probs, labels) of ``n`` images in ``cache``, or None when there is no entry or it is
+    damaged (truncated by a full disk, edited, from an older layout): a cache is only a shortcut, so a bad
+    entry is recomputed and rewritten, with a warning naming it, rather than failing the evaluation."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as npz:
+            feats, probs, labels = npz["features"], npz["probs"], npz["labels"]
+        if not (feats.ndim == probs.ndim == 2 and labels.ndim == 1 and len(feats) == len(probs) == len(labels) == n):
+            raise ValueError(f"shapes {feats.shape}, {probs.shape}, {labels.shape} for {n} images")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("%s: unreadable cached real-image features (%s); recomputing them", cache, reason)
+        return None
     return feats, probs, labels
 
 

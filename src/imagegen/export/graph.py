@@ -18,7 +18,7 @@ decoder of the model folder inside the graph: latent / scale_factor, flattened, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,14 +198,33 @@ def build_serving(
     raise ConfigError(f"export: unknown model family {loaded.name!r}; expected dcgan, vae, ddpm or ldm")
 
 
+def network_order(variables: Sequence[Any], networks: Sequence[keras.Model]) -> list[Any]:
+    """``variables`` (TensorFlow variables a traced function reads) in the order of the networks' weights.
+
+    A traced function lists the variables it reads in the iteration order of an identity set, i.e. by memory
+    address, which changes from process to process; the SavedModel numbers its variables in that order
+    (``_all_variables/<i>``), so the checkpoint, the object graph and ``saved_model.pb`` would too. The networks'
+    weights are in layer-construction order, fixed by the code. A variable no network holds (none is expected)
+    goes last, by name."""
+    rank: dict[int, int] = {}
+    for net in networks:
+        for weight in net.weights:
+            rank.setdefault(id(weight.value), len(rank))
+    return sorted(variables, key=lambda v: (rank.get(id(v), len(rank)), v.name))
+
+
 def export_savedmodel(serving: Serving, dest: Path) -> Path:
-    """Write ``serving`` as a SavedModel at ``dest`` (must not exist yet) with the ``serving_default`` signature."""
+    """Write ``serving`` as a SavedModel at ``dest`` (must not exist yet) with the ``serving_default`` signature.
+
+    The same model and code give the same bytes in any process (see :mod:`imagegen.export.canonical`)."""
     require_tensorflow()
     dest = Path(dest)
     archive = keras.export.ExportArchive()
     for net in serving.networks:
         archive.track(net)
-    archive.add_endpoint(SIGNATURE, serving.fn, input_signature=serving.input_signature())
+    endpoint = archive.add_endpoint(SIGNATURE, serving.fn, input_signature=serving.input_signature())
+    traced = endpoint.get_concrete_function()  # the one trace the archive saves (the signature is fixed)
+    traced.set_variables(network_order(traced.variables, serving.networks))
     # Without the traced gradients of tf.custom_gradient ops (TensorFlow's SiLU is one: 104 functions in the
     # 4-step student's graph): a sampler is never differentiated, and every load (each TFLite conversion loads
     # the SavedModel twice) deserializes them. Saves ~1.5 s of writing and ~0.5 s per conversion on 2 cores.

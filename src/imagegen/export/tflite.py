@@ -25,11 +25,13 @@ them (``tf.Erf``, ``tf.MatrixDeterminant``...). The converted model's op list is
 interpreter (:func:`check_builtin_ops`), so a Flex or custom op can never slip into a written file.
 
 :func:`make_interpreter` prefers LiteRT (``ai_edge_litert.interpreter.Interpreter``) and falls back to
-``tf.lite.Interpreter``.
+``tf.lite.Interpreter``. Its interpreters allocate tensors without the runtime's
+``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` on stderr (:func:`imagegen.quiet.native_stderr_filtered`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +43,7 @@ import numpy as np
 from imagegen.errors import ExportError
 from imagegen.export.graph import SIGNATURE, InputSpec, require_tensorflow
 from imagegen.fileio import write_bytes
+from imagegen.quiet import native_stderr_filtered
 
 VARIANTS = ("float32", "float16", "int8")
 INT8_KINDS = ("dynamic_range", "full_integer")
@@ -88,9 +91,25 @@ def interpreter_class() -> Any:
     return Interpreter
 
 
+@functools.cache
+def quiet_interpreter_class(cls: type) -> type:
+    """``cls`` whose ``allocate_tensors`` drops the runtime's native INFO lines: the first allocation in a process
+    creates the XNNPACK delegate, and TFLite's own logger announces that on stderr whatever ``TF_CPP_MIN_LOG_LEVEL``
+    says. Other output written meanwhile (an allocation error) still reaches stderr."""
+
+    class QuietInterpreter(cls):  # type: ignore[misc,valid-type]
+        def allocate_tensors(self, *args: Any, **kwargs: Any) -> Any:
+            with native_stderr_filtered():
+                return super().allocate_tensors(*args, **kwargs)
+
+    QuietInterpreter.__qualname__ = QuietInterpreter.__name__ = f"Quiet{cls.__name__}"
+    return QuietInterpreter
+
+
 def make_interpreter(model: Path | bytes, num_threads: int | None = None) -> Any:
-    """An interpreter for a ``.tflite`` path or flatbuffer bytes (tensors not allocated yet)."""
-    cls = interpreter_class()
+    """An interpreter for a ``.tflite`` path or flatbuffer bytes (tensors not allocated yet), whose
+    ``allocate_tensors`` prints no runtime INFO line (:func:`quiet_interpreter_class`)."""
+    cls = quiet_interpreter_class(interpreter_class())
     if isinstance(model, bytes | bytearray):
         return cls(model_content=bytes(model), num_threads=num_threads)
     return cls(model_path=str(model), num_threads=num_threads)

@@ -17,7 +17,8 @@ from typing import Any
 
 from imagegen.config import Params
 from imagegen.errors import ImagegenError
-from imagegen.registry.gate import PARITY_TAG, gate
+from imagegen.provenance import DIGEST_KEY, weights_digest
+from imagegen.registry.gate import EVAL_DIGEST_TAG, EXPORT_DIGEST_TAG, PARITY_TAG, gate
 from imagegen.registry.lock import promote_lock
 from imagegen.tracking import (
     finite_metrics,
@@ -132,6 +133,9 @@ def register(
 
     _needs_tracking(params, "register")
     meta = json.loads((Path(model_dir) / "model.json").read_text())
+    digest = str(meta[DIGEST_KEY])
+    if weights_digest(model_dir, meta["weights"]) != digest:  # the files logged below are the ones measured
+        raise ImagegenError(f"{model_dir}: its weights changed after model.json was written; train it again")
     family, dataset = meta["family"], meta["dataset"]["name"]
     name = registered_name(params, registry_family(meta), dataset)
     content_hash = meta["dataset"]["content_hash"]
@@ -161,10 +165,13 @@ def register(
             "git.commit": git_commit(),
             "source.run_id": run.run_id,
             "imagegen.requirements": "; ".join(requirements),
+            DIGEST_KEY: digest,
+            EVAL_DIGEST_TAG: str(evaluation.get(DIGEST_KEY, "none")),
             **eval_tags(evaluation),
         }
         if export_report is not None:
             tags[PARITY_TAG] = "true" if parity_passed(export_report) else "false"
+            tags[EXPORT_DIGEST_TAG] = str(export_report.get(DIGEST_KEY, "none"))
         tags.update(training_collapse_tags(meta))
         with store_errors(uri):
             for key, value in tags.items():

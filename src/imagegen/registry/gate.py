@@ -5,15 +5,19 @@ Checks, in order; the first that fails is the reason recorded on the version:
 1. **Parity**: the export's parity verdict must be present and passed
    (``export.parity_passed=true``). A version registered without ``--export`` has no verdict and is
    refused.
-2. **Evaluated**: the tags the gate reads (``eval.fid``, ``eval.precision``, ``eval.recall``,
+2. **Provenance**: the version's ``weights_digest`` tag must be present and equal to the digest its
+   evaluation (``eval.weights_digest``) and its export (``export.weights_digest``) measured, so a champion
+   always serves the weights whose figures made it one. ``register`` refuses a mismatch already; this
+   catches tags edited since and versions registered before digests existed.
+3. **Evaluated**: the tags the gate reads (``eval.fid``, ``eval.precision``, ``eval.recall``,
    ``eval.coverage``, ``eval.class_entropy``, ``eval.floor.fid``) must exist.
-3. **Collapse**: a non-finite metric, or class entropy or recall near 0, is collapse (DCGAN mode
+4. **Collapse**: a non-finite metric, or class entropy or recall near 0, is collapse (DCGAN mode
    collapse, VAE posterior collapse: every sample the mean image, DDPM flat or non-finite samples).
    The thresholds must be > 0, so no setting lets a collapsed model through; only ``--force``.
-4. **Absolute floor**: FID at most ``max_fid_over_floor`` x the real-vs-real floor FID, and
+5. **Absolute floor**: FID at most ``max_fid_over_floor`` x the real-vs-real floor FID, and
    precision, recall, class coverage and class entropy at least their minimums. Every version must
    clear it, so a first version (no champion yet) is not promoted just for being first.
-5. **Improvement**: with a champion, ``gate_metric`` must beat the champion's by
+6. **Improvement**: with a champion, ``gate_metric`` must beat the champion's by
    ``min_improvement``.
 """
 
@@ -25,6 +29,9 @@ from collections.abc import Mapping
 from imagegen.config import RegistryConfig
 
 PARITY_TAG = "export.parity_passed"
+DIGEST_TAG = "weights_digest"  # the registered weights (imagegen.provenance.DIGEST_KEY)
+EVAL_DIGEST_TAG = "eval.weights_digest"  # the weights the evaluation sampled
+EXPORT_DIGEST_TAG = "export.weights_digest"  # the weights the export converted
 REQUIRED = ("fid", "precision", "recall", "coverage", "class_entropy", "floor.fid")
 
 
@@ -49,6 +56,23 @@ def parity_problem(version: str, tags: Mapping[str, str]) -> str | None:
             f"`imagegen export` and register it with --export <export folder>"
         )
     return f"version {version}: export parity failed ({PARITY_TAG}={verdict})"
+
+
+def provenance_problem(version: str, tags: Mapping[str, str]) -> str | None:
+    digest = tags.get(DIGEST_TAG)
+    if not digest or digest == "none":
+        return (
+            f"version {version} has no {DIGEST_TAG} tag: registered by an older imagegen, nothing ties its "
+            "evaluation and export to its weights; register the model again"
+        )
+    for tag, what in ((EVAL_DIGEST_TAG, "evaluation"), (EXPORT_DIGEST_TAG, "export")):
+        measured = tags.get(tag, "none")
+        if measured != digest:
+            return (
+                f"version {version}: its {what} measured weights {measured[:19]}, not the version's "
+                f"{digest[:19]} ({tag} != {DIGEST_TAG}); evaluate and export the model again and register it"
+            )
+    return None
 
 
 def missing_problem(version: str, tags: Mapping[str, str]) -> str | None:
@@ -114,6 +138,7 @@ def gate(
     """Whether ``version`` (with ``tags``) may replace the champion, and why."""
     checks = (
         lambda: parity_problem(version, tags),
+        lambda: provenance_problem(version, tags),
         lambda: missing_problem(version, tags),
         lambda: collapse_problem(version, tags, cfg),  # needs every metric present
         lambda: floor_problem(version, tags, cfg),  # needs every metric finite

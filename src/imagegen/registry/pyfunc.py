@@ -8,7 +8,13 @@ runs its sampler), and because the folder loads under any Keras backend.
 ``predict`` is type-hinted with ``list[GenerateRequest]`` (a pydantic model): MLflow 3 infers the
 input schema from the hint and validates every request against it (``n`` >= 1 and at most
 ``MAX_IMAGES``, ``seed`` >= 0) before ``predict`` runs, also behind ``mlflow models serve``. A
-DataFrame with ``n`` and ``seed`` columns is turned into the list of requests by MLflow."""
+DataFrame with ``n`` and ``seed`` columns is turned into the list of requests by MLflow. An empty
+list of requests (``{"inputs": []}`` to the scoring server) is answered with zero images, an empty
+uint8 array (0, H, W, C), without sampling.
+
+The loaded python model says which weights it serves: ``weights_digest`` (the ``"sha256:..."`` of
+the model folder's ``model.json``; None for a folder written before it was recorded), e.g.
+``mlflow.pyfunc.load_model(uri).unwrap_python_model().weights_digest``."""
 
 from __future__ import annotations
 
@@ -53,7 +59,12 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
 
     The model folder is loaded once per serving process (``load_context``) and one sampler, with its
     compiled predictor, is kept per distinct sampler setting, so a request costs sampling only: no model
-    load and no re-trace per call."""
+    load and no re-trace per call.
+
+    ``weights_digest``: the digest of the weights being served, as the folder's ``model.json`` records it
+    (``"sha256:..."``); None before ``load_context`` or when the folder does not record one."""
+
+    weights_digest: str | None = None
 
     def __init__(self, sample: dict[str, Any] | None = None, backend: str | None = None) -> None:
         self._sample = dict(sample or {})
@@ -76,6 +87,7 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
 
         self._model_dir = context.artifacts["model_dir"]
         self._loaded = load_model(self._model_dir)
+        self.weights_digest = weights_digest(self._loaded.meta)
         self._project = SimpleNamespace(sample=SampleConfig.model_validate(getattr(self, "_sample", {})))
         self._samplers: dict[str, Any] = {}
 
@@ -98,12 +110,25 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
         model_input: list[GenerateRequest],
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
-        """``n`` images per request from its ``seed``; requests are concatenated (uint8 N,H,W,C)."""
+        """``n`` images per request from its ``seed``; requests are concatenated (uint8 N,H,W,C). No
+        requests, no images: an empty (0, H, W, C) array, not an error."""
         from imagegen.profiling import phase
         from imagegen.sampling import BATCH_SIZE, sample_images
 
-        sample = self._sampler(params)
         requests = [r if isinstance(r, GenerateRequest) else GenerateRequest.model_validate(r) for r in model_input]
+        if not requests:
+            return self.no_images()
+        sample = self._sampler(params)
         with phase("sample", "work"):
             images = [sample_images(sample, self._loaded.family.spec, r.n, r.seed, BATCH_SIZE)[0] for r in requests]
         return np.concatenate(images)
+
+    def no_images(self) -> np.ndarray:
+        """The answer to an empty request list: zero images of the model's shape (uint8 0,H,W,C)."""
+        return np.zeros((0, *self._loaded.family.spec["image_shape"]), dtype=np.uint8)
+
+
+def weights_digest(meta: dict[str, Any]) -> str | None:
+    """The ``weights_digest`` a model folder's ``model.json`` records (a ``"sha256:..."`` string), else None."""
+    digest = meta.get("weights_digest")
+    return digest if isinstance(digest, str) and digest else None

@@ -10,9 +10,11 @@ Outputs (defaults; ``--out`` moves the models):
   parameters, MACs per image, images/s, FID/KID/precision/recall when the evaluation feature model exists,
   SSIM/PSNR of each student to its teacher on the same noise), and ``grid.png``: one row per model (teacher
   first), one column per noise.
-* MLflow: a parent run ``distill-<family>-<method>`` tagged ``teacher.path`` (and ``teacher.run_id`` when the
-  teacher's model.json has one) with one nested child run per round (progressive) or for the training
-  (architecture); each student's model.json records its child run's id.
+* MLflow: a parent run ``distill-<family>-<method>`` tagged ``teacher.path`` and ``teacher.weights_digest`` (the
+  tag the teacher's training run carries too) with one nested child run per round (progressive) or for the
+  training (architecture). A student's model.json records its teacher's ``weights_digest`` under
+  ``distilled_from``, and ``metrics.json`` the digests of the teacher and of the final student; run ids and
+  speeds stay in MLflow and ``run.json`` (not tracked), so a re-run writes the same bytes.
 
 ``--method knowledge`` distils the evaluation feature classifier (``imagegen train-features``) instead
 (:mod:`imagegen.distill.knowledge`): the student goes to ``<models_dir>/features_student_knowledge/`` (a feature
@@ -28,7 +30,7 @@ from typing import Any
 
 import keras
 
-from imagegen.artifact import MODEL_FILE, load_model
+from imagegen.artifact import MODEL_FILE, load_model, model_digest
 from imagegen.config import Params
 from imagegen.data.processed import ProcessedDataset
 from imagegen.distill import agreement, check_method, knowledge
@@ -38,6 +40,9 @@ from imagegen.errors import ConfigError, DataError
 from imagegen.evaluation.side_by_side import SideBySide
 from imagegen.fileio import write_json, write_text
 from imagegen.images import save_png
+from imagegen.outputs import check_output
+from imagegen.provenance import DIGEST_KEY
+from imagegen.timings import RUN_FILE, split_measured
 from imagegen.tracking import finite_metrics, start_run
 from imagegen.training.precision import accelerator, resolve_policy
 from imagegen.training.seeding import seed_everything
@@ -106,6 +111,9 @@ def run_distill(
     out_root = Path(out_dir) if out_dir is not None else params.train.models_dir / tag
     if out_root.resolve() == teacher_dir.resolve():
         raise ConfigError(f"--out {out_root}: the student cannot be written into the teacher's folder")
+    # progressive: a folder of round folders; architecture: the student's model folder itself
+    out_kind = "students" if method == "progressive" else "model"
+    check_output(out_root, out_kind, inputs=[teacher_dir, dataset.path])
     teacher = load_model(teacher_dir)
     report_dir = params.train.reports_dir / f"distill_{family_name}_{method}"
     seed_everything(params.seed)
@@ -122,8 +130,8 @@ def run_distill(
         "keras.backend": keras.backend.backend(),
         "device": accelerator(),
     }
-    if teacher_meta.get("mlflow_run_id"):
-        parent_tags["teacher.run_id"] = teacher_meta["mlflow_run_id"]
+    if teacher_meta.get(DIGEST_KEY):  # the teacher's own training run carries the same tag
+        parent_tags[f"teacher.{DIGEST_KEY}"] = teacher_meta[DIGEST_KEY]
 
     with start_run(
         params.tracking,
@@ -161,7 +169,11 @@ def run_distill(
             )
         )
         report_dir.mkdir(parents=True, exist_ok=True)
-        write_json(report_dir / "metrics.json", outcome.report)
+        report, timing = split_measured(outcome.report)
+        report["teacher"] = {**report.get("teacher", {}), DIGEST_KEY: teacher_meta[DIGEST_KEY]}
+        report["student_weights_digest"] = model_digest(outcome.final)
+        write_json(report_dir / "metrics.json", report)
+        write_json(report_dir / RUN_FILE, timing or {})
         save_png(report_dir / "grid.png", agreement.rows_grid(outcome.rows, GRID_COLUMNS))
         parent.log_metrics(finite_metrics(outcome.report))
         parent.log_artifact(report_dir / "metrics.json", "distill")

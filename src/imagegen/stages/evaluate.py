@@ -4,6 +4,9 @@ Writes ``metrics.json`` (for ``dvc metrics``), ``class_histogram.csv`` (for ``dv
 class among real and generated images, where mode collapse shows), ``grid.png`` and ``report.md``, and logs
 them to MLflow. Every metric is reported beside its *floor*: the same metric between two disjoint halves of
 the real held-out images, i.e. what a perfect generator would score at that sample size.
+
+``metrics.json`` names what was measured: ``weights_digest`` of the model sampled (or ``samples_sha256`` of a
+``--samples`` file), so ``imagegen register`` can refuse an evaluation of other weights.
 """
 
 from __future__ import annotations
@@ -20,22 +23,50 @@ from imagegen.data.loader import to_uint8
 from imagegen.data.processed import ProcessedDataset
 from imagegen.errors import DataError
 from imagegen.evaluation.metrics import image_similarity
-from imagegen.fileio import write_json, write_text
+from imagegen.fileio import sha256_file, write_json, write_text
 from imagegen.images import save_grid
+from imagegen.outputs import MARKER, check_output, marker_text
+from imagegen.provenance import DIGEST_KEY
 from imagegen.tracking import start_run
 
 
 def load_samples_npz(path: Path) -> np.ndarray:
+    """The uint8 (N,H,W,C) ``images`` of an ``.npz`` such as ``imagegen sample`` writes.
+
+    Anything else is a :class:`DataError` naming ``path`` and what was expected: a missing file, a plain
+    ``.npy``, a file that is no zip at all, a truncated archive, an ``images`` array of another dtype or rank.
+    The dtype and shape are read from the ``.npy`` header before any data, and nothing is ever unpickled.
+    """
+    import zipfile
+    import zlib
+
+    path = Path(path)
+    expected = "expected an .npz with uint8 'images' (N,H,W,C), e.g. from `imagegen sample`"
+    if not path.is_file():
+        raise DataError(f"{path}: {'is a folder' if path.is_dir() else 'no such file'}; {expected}")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic == b"\x93NUMPY":
+        raise DataError(f"{path}: a plain .npy array, not an .npz archive; {expected}")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{path}: not an .npz archive; {expected}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "images" not in npz:
-                raise DataError(f"{path}: no 'images' array (found {sorted(npz.files)}); expected uint8 (N,H,W,C)")
-            images = npz["images"]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz ({exc})") from None
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise DataError(f"{path}: 'images' must be uint8 (N,H,W,C), got {images.dtype} {images.shape}")
-    return images
+        with zipfile.ZipFile(path) as archive:
+            if "images.npy" not in archive.namelist():
+                found = sorted(name.removesuffix(".npy") for name in archive.namelist())
+                raise DataError(f"{path}: no 'images' array (found {found}); {expected}")
+            fmt = np.lib.format
+            with archive.open("images.npy") as entry:
+                version = fmt.read_magic(entry)
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read_header(entry)
+            if dtype != np.uint8 or len(shape) != 4:
+                raise DataError(f"{path}: 'images' is {dtype} {shape}; {expected}")
+            with archive.open("images.npy") as entry:
+                return np.lib.format.read_array(entry, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: a damaged or truncated .npz archive ({reason}); {expected}") from None
 
 
 def checked_samples(path: Path, knn_k: int) -> np.ndarray:
@@ -108,12 +139,15 @@ def run_evaluate(
     if (model_dir is None) == (samples is None):
         raise DataError("evaluate: give exactly one of --model DIR or --samples FILE.npz")
     cfg = params.evaluate
+    data_dir = Path(data_dir) if data_dir is not None else params.data.output_dir
+    features_dir = Path(features_dir) if features_dir is not None else cfg.features_dir
+    out_dir = check_output(Path(out_dir), "evaluation", inputs=[model_dir, samples, data_dir, features_dir])
     given = checked_samples(Path(samples), cfg.knn_k) if samples is not None else None  # before any loading
     from imagegen.evaluation.features import load_extractor  # Keras: after the argument checks
     from imagegen.evaluation.quality import quality_metrics, real_features, real_floor
 
-    dataset = ProcessedDataset.open(Path(data_dir) if data_dir is not None else params.data.output_dir)
-    extractor = load_extractor(Path(features_dir) if features_dir is not None else cfg.features_dir)
+    dataset = ProcessedDataset.open(data_dir)
+    extractor = load_extractor(features_dir)
     if extractor.meta["dataset"]["content_hash"] != dataset.content_hash:
         raise DataError(
             f"{extractor.path}: feature extractor was trained on dataset {extractor.meta['dataset']['content_hash']}, "
@@ -122,11 +156,13 @@ def run_evaluate(
 
     extra: dict[str, float] = {}
     model_meta: dict[str, Any] = {}
+    measured: dict[str, str]
     if model_dir is not None:
         from imagegen.artifact import read_model_meta
         from imagegen.sampling import generate_images
 
         model_meta = read_model_meta(Path(model_dir))  # a DataError naming model.json if it is unreadable
+        measured = {DIGEST_KEY: model_meta[DIGEST_KEY]}
         images, _ = generate_images(
             Path(model_dir),
             cfg.n_samples,
@@ -145,6 +181,7 @@ def run_evaluate(
     else:
         images = given
         title = str(samples)
+        measured = {"samples_sha256": sha256_file(Path(samples))}
 
     real_f, real_p, _ = real_features(extractor, dataset, cfg.max_real, params.seed, cfg.batch_size)
     fake_f, fake_p = extractor.embed(images, cfg.batch_size)
@@ -155,13 +192,14 @@ def run_evaluate(
         n_generated=int(len(images)),
         n_real=int(len(real_f)),
         feature_test_accuracy=float(extractor.meta["scores"]["test_accuracy"]),
+        **measured,
     )
 
-    out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", result)
     write_text(out_dir / "class_histogram.csv", class_histogram_csv(real_p, fake_p, dataset.class_names))
     save_grid(out_dir / "grid.png", images[:64])
     write_text(out_dir / "report.md", report_markdown(title, result))
+    write_text(out_dir / MARKER, marker_text("evaluation"))
 
     flat = {k: v for k, v in result.items() if isinstance(v, float | int) and np.isfinite(v)}
     flat.update({f"floor.{k}": v for k, v in result["floor"].items() if np.isfinite(v)})
@@ -173,6 +211,7 @@ def run_evaluate(
         dataset_dir=dataset.path,  # logged as the run's mlflow dataset input
         dataset_context="evaluation",
         params={"model": str(model_dir or ""), "samples": str(samples or ""), "n_samples": cfg.n_samples},
+        tags=measured,
     ) as run:
         run.log_metrics(flat)
         for name in ("metrics.json", "class_histogram.csv", "grid.png", "report.md"):

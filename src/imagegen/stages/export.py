@@ -6,13 +6,15 @@ Output folder (default ``export.export_dir / <family>``)::
     model_float32.tflite     one per entry of export.tflite_variants
     model_float16.tflite
     model_int8.tflite        the int8 kind export.int8_quantization kept (fastest: the faster that passes parity)
-    metrics.json             {"family", "ddpm_steps" (ddpm), "artifacts": {name: {"bytes",
-                              "latency_ms_per_image", "max_abs_error", "ssim", "passed"}},
+    metrics.json             {"family", "weights_digest" (of the model exported), "ddpm_steps" (ddpm),
+                              "artifacts": {name: {"bytes", "max_abs_error", "ssim", "passed"}},
                               "int8_quantization" (int8): {"kind", "why", "candidates": {kind: entry}}}
 
 A copy of ``metrics.json`` and a markdown table (``report.md``) also go to ``report_dir`` (default
 ``<train.reports_dir>/export_<folder name>``), outside the DVC-tracked export folder, for ``dvc metrics``; the
-figures are logged to an MLflow run of the ``export`` stage.
+figures are logged to an MLflow run of the ``export`` stage. Latencies (``latency_ms_per_image`` per artifact)
+are measured, not determined: they go to ``run.json`` in ``report_dir`` (not tracked) and to MLflow, so the
+tracked files are the same bytes on every re-run of the same model.
 
 The folder is built in a temporary sibling (:func:`imagegen.fileio.atomic_dir`) and swapped in only when every
 artifact was written and passed its thresholds, so a failed export leaves the previous output (or nothing)
@@ -32,7 +34,10 @@ from imagegen.artifact import load_model, read_model_meta
 from imagegen.config import Params
 from imagegen.errors import ExportError
 from imagegen.fileio import atomic_dir, write_json, write_text
+from imagegen.outputs import MARKER, check_output, marker_text
 from imagegen.profiling import phase
+from imagegen.provenance import DIGEST_KEY
+from imagegen.timings import RUN_FILE, split_measured
 from imagegen.tracking import finite_metrics, start_run
 
 
@@ -42,19 +47,29 @@ def failed_report_path(out_dir: Path) -> Path:
     return out_dir.with_name(f"{out_dir.name}.failed-metrics.json")
 
 
-def report_table(report: dict[str, Any]) -> str:
-    """The variants as a markdown table: size, latency per image on this machine, max abs error, SSIM vs Keras."""
+def report_dir_for(params: Params, out_dir: Path, report_dir: Path | None) -> Path:
+    """Where the report copy goes: ``report_dir``, else ``<train.reports_dir>/export_<out_dir name>``."""
+    return Path(report_dir) if report_dir is not None else params.train.reports_dir / f"export_{Path(out_dir).name}"
+
+
+def report_table(report: dict[str, Any], timing: dict[str, Any] | None = None) -> str:
+    """The variants as a markdown table: size, max abs error, SSIM vs Keras, parity; with ``timing`` (the
+    measured half of the report, :mod:`imagegen.timings`) also the latency per image on this machine."""
     steps = f", {report['ddpm_steps']} DDIM steps in the graph" if "ddpm_steps" in report else ""
+    timed = (timing or {}).get("artifacts", {})
+    latency_head = " latency (ms/image) |" if timed else ""
     lines = [
         f"# Export of {report['family']}{steps}",
         "",
-        "| artifact | size (KiB) | latency (ms/image) | max abs error (uint8) | SSIM vs Keras | parity |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        f"| artifact | size (KiB) |{latency_head} max abs error (uint8) | SSIM vs Keras | parity |",
+        "| --- | ---: |" + (" ---: |" if timed else "") + " ---: | ---: | --- |",
     ]
     order = {name: i for i, name in enumerate(("savedmodel", "float32", "float16", "int8"))}
     for name, a in sorted(report["artifacts"].items(), key=lambda kv: order.get(kv[0], len(order))):
+        ms = timed.get(name, {}).get("latency_ms_per_image")
+        latency = (f" {ms:.3f} |" if ms is not None else " |") if timed else ""
         lines.append(
-            f"| {name} | {a['bytes'] / 1024:.1f} | {a['latency_ms_per_image']:.3f} | {a['max_abs_error']} | "
+            f"| {name} | {a['bytes'] / 1024:.1f} |{latency} {a['max_abs_error']} | "
             f"{a['ssim']:.4f} | {'passed' if a['passed'] else 'FAILED'} |"
         )
     if "int8_quantization" in report:
@@ -66,7 +81,11 @@ def report_table(report: dict[str, Any]) -> str:
 
 def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None) -> Path:
     """Export the model in ``model_dir``; write the folder described above and return its path."""
-    read_model_meta(model_dir)  # a missing or unreadable model.json is one line, before TensorFlow starts
+    meta = read_model_meta(model_dir)  # a missing or unreadable model.json is one line, before TensorFlow starts
+    out_dir = Path(out_dir) if out_dir is not None else params.export.export_dir / meta["family"]
+    report_dir = report_dir_for(params, out_dir, report_dir)
+    check_output(out_dir, "export", inputs=[model_dir])
+    check_output(report_dir, "report", inputs=[model_dir, out_dir], option="--report")
     from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
     from imagegen.export.parity import parity_inputs, parity_report, threshold_failures
     from imagegen.export.tflite import int8_kinds, keep_int8, write_int8_candidates, write_tflite
@@ -75,8 +94,6 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
     require_tensorflow()
     cfg = params.export
     loaded = load_model(model_dir)
-    out_dir = Path(out_dir) if out_dir is not None else cfg.export_dir / loaded.name
-    report_dir = Path(report_dir) if report_dir is not None else params.train.reports_dir / f"export_{out_dir.name}"
     failed = failed_report_path(out_dir)
     failed.unlink(missing_ok=True)
     serving = build_serving(
@@ -85,7 +102,7 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
         clip_x0=params.sample.clip_x0,
         guidance_scale=params.sample.guidance_scale,
     )
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="export") as tmp:
         with phase("export.savedmodel", "compile"):
             saved = export_savedmodel(serving, tmp / "savedmodel")
         artifacts = {"savedmodel": saved}
@@ -117,6 +134,8 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
             keep_int8(int8_candidates, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
             if not_tried:
                 report["int8_quantization"]["not_tried"] = not_tried
+        report, timing = split_measured({**report, DIGEST_KEY: loaded.meta[DIGEST_KEY]})
+        timing = timing or {}
         write_json(tmp / "metrics.json", report)
         problems = threshold_failures(report, cfg)
         if problems:
@@ -126,7 +145,9 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
                 f"(report: {failed}; {out_dir} left unchanged)"
             )
     write_json(report_dir / "metrics.json", report)
+    write_json(report_dir / RUN_FILE, timing)
     write_text(report_dir / "report.md", report_table(report))
+    write_text(report_dir / MARKER, marker_text("report"))
     dataset = loaded.meta.get("dataset") or {}
     with start_run(
         params.tracking,
@@ -141,10 +162,13 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
             **({"ddpm_steps": report["ddpm_steps"]} if "ddpm_steps" in report else {}),
         },
     ) as run:
+        run.set_tags({DIGEST_KEY: report[DIGEST_KEY]})
         run.log_metrics(
             finite_metrics(report["artifacts"])
+            | finite_metrics(timing.get("artifacts", {}))
             | {f"{name}.passed": float(a["passed"]) for name, a in report["artifacts"].items()}
         )
+        run.log_artifact(report_dir / RUN_FILE, "export")
         run.log_artifact(report_dir / "metrics.json", "export")
         run.log_artifact(report_dir / "report.md", "export")
     return out_dir

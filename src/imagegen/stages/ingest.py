@@ -13,6 +13,7 @@ from imagegen.data.captions import template_captions
 from imagegen.data.processed import Dataset, streamed, write_processed
 from imagegen.data.sources import get_source
 from imagegen.data.transform import resize, to_channels
+from imagegen.outputs import check_output
 from imagegen.tracking import start_run
 
 
@@ -38,6 +39,7 @@ def run_ingest(params: Params, out_dir: Path | None = None) -> Path:
     """Ingest ``params.data`` into ``out_dir`` (default ``data.processed_dir/<name>``); return that folder."""
     cfg = params.data
     out_dir = Path(out_dir) if out_dir is not None else cfg.output_dir
+    check_output(out_dir, "dataset", inputs=[cfg.path])  # before any reading
     raw = get_source(cfg.name)(cfg, params.seed)
     if raw.captions is None and cfg.caption_template is not None:  # a caption per class (folder: captions.csv)
         labels = {name: split.labels for name, split in raw.splits.items()}

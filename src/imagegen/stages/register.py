@@ -2,16 +2,24 @@
 ``challenger``.
 
 Its file output, ``<reports_dir>/register_<family>.json``, records the name and version so that DVC
-sees the stage as done and a promotion step knows what was registered."""
+sees the stage as done and a promotion step knows what was registered.
+
+Provenance is checked before anything is written: the evaluation and the export must name the
+``weights_digest`` of the model folder being registered (:mod:`imagegen.provenance`), else one line (exit 2)
+says which artifact belongs to which weights. The version's tags carry the digest and the gate checks it
+again at ``promote``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from imagegen.artifact import read_model_meta
 from imagegen.config import Params
 from imagegen.errors import DataError, ImagegenError
 from imagegen.fileio import write_json
+from imagegen.outputs import check_output_file, json_with_keys
+from imagegen.provenance import DIGEST_KEY, recorded_digest, require_same_weights
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -41,16 +49,27 @@ def run_register(
         raise ImagegenError(
             "tracking.enabled is false: the model registry lives in MLflow, so register needs tracking on"
         )
+    meta = read_model_meta(Path(model_dir))  # one line for a missing, unreadable or digest-less model.json
+    dataset = meta.get("dataset")
+    if not isinstance(dataset, dict) or not {"name", "content_hash"} <= dataset.keys():
+        raise DataError(
+            f"{Path(model_dir) / 'model.json'}: no 'dataset' with 'name' and 'content_hash'; the registry names "
+            "versions by dataset: re-run `imagegen train` to write a complete model.json"
+        )
+    out = Path(out) if out is not None else params.train.reports_dir / f"register_{meta['family']}.json"
+    check_output_file(out, json_with_keys("name", "version", "alias"), "registration record")
+    digest = meta[DIGEST_KEY]
+    evaluation_metrics = _read_json(Path(evaluation), "evaluation metrics (metrics.json of `imagegen evaluate`)")
+    require_same_weights(
+        digest, recorded_digest(evaluation_metrics, evaluation, "imagegen evaluate --model"), evaluation, model_dir
+    )
+    report = None
+    if export_dir:
+        export_metrics = Path(export_dir) / "metrics.json"
+        report = _read_json(export_metrics, "export (metrics.json of `imagegen export`)")
+        require_same_weights(digest, recorded_digest(report, export_metrics, "imagegen export"), export_dir, model_dir)
     from imagegen.registry import register
 
-    meta = _read_json(Path(model_dir) / "model.json", "trained model (model.json)")
-    evaluation_metrics = _read_json(Path(evaluation), "evaluation metrics (metrics.json of `imagegen evaluate`)")
-    report = (
-        _read_json(Path(export_dir) / "metrics.json", "export (metrics.json of `imagegen export`)")
-        if export_dir
-        else None
-    )
     name, version = register(params, Path(model_dir), evaluation_metrics, report, export_dir=export_dir)
-    out = Path(out) if out is not None else params.train.reports_dir / f"register_{meta['family']}.json"
     write_json(out, {"name": name, "version": version, "alias": "challenger"})
     return out

@@ -1,6 +1,12 @@
 """Stage ``train_<family>``: processed dataset -> trained model folder (weights and sample grids), plus
 ``<reports_dir>/train_<family>/metrics.json`` and ``train_log.csv`` (the loss curve) for dvc metrics/plots.
 
+Tracked outputs hold only what code, params and data determine, so a re-run with the same inputs writes the
+same bytes: the MLflow run id, the checkpoint a run resumed from and the speed (``images_per_sec``,
+``ms_per_step``) go to the MLflow run and to ``run.json`` beside ``metrics.json`` (not tracked), never into
+``model.json``, ``metrics.json`` or ``train_log.csv``. The MLflow run is tagged with the model's
+``weights_digest``, which is how a model folder finds its run.
+
 Crash safety: sample grids are staged beside the checkpoints (``<checkpoints_dir>/<family>/samples/``) and
 copied into the model folder, which is written whole and swapped in at the end, so the previous model stays
 intact until then. A resumed run's ``train_log.csv`` holds the whole curve: the rows stored with the
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import shutil
@@ -29,9 +36,13 @@ from imagegen.artifact import save_model
 from imagegen.config import Params
 from imagegen.data.loader import BatchStream, to_unit_range
 from imagegen.data.processed import ProcessedDataset
+from imagegen.errors import ConfigError
 from imagegen.fileio import write_json, write_text
+from imagegen.outputs import check_output
 from imagegen.profiling import phase
+from imagegen.provenance import DIGEST_KEY
 from imagegen.sampling import make_sampler, sampler_kwargs
+from imagegen.timings import RUN_FILE
 from imagegen.tracking import start_run
 from imagegen.training.collapse import KLWatch, sample_health, sample_problems
 from imagegen.training.distributed import follower_outputs, initialize_multihost, is_writer
@@ -45,8 +56,12 @@ __all__ = ["history_csv", "run_train", "sampler_kwargs", "seed_everything"]
 log = logging.getLogger(__name__)
 
 
+TIMING_KEYS = ("images_per_sec", "ms_per_step")  # measured, not determined: MLflow and timing.json only
+
+
 def history_csv(history: list[dict[str, float]]) -> str:
-    keys = sorted({k for row in history for k in row if k != "step"})
+    """The loss curve as CSV: one row per logged step, the losses only (no speed: it differs run to run)."""
+    keys = sorted({k for row in history for k in row if k != "step" and k not in TIMING_KEYS})
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["step", *keys])
@@ -114,11 +129,18 @@ def run_train(
         out_dir, params = follower_outputs(params, family_name)
     data_dir = Path(data_dir) if data_dir is not None else params.data.output_dir
     out_dir = Path(out_dir) if out_dir is not None else params.train.models_dir / family_name
+    check_output(out_dir, "model", inputs=[data_dir])  # before any work: never after minutes of training
     ckpt_dir = params.train.checkpoints_dir / family_name
     report_dir = params.train.reports_dir / f"train_{family_name}"
     cfg = params.train
     family_cfg = getattr(params, family_name)
     dataset = ProcessedDataset.open(data_dir)
+    train_count = int(dataset.manifest["counts"].get("train", 0))
+    if cfg.batch_size > train_count:  # every batch would repeat images; refused before a network is built
+        raise ConfigError(
+            f"train.batch_size = {cfg.batch_size}: larger than the training split of {data_dir} "
+            f"({train_count} images); expected at most {train_count}"
+        )
 
     seed_everything(params.seed)
     policy = resolve_policy(cfg.mixed_precision)
@@ -185,23 +207,26 @@ def run_train(
                 "dtype_policy": policy,
                 "jit_compile": jit,
             },
-            "resumed_from": str(resumed) if resumed else None,
             "stopped_early": trainer.stopped_early,
-            "mlflow_run_id": run.run_id,  # None when tracking is off; lets a distillation link back to this run
             "collapse": {"warning": bool(problems), "problems": problems, **figures},
         }
         save_model(family, out_dir, meta, include={"samples": samples_stage})
+        digest = json.loads((out_dir / "model.json").read_text())[DIGEST_KEY]
+        run.set_tags({DIGEST_KEY: digest, "resumed_from": str(resumed) if resumed else "none"})
+        run_facts = {"mlflow_run_id": run.run_id, "resumed_from": str(resumed) if resumed else None}
         metrics = {
             "step": result.step,
             **{f"final.{k}": v for k, v in _final_values(result.metrics, history).items()},
-            "images_per_sec": result.images_per_sec,
-            "ms_per_step": result.ms_per_step,
             "parameters": family.trainable_count(),
+            DIGEST_KEY: digest,
             **figures,
         }
+        timing = {"images_per_sec": result.images_per_sec, "ms_per_step": result.ms_per_step}
         write_json(report_dir / "metrics.json", metrics)
+        write_json(report_dir / RUN_FILE, {**timing, **run_facts})
         write_text(report_dir / "train_log.csv", history_csv(history))
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)})
+        logged = {**metrics, **timing}
+        run.log_metrics({k: v for k, v in logged.items() if isinstance(v, int | float) and np.isfinite(v)})
         for item in [out_dir / "model.json", *(out_dir / f for f in os.listdir(out_dir) if f.endswith(".weights.h5"))]:
             run.log_artifact(item, "model")
         run.log_artifact(report_dir / "train_log.csv")
@@ -212,7 +237,7 @@ def _final_values(values: dict[str, float], history: list[dict[str, float]]) -> 
     """The last logged values (from the history when this process had no step left to run)."""
     if values or not history:
         return values
-    return {k: v for k, v in history[-1].items() if k not in ("step", "images_per_sec")}
+    return {k: v for k, v in history[-1].items() if k != "step" and k not in TIMING_KEYS}
 
 
 def _on_metrics(run: Any, kl_watch: KLWatch | None, step: int, metrics: dict[str, float]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -181,12 +182,27 @@ def open_store(cfg: TrackingConfig) -> tuple[Any, str]:
     assert uri is not None
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+    try:  # MLflow opens the store here (and creates it in a new file)
+        return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+    except Exception as exc:
+        if is_store_failure(exc):
+            raise store_failure(uri, exc) from None
+        raise
+
+
+_OUT_OF_DATE = re.compile(r"out-of-date database schema \(found version (\S+), but expected (\S+)\)")
 
 
 def store_failure(uri: str, exc: BaseException) -> TrackingStoreError:
     """One line for an MLflow/HTTP/SQL failure of the store itself (not of the caller's code)."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    old = _OUT_OF_DATE.search(first)
+    if old is not None:  # a store older than this MLflow: MLflow does not migrate it by itself
+        return TrackingStoreError(
+            f"MLflow store {uri}: its schema revision {old.group(1)} is older than this MLflow's "
+            f"{old.group(2)}: back it up, then run `mlflow db upgrade {uri}` "
+            f"(or switch tracking off with {SWITCH_OFF})"
+        )
     return TrackingStoreError(
         f"MLflow store {uri} failed: {type(exc).__name__}: {first} (switch tracking off with {SWITCH_OFF})"
     )

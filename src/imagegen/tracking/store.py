@@ -9,12 +9,19 @@ timeouts) and meets a corrupt or read-only SQLite file with a long SQLAlchemy tr
   minutes.
 * ``sqlite:///``: the file (when it exists) must be an SQLite database with MLflow's tables, intact
   (``PRAGMA quick_check``) and writable, and its folder writable (SQLite writes a journal beside
-  it).
+  it). Its schema revision (``alembic_version``) must be one the installed MLflow knows: a store
+  written by a newer MLflow is one line here, not MLflow's traceback. The revisions are read from
+  MLflow's migration scripts without importing mlflow. A known but older revision is left to
+  MLflow (another process may be creating the store right now, under MLflow's lock).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import importlib.util
 import os
+import re
 import sqlite3
 import stat
 import urllib.error
@@ -25,6 +32,9 @@ from imagegen.errors import ImagegenError
 
 SWITCH_OFF = "-S tracking.enabled=false"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_REVISION = re.compile(r"^revision\s*=\s*[\"']([0-9A-Za-z_]+)[\"']", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*=\s*(.+)$", re.MULTILINE)
+_QUOTED = re.compile(r"[\"']([0-9A-Za-z_]+)[\"']")
 
 
 class TrackingStoreError(ImagegenError):
@@ -77,6 +87,62 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
+@functools.cache
+def mlflow_schema_revisions() -> tuple[frozenset[str], frozenset[str]] | None:
+    """(every schema revision the installed MLflow knows, its head revisions), read from its alembic
+    migration scripts without importing mlflow (seconds of imports); None when they cannot be found."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "store" / "db_migrations" / "versions"
+    known: set[str] = set()
+    parents: set[str] = set()
+    for script in folder.glob("*.py"):
+        text = script.read_text(encoding="utf-8", errors="replace")
+        revision = _REVISION.search(text)
+        if revision is None:
+            continue
+        known.add(revision.group(1))
+        down = _DOWN_REVISION.search(text)
+        if down is not None:
+            parents.update(_QUOTED.findall(down.group(1)))
+    if not known:
+        return None
+    return frozenset(known), frozenset(known - parents)
+
+
+def mlflow_version() -> str:
+    """The installed MLflow's version (from its metadata: mlflow is not imported)."""
+    try:
+        return importlib.metadata.version("mlflow")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def check_schema_revision(path: Path, revision: str | None) -> None:
+    """A store at a schema revision the installed MLflow does not know (written by a newer MLflow)
+    is one line naming the file; a known revision, older or current, is left to MLflow."""
+    revisions = mlflow_schema_revisions()
+    if revision is None or revisions is None:
+        return
+    known, heads = revisions
+    if revision in known:
+        return
+    newest = ", ".join(sorted(heads))
+    raise TrackingStoreError(
+        f"MLflow store {path}: its schema revision {revision} is unknown to MLflow {mlflow_version()} "
+        f"(newest known: {newest}): a newer MLflow wrote it, so upgrade mlflow (pip install -U mlflow); "
+        f"if it is older, back it up and run `mlflow db upgrade sqlite:///{path}` "
+        f"(or switch tracking off with {SWITCH_OFF})"
+    )
+
+
+def _schema_revision(db: sqlite3.Connection) -> str | None:
+    """The store's alembic revision (None while a new store has no revision stamped yet)."""
+    row = db.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
+    return None if row is None else str(row[0])
+
+
 def check_sqlite(path: Path) -> None:
     """The SQLite file of an MLflow store: absent (MLflow creates it), or an intact, writable
     store."""
@@ -105,6 +171,7 @@ def check_sqlite(path: Path) -> None:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
             verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            revision = _schema_revision(db) if "alembic_version" in tables and verdict == "ok" else None
         db.close()
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
@@ -128,6 +195,7 @@ def check_sqlite(path: Path) -> None:
             f"(has {', '.join(sorted(tables)[:5])}); "
             f"expected an MLflow store {hint}"
         )
+    check_schema_revision(path, revision)
     if not _writable(path):
         raise TrackingStoreError(f"{where}: the file is read-only; MLflow must write to it {hint}")
 

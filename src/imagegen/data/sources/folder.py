@@ -9,14 +9,28 @@ file is a silently wrong dataset. So does a folder too small for a non-empty hel
 Captions: an optional ``captions.csv`` in the folder (header ``file,caption``; ``file`` relative to the folder,
 e.g. ``cat/001.png``) gives every image one caption. Every row must name an existing image and a non-empty
 caption, and every image needs a row; otherwise ingestion stops naming the csv row or the image.
+
+Inputs stay inside ``data.path``. Every entry of the tree (hidden ones included) is resolved, symlinks
+followed, before anything opens it; one that lands outside ``data.path`` (a linked image, a linked class
+folder, a link to ``/etc/passwd``) stops ingestion unread. Symlinks that stay inside ``data.path`` are
+followed: a class folder may link to another folder of the tree, an image to another image. Only regular
+files are opened: a FIFO, socket or device named like an image is refused on its ``stat``, so it can
+neither hang nor feed ingestion. Hidden entries inside the tree are otherwise ignored.
+
+An image whose header claims more than ``data.max_image_pixels`` pixels (width x height) is refused before
+it is decoded; so is one past Pillow's own decompression-bomb limit, with the same one-line message.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import stat
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -30,6 +44,65 @@ from imagegen.fileio import md5_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CAPTIONS_FILE = "captions.csv"
+PIXEL_BUDGET = "data.max_image_pixels"
+
+
+class Entry(NamedTuple):
+    """One entry of the tree: ``path`` as it is named under data.path (messages, listing, captions) and
+    ``target``, where it resolves (what is stat-ed and read)."""
+
+    path: Path
+    target: Path
+
+
+class Tree(NamedTuple):
+    """``data.path`` as given (for messages) and resolved (the boundary every entry must stay inside)."""
+
+    root: Path
+    real: Path
+
+
+def resolve_inside(path: Path, tree: Tree) -> Entry:
+    """Where ``path`` leads, symlinks followed, without opening it; a DataError when that leaves data.path.
+
+    Resolving reads link targets only, never the file, so a link out of the tree is refused unread.
+    """
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise DataError(f"{path}: cannot resolve its symlinks ({exc}); expected an entry inside data.path") from None
+    if not target.is_relative_to(tree.real):
+        raise DataError(
+            f"{path}: resolves to {target}, outside data.path {tree.root}; refusing to read it "
+            "(expected every image and class folder inside data.path)"
+        )
+    return Entry(path, target)
+
+
+def _mode(entry: Entry) -> int:
+    """The ``st_mode`` of what ``entry`` resolves to (a dangling symlink is a DataError naming it)."""
+    try:
+        return entry.target.stat().st_mode
+    except OSError as exc:
+        raise DataError(f"{entry.path}: unreachable ({exc.strerror}); expected a PNG/JPEG image or a folder") from None
+
+
+def _kind(mode: int) -> str:
+    """A reader's name for a non-regular file type."""
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISDIR: "a folder",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
+
+
+def _entries(folder: Path, tree: Tree, skip: str | None = None) -> list[Entry]:
+    """The visible entries of ``folder``, sorted and resolved; every entry, hidden or not, must stay inside."""
+    entries = [resolve_inside(path, tree) for path in sorted(folder.iterdir())]
+    return [e for e in entries if _visible(e.path) and e.path.name != skip]
 
 
 def _visible(path: Path) -> bool:
@@ -71,31 +144,69 @@ def read_captions_csv(csv_path: Path, root: Path, images: list[Path]) -> dict[Pa
     return captions
 
 
-def _list_images(folder: Path, skip: str | None = None) -> list[Path]:
+def _list_images(folder: Path, tree: Tree, skip: str | None = None) -> list[Entry]:
+    """The images of one class folder; anything else (a folder, another suffix, a FIFO) is a DataError."""
     files = []
-    for path in sorted(p for p in folder.iterdir() if _visible(p) and p.name != skip):
-        if path.is_dir():
-            raise DataError(f"{path}: nested folder inside a class folder; expected only PNG/JPEG images")
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DataError(f"{path}: not a PNG/JPEG image (expected {sorted(IMAGE_SUFFIXES)})")
-        files.append(path)
+    for entry in _entries(folder, tree, skip):
+        mode = _mode(entry)
+        if stat.S_ISDIR(mode):
+            raise DataError(f"{entry.path}: nested folder inside a class folder; expected only PNG/JPEG images")
+        if entry.path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{entry.path}: not a PNG/JPEG image (expected {sorted(IMAGE_SUFFIXES)})")
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{entry.path}: {_kind(mode)}, not a regular file; expected a PNG/JPEG image file")
+        files.append(entry)
     return files
 
 
-def _read_image(path: Path, mode: str, size: int) -> np.ndarray:
+def _open_within_budget(entry: Entry, max_pixels: int) -> Image.Image:
+    """Open the image lazily (its header only) and refuse it before decoding when it claims more than
+    ``max_pixels`` pixels: the decoded array, not the file, is what would fill memory."""
+    try:
+        with warnings.catch_warnings():  # the budget below decides; Pillow's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(entry.target)
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"{entry.path}: header claims too many pixels to decode ({str(exc).rstrip('.')}); "
+            f"expected at most {PIXEL_BUDGET}={max_pixels} pixels per image"
+        ) from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise DataError(
+            f"{entry.path}: header claims {width}x{height} = {width * height} pixels; "
+            f"expected at most {PIXEL_BUDGET}={max_pixels} pixels per image (raise it if the image is intended)"
+        )
+    return img
+
+
+def _read_image(entry: Entry, mode: str, size: int, max_pixels: int) -> np.ndarray:
     """Load one image, converted to ``mode`` and resized to ``size`` x ``size`` (bilinear, antialiased)."""
     try:
-        with Image.open(path) as img:
-            img.load()
+        with _open_within_budget(entry, max_pixels) as img:
             if img.format not in ("PNG", "JPEG", "MPO"):
-                raise DataError(f"{path}: file is {img.format}, expected PNG or JPEG")
+                raise DataError(f"{entry.path}: file is {img.format}, expected PNG or JPEG")
+            img.load()
             img = img.convert(mode)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from None
+        raise DataError(f"{entry.path}: unreadable image ({exc})") from None
     arr = np.asarray(img, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _captions_file(tree: Tree) -> Entry | None:
+    """``captions.csv`` when the folder has one: inside data.path and a regular file, else a DataError."""
+    path = tree.root / CAPTIONS_FILE
+    if not os.path.lexists(path):
+        return None
+    entry = resolve_inside(path, tree)
+    mode = _mode(entry)
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: {_kind(mode)}, not a regular file; expected a csv file of captions")
+    return entry
 
 
 def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
@@ -106,31 +217,35 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
     root = Path(cfg.path)
     if not root.is_dir():
         raise DataNotFoundError(f"{root}: data.path is not a folder")
-    entries = sorted(p for p in root.iterdir() if _visible(p) and p.name != CAPTIONS_FILE)
-    subdirs = [p for p in entries if p.is_dir()]
+    tree = Tree(root, root.resolve())
+    entries = _entries(root, tree, skip=CAPTIONS_FILE)
+    is_dir = [stat.S_ISDIR(_mode(e)) for e in entries]
+    subdirs = [e for e, d in zip(entries, is_dir, strict=True) if d]
     if subdirs:
-        stray = [p for p in entries if not p.is_dir()]
+        stray = [e for e, d in zip(entries, is_dir, strict=True) if not d]
         if stray:
-            raise DataError(f"{stray[0]}: file beside class subfolders; put every image inside a class folder")
-        classes = [(d.name, _list_images(d)) for d in subdirs]
+            raise DataError(f"{stray[0].path}: file beside class subfolders; put every image inside a class folder")
+        classes = [(d.path.name, _list_images(d.path, tree)) for d in subdirs]
         for d, (_, files) in zip(subdirs, classes, strict=True):
             if not files:
                 raise DataError(
-                    f"{d}: empty class folder; expected PNG/JPEG images in every class subfolder"
+                    f"{d.path}: empty class folder; expected PNG/JPEG images in every class subfolder"
                     " (remove it or add images)"
                 )
     else:
-        classes = [(root.name, _list_images(root, skip=CAPTIONS_FILE))]
+        classes = [(root.name, _list_images(root, tree, skip=CAPTIONS_FILE))]
     if not any(files for _, files in classes):
         raise DataError(f"{root}: no PNG/JPEG images found")
+    captions_file = _captions_file(tree)
 
     mode = "L" if cfg.channels == 1 else "RGB"
-    paths, labels, listing = [], [], hashlib.sha256()
+    images: list[Entry] = []
+    labels, listing = [], hashlib.sha256()
     for label, (_, files) in enumerate(classes):
-        for path in files:
-            paths.append(path)
+        for entry in files:
+            images.append(entry)
             labels.append(label)
-            listing.update(f"{path.relative_to(root).as_posix()}:{md5_file(path)}\n".encode())
+            listing.update(f"{entry.path.relative_to(root).as_posix()}:{md5_file(entry.target)}\n".encode())
     y = np.asarray(labels, dtype=np.int64)
     train_idx, test_idx = stratified_split(y, cfg.test_fraction, seed)
     if len(test_idx) == 0:
@@ -140,12 +255,14 @@ def load_folder(cfg: DataConfig, seed: int, stream: bool = False) -> Dataset:
         )
     files = [{"name": f"{root.name}/ ({len(y)} images)", "sha256_of_listing": listing.hexdigest()}]
     captions = None
-    if (root / CAPTIONS_FILE).is_file():
-        captions = _folder_captions(root / CAPTIONS_FILE, root, paths, {"train": train_idx, "test": test_idx}, cfg)
-        files.append({"name": f"{root.name}/{CAPTIONS_FILE}", "md5": md5_file(root / CAPTIONS_FILE)})
+    indices = {"train": train_idx, "test": test_idx}
+    if captions_file is not None:
+        paths = [entry.path for entry in images]
+        captions = _folder_captions(captions_file.path, root, paths, indices, cfg)
+        files.append({"name": f"{root.name}/{CAPTIONS_FILE}", "md5": md5_file(captions_file.target)})
     return Dataset(
         name="folder",
-        splits=_splits(paths, y, {"train": train_idx, "test": test_idx}, mode, cfg.image_size, stream),
+        splits=_splits(images, y, indices, mode, cfg, stream),
         class_names=[name for name, _ in classes],
         source=f"image folder {root}",
         files=files,
@@ -163,16 +280,22 @@ def _folder_captions(
 
 
 def _splits(
-    paths: list[Path], labels: np.ndarray, indices: dict[str, np.ndarray], mode: str, size: int, stream: bool
+    images: list[Entry],
+    labels: np.ndarray,
+    indices: dict[str, np.ndarray],
+    mode: str,
+    cfg: DataConfig,
+    stream: bool,
 ) -> dict[str, Split | StreamedSplit]:
-    """Split ``name`` = images ``paths[idx]`` in ``idx`` order, read a chunk at a time when streamed."""
+    """Split ``name`` = ``images[idx]`` in ``idx`` order, read a chunk at a time when streamed."""
+    size, budget = cfg.image_size, cfg.max_image_pixels
     shape = (size, size, 1 if mode == "L" else 3)
     rows = chunk_rows(shape)
 
     def streamed(idx: np.ndarray) -> StreamedSplit:
         def read() -> Iterator[np.ndarray]:
             for start in range(0, len(idx), rows):
-                yield np.stack([_read_image(paths[i], mode, size) for i in idx[start : start + rows]])
+                yield np.stack([_read_image(images[i], mode, size, budget) for i in idx[start : start + rows]])
 
         return StreamedSplit(labels[idx], shape, read)
 
