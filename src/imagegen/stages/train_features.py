@@ -11,6 +11,7 @@ from imagegen.config import Params
 from imagegen.data.processed import ProcessedDataset
 from imagegen.evaluation.features import save_extractor, train_classifier
 from imagegen.fileio import write_json
+from imagegen.outputs import check_output
 from imagegen.tracking import start_run
 from imagegen.training.seeding import seed_everything
 
@@ -22,6 +23,7 @@ def run_train_features(
     cfg = params.evaluate
     data_dir = Path(data_dir) if data_dir is not None else params.data.output_dir
     out_dir = Path(out_dir) if out_dir is not None else cfg.features_dir
+    check_output(out_dir, "features", inputs=[data_dir])  # before training, not after
     dataset = ProcessedDataset.open(data_dir)
     train, test = dataset.split("train", mmap=False), dataset.split("test", mmap=False)
     seed_everything(params.seed)
