@@ -325,3 +325,30 @@ def test_crash_between_the_two_renames_of_a_folder_swap_the_previous_output_come
 
     remove_stale_temps(tmp_path, "model")
     assert (tmp_path / "model" / "model.json").read_text() == "{}" and not swapped_out.exists()
+
+
+def test_crash_resume_on_another_dataset_is_refused_not_continued(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint records the content hash of its data: `--resume --data <other dataset of the same shape>`
+    stops with one line instead of continuing on data the run never started with."""
+    from typer.testing import CliRunner
+
+    from imagegen.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMAGEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = ["tracking.enabled=false", "data.image_size=8", "vae.base_filters=4", "vae.steps=2"]
+    tiny += ["train.batch_size=16", "train.jit_compile=false", "train.checkpoint_every=1"]
+
+    def cli(*args: str) -> object:
+        return CliRunner().invoke(app, [*args, *(item for s in tiny for item in ("-S", s))])
+
+    assert cli("ingest", "--out", "data/a").exit_code == 0
+    other = cli("ingest", "--out", "data/b", "-S", "data.test_fraction=0.2")  # same shape, other content
+    assert other.exit_code == 0, other.output
+    assert cli("train", "vae", "--data", "data/a").exit_code == 0
+    before = file_hashes(tmp_path / "models" / "vae")
+    result = cli("train", "vae", "--data", "data/b", "--resume", "-S", "vae.steps=4")
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "trained on dataset" in line and "--data" in line, line
+    assert file_hashes(tmp_path / "models" / "vae") == before

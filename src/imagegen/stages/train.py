@@ -188,6 +188,7 @@ def run_train(
             on_metrics=lambda step, m: _on_metrics(run, kl_watch, step, m),
             on_grid=lambda step, path, _: run.log_artifact(path, "samples"),
             show_progress=show_progress,
+            dataset_hash=dataset.content_hash,
         )
         resumed = trainer.resume() if resume else None
         if not resume:

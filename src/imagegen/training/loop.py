@@ -71,9 +71,13 @@ class Trainer:
         on_grid: GridHook | None = None,
         show_progress: bool = True,
         stepper: Stepper | None = None,
+        dataset_hash: str | None = None,
     ) -> None:
         """``stepper``: one made for an earlier Trainer of a family with these very networks and phases (e.g.
-        the previous round of a progressive distillation), reused with its compiled step; else a new one."""
+        the previous round of a progressive distillation), reused with its compiled step; else a new one.
+        ``dataset_hash``: the content hash of the data trained on, recorded in checkpoints so that a resume on
+        other data is refused rather than silently continued."""
+        self.dataset_hash = dataset_hash
         self.family = family
         self.stream = stream
         self.cfg = cfg
@@ -103,7 +107,10 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------
     def loop_state(self) -> dict[str, Any]:
-        return {"step": self.step, "noise_rng": self.noise_rng.bit_generator.state, "stream": self.stream.state()}
+        state = {"step": self.step, "noise_rng": self.noise_rng.bit_generator.state, "stream": self.stream.state()}
+        if self.dataset_hash is not None:
+            state["dataset_hash"] = self.dataset_hash
+        return state
 
     @property
     def full_history(self) -> list[dict[str, float]]:
@@ -141,6 +148,12 @@ class Trainer:
                     raise
                 log.warning("%s; resuming from the previous checkpoint %s instead", exc, candidates[i + 1])
                 continue
+            trained_on = state.get("dataset_hash")
+            if trained_on and self.dataset_hash and trained_on != self.dataset_hash:
+                raise TrainingError(
+                    f"{candidate}: checkpoint was trained on dataset {trained_on[:19]}, not {self.dataset_hash[:19]}; "
+                    "resume with the --data it was trained on, or start without --resume"
+                )
             self.step = int(state["step"])
             self.noise_rng.bit_generator.state = state["noise_rng"]
             self.stream.restore(state["stream"])
