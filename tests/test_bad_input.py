@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from imagegen.artifact import save_model
 from imagegen.cli import app
 from imagegen.config import load_params
+from imagegen.outputs import MARKER, marker_text
 from imagegen.stages.ingest import run_ingest
 from imagegen.training.families import build_family
 
@@ -61,10 +62,11 @@ def snapshot(paths: list[Path]) -> dict[str, str]:
     return out
 
 
-def previous_output(folder: Path) -> Path:
+def previous_output(folder: Path, kind: str) -> Path:
     """A folder standing for an earlier run's output."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text('{"fid": 1.0}\n')
+    (folder / MARKER).write_text(marker_text(kind))  # as imagegen marks its outputs
     return folder
 
 
@@ -75,7 +77,7 @@ def previous_output(folder: Path) -> Path:
 def model_json_not_json(tmp: Path, digits: Path, model: Path, helpers) -> Case:
     broken = shutil.copytree(model, tmp / "vae")
     (broken / "model.json").write_text('{"format_version": 1, "family": "vae", ')
-    out = previous_output(tmp / "samples")
+    out = previous_output(tmp / "samples", "samples")
     return Case(
         ["sample", "--model", str(broken), "--out", str(out), *OFF],
         [str(broken / "model.json"), "not valid JSON"],
@@ -87,7 +89,7 @@ def truncated_weights(tmp: Path, digits: Path, model: Path, helpers) -> Case:
     broken = shutil.copytree(model, tmp / "vae")
     weights = broken / "decoder.weights.h5"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    out = previous_output(tmp / "samples")
+    out = previous_output(tmp / "samples", "samples")
     return Case(
         ["sample", "--model", str(broken), "--out", str(out), *OFF],
         [str(weights), "expected the complete .weights.h5"],
@@ -99,7 +101,7 @@ def samples_npz(count: int) -> Callable[..., Case]:
     def make(tmp: Path, digits: Path, model: Path, helpers) -> Case:
         path = tmp / f"{count}.npz"
         np.savez(path, images=np.zeros((count, 8, 8, 1), dtype=np.uint8))
-        out = previous_output(tmp / "report")
+        out = previous_output(tmp / "report", "evaluation")
         return Case(
             ["evaluate", "--samples", str(path), "--out", str(out), "--data", str(digits), *OFF],
             [str(path), f"{count} image(s)", "expected at least 4"],

@@ -144,7 +144,7 @@ def test_sample_memory_does_not_grow_with_n_chunks_give_identical_images(
     with np.load("chunked/samples.npz") as a:
         np.testing.assert_array_equal(a["images"], in_memory)
     assert Path("chunked/grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in Path("chunked").iterdir()) == ["grid.png", "samples.npz"]  # no temporaries
+    assert sorted(p.name for p in Path("chunked").iterdir()) == [".imagegen-output", "grid.png", "samples.npz"]
 
 
 def peak_bytes_writing(path: Path, batch: tuple[int, ...], count: int) -> int:

@@ -41,7 +41,9 @@ def _hash_h5(path: Path, digest: Any) -> None:
                 digest.update(array.tobytes())
     except (OSError, KeyError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: unreadable weights ({reason}); expected a complete .weights.h5") from None
+        raise DataError(
+            f"{path}: unreadable weights ({reason}); expected the complete .weights.h5 of `imagegen train`"
+        ) from None
 
 
 def weights_digest(model_dir: Path | str, weights: Mapping[str, str]) -> str:

@@ -22,8 +22,9 @@ import numpy as np
 
 from imagegen import sampling
 from imagegen.errors import ConfigError
-from imagegen.fileio import atomic_path
+from imagegen.fileio import atomic_path, write_text
 from imagegen.images import save_grid
+from imagegen.outputs import MARKER, check_output, marker_text
 from imagegen.profiling import phase
 
 GRID_IMAGES = 64
@@ -83,6 +84,7 @@ def run_sample(
     """
     out_dir = Path(out_dir)
     check_request(out_dir, n, params)
+    check_output(out_dir, "samples", inputs=[model_dir])  # a user's folder is never written into
     if sampler.get("prompt") is not None:
         from imagegen.artifact import read_model_meta
 
@@ -97,6 +99,7 @@ def run_sample(
         with atomic_path(out_dir / "samples.npz", suffix=".npz") as tmp:
             head = write_npz_stream(tmp, n, batches)
     save_grid(out_dir / "grid.png", head)
+    write_text(out_dir / MARKER, marker_text("samples"))
     return out_dir
 
 
