@@ -281,6 +281,7 @@ def caption_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "train.sample_every=100000",
             "train.checkpoint_every=100000",
             "train.grid_size=2",
+            "sample.steps=2",
         ],
     )
     return run_train(params, "ddpm", data_dir=run_ingest(params), out_dir=root / "ddpm", show_progress=False)

@@ -41,6 +41,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 VERBOSE_ENV = "IMAGEGEN_VERBOSE"
 
@@ -199,11 +200,18 @@ def _route_imagegen_python_warnings(emit: Callable[[str], None]) -> None:
     shown = warnings.showwarning
     previous = getattr(shown, "passes_on_to", shown)
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: object) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if _from_imagegen(filename):
             emit(str(message))
         else:
-            previous(message, category, filename, lineno, *args)  # type: ignore[arg-type]
+            previous(message, category, filename, lineno, file, line)
 
     show.passes_on_to = previous  # type: ignore[attr-defined]
     warnings.showwarning = show
