@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from imagegen.config import Params, dump_params, load_params
 from imagegen.errors import ImagegenError
@@ -50,7 +51,7 @@ def _global_options(
 
 
 def _print_warning(message: str) -> None:
-    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 ParamsOpt = Annotated[
@@ -71,7 +72,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ImagegenError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
