@@ -3,7 +3,9 @@
 :func:`build_serving` turns a :class:`~imagegen.artifact.LoadedModel` into a :class:`Serving`: a Python
 function of named tensors returning ``{"images": uint8 (B, H, W, C)}``, its input signature (dynamic batch)
 and the Keras networks it reads. :func:`export_savedmodel` writes it with ``keras.export.ExportArchive``
-under the signature ``serving_default``.
+under the signature ``serving_default``, the same bytes for the same model in every fresh process (the
+SavedModel is a DVC-tracked output: its variables are numbered in a fixed order and its fingerprint's UUID
+comes from its content, where TensorFlow would use memory addresses and a random draw).
 
 DDPM: the deterministic DDIM loop (eta = 0) is unrolled, one U-Net call per step (two with
 classifier-free guidance; the weights are stored once, each step adds only graph nodes). The grid,
@@ -18,6 +20,7 @@ decoder of the model folder inside the graph: latent / scale_factor, flattened, 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ import keras
 from imagegen.artifact import LoadedModel
 from imagegen.config import DCGANConfig, DDPMConfig, LDMConfig, VAEConfig
 from imagegen.errors import ConfigError
+from imagegen.fileio import write_bytes
 from imagegen.models.diffusion import (
     classifier_free_guidance,
     ddim_grid,
@@ -213,10 +217,42 @@ def network_order(variables: Sequence[Any], networks: Sequence[keras.Model]) -> 
     return sorted(variables, key=lambda v: (rank.get(id(v), len(rank)), v.name))
 
 
+def content_uuid(fingerprint: Any) -> str:
+    """A UUID for a SavedModel fingerprint derived from its hashes: 128 bits of the SHA-256 of the fingerprint
+    without its ``uuid``, in decimal as TensorFlow writes the field.
+
+    TensorFlow draws ``fingerprint.pb``'s ``uuid`` at random on every save, so two saves of the same model differ
+    in that file alone; derived from the content, the same SavedModel gets the same UUID and a different one
+    (any hash differs) another."""
+    hashed = type(fingerprint)()
+    hashed.CopyFrom(fingerprint)
+    hashed.ClearField("uuid")
+    digest = hashlib.sha256(hashed.SerializeToString(deterministic=True)).digest()
+    return str(int.from_bytes(digest[:16], "big"))
+
+
+def settle_fingerprint(saved_model_dir: Path) -> None:
+    """Replace the random ``uuid`` of ``saved_model_dir/fingerprint.pb`` by :func:`content_uuid`; every hash
+    TensorFlow computed from the written files is kept as it is (nothing else is rewritten). No fingerprint
+    (TensorFlow's fingerprinting turned off): nothing to do."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    path = Path(saved_model_dir) / "fingerprint.pb"
+    if not path.is_file():
+        return
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
+    fingerprint.uuid = content_uuid(fingerprint)
+    write_bytes(path, fingerprint.SerializeToString(deterministic=True))
+
+
 def export_savedmodel(serving: Serving, dest: Path) -> Path:
     """Write ``serving`` as a SavedModel at ``dest`` (must not exist yet) with the ``serving_default`` signature.
 
-    The same model and code give the same bytes in any process (see :mod:`imagegen.export.canonical`)."""
+    Byte for byte reproducible: a fresh process exporting the same model with the same code writes the same files
+    (variables in the networks' order, :func:`network_order`; fingerprint UUID from the content,
+    :func:`settle_fingerprint`). Function names (``__inference_fn_<n>``) and capture names are numbered by a
+    process-wide TensorFlow counter, so they match between processes that traced the same things before, as the
+    ``export`` stage's own process does, not between an export and one run after other TensorFlow work."""
     require_tensorflow()
     dest = Path(dest)
     archive = keras.export.ExportArchive()
@@ -232,4 +268,5 @@ def export_savedmodel(serving: Serving, dest: Path) -> Path:
 
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     archive.write_out(str(dest), verbose=False, options=options)
+    settle_fingerprint(dest)
     return dest

@@ -11,14 +11,19 @@ Latency: that first call doubles as the warm-up; then ``export.latency_repeats``
 timed and the median divided by the batch size is reported in ms per image. TFLite inputs are resized to the
 batch, tensors allocated, then invoked. Size: the file, or the SavedModel folder's total, in bytes.
 
+:func:`check_parity` returns the two apart (:class:`Parity`): the ``report`` (sizes, errors, SSIM, verdicts, the
+int8 choice), which the code, params and model determine and which goes into the DVC-tracked export folder as
+``metrics.json``; and the ``timings`` (latencies), which differ from run to run and machine to machine and so
+belong to untracked files and MLflow. Nothing in the report, the int8 choice included, depends on a timing.
+
 Thresholds come from ``export.max_abs_error[name]`` and ``export.min_ssim[name]``; a name missing from a
 mapping given in params falls back to the default of :class:`imagegen.config.ExportConfig` (so
 ``-S export.max_abs_error={int8: -1}`` tightens int8 only).
 
 int8 candidates: when the export made several int8 kinds (``export.int8_quantization: fastest``), each is
-measured as ``int8`` (same inputs, same thresholds) and the one :func:`imagegen.export.tflite.pick_int8` keeps
-becomes the ``int8`` entry; ``metrics.json`` records the choice as ``"int8_quantization": {"kind", "why",
-"candidates": {kind: entry}}``.
+checked as ``int8`` (same inputs, same thresholds) and the one :func:`imagegen.export.tflite.pick_int8` keeps (by
+parity, never by latency) becomes the ``int8`` entry; ``metrics.json`` records the choice as
+``"int8_quantization": {"kind", "why", "candidates": {kind: entry}}``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,35 +163,111 @@ def limits(cfg: ExportConfig, name: str) -> tuple[float, float]:
     return float(max_err), float(min_ssim)
 
 
-def measure(
+def latency_ms_per_image(run: Runner, inputs: Mapping[str, np.ndarray], repeats: int) -> float:
+    """The median of ``repeats`` timed calls of ``run`` on ``inputs``, in ms per image (``run`` warmed up already)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(inputs)
+        times.append(time.perf_counter() - start)
+    batch = len(next(iter(inputs.values())))
+    return 1000.0 * statistics.median(times) / batch
+
+
+def check_artifact(
     name: str,
     path: Path,
     inputs: Mapping[str, np.ndarray],
     reference: np.ndarray,
     cfg: ExportConfig,
     num_threads: int | None = None,
-) -> dict[str, Any]:
-    """One artifact's entry of ``metrics.json``: bytes, latency_ms_per_image, max_abs_error, ssim, passed."""
+) -> tuple[dict[str, Any], float]:
+    """``(entry, latency)``: the artifact's entry of ``metrics.json`` (bytes, max_abs_error, ssim, passed), which
+    only the artifact and the inputs determine, and its latency in ms per image, which is measured."""
     run = runner_for(name, path, num_threads)
     images = run(inputs)  # also the warm-up
     if images.shape != reference.shape or images.dtype != np.uint8:
         raise ValueError(f"{name}: artifact returned {images.dtype} {images.shape}, expected uint8 {reference.shape}")
-    times = []
-    for _ in range(cfg.latency_repeats):
-        start = time.perf_counter()
-        run(inputs)
-        times.append(time.perf_counter() - start)
-    batch = len(reference)
+    latency = latency_ms_per_image(run, inputs, cfg.latency_repeats)
     max_err = int(np.max(np.abs(images.astype(np.int16) - reference.astype(np.int16))))
     ssim = float(image_similarity(reference, images)["ssim"])
     max_allowed, min_ssim = limits(cfg, name)
-    return {
+    entry = {
         "bytes": size_bytes(path),
-        "latency_ms_per_image": 1000.0 * statistics.median(times) / batch,
         "max_abs_error": max_err,
         "ssim": ssim,
         "passed": bool(max_err <= max_allowed and ssim >= min_ssim),
     }
+    return entry, latency
+
+
+@dataclass(frozen=True)
+class Parity:
+    """What :func:`check_parity` found, in two halves with the same nesting.
+
+    ``report``, the content of ``metrics.json``, determined by the code, params and model::
+
+        {"family", "ddpm_steps" (diffusion only),
+         "artifacts": {name: {"bytes", "max_abs_error", "ssim", "passed"}},
+         "int8_quantization" (int8 candidates given): {"kind", "why", "candidates": {kind: entry}}}
+
+    ``timings``, measured on this machine (for an untracked file and MLflow, never a tracked output)::
+
+        {"artifacts": {name: {"latency_ms_per_image"}},
+         "int8_quantization" (int8 candidates given): {"candidates": {kind: {"latency_ms_per_image"}}}}
+
+    ``timings["artifacts"]["int8"]`` is the kept kind's latency."""
+
+    report: dict[str, Any]
+    timings: dict[str, Any]
+
+
+def check_parity(
+    loaded: LoadedModel,
+    serving: Serving,
+    artifacts: Mapping[str, Path],
+    cfg: ExportConfig,
+    *,
+    seed: int,
+    clip_x0: bool = True,
+    guidance_scale: float = 1.0,
+    num_threads: int | None = None,
+    int8_candidates: Mapping[str, Path] | None = None,
+) -> Parity:
+    """Check every artifact (``{name: path}``) and every int8 candidate (``{kind: path}``) against the Keras model
+    and time it; keep the int8 kind :func:`~imagegen.export.tflite.pick_int8` picks by parity. See :class:`Parity`."""
+    inputs = parity_inputs(serving, cfg.parity_n, seed, int(loaded.family.spec["num_classes"]))
+    reference = keras_images(loaded, inputs, ddpm_steps=cfg.ddpm_steps, clip_x0=clip_x0, guidance_scale=guidance_scale)
+    report: dict[str, Any] = {"family": loaded.name}
+    if is_diffusion(loaded.name):
+        report["ddpm_steps"] = serving.meta["ddpm_steps"]
+    checked = {
+        name: check_artifact(name, path, inputs, reference, cfg, num_threads) for name, path in artifacts.items()
+    }
+    report["artifacts"] = {name: entry for name, (entry, _) in checked.items()}
+    timings: dict[str, Any] = {"artifacts": {name: {"latency_ms_per_image": ms} for name, (_, ms) in checked.items()}}
+    if int8_candidates:
+        tried = {
+            kind: check_artifact("int8", path, inputs, reference, cfg, num_threads)
+            for kind, path in int8_candidates.items()
+        }
+        entries = {kind: entry for kind, (entry, _) in tried.items()}
+        kind, why = pick_int8(entries)
+        report["artifacts"]["int8"] = dict(entries[kind])
+        report["int8_quantization"] = {"kind": kind, "why": why, "candidates": entries}
+        timings["artifacts"]["int8"] = {"latency_ms_per_image": tried[kind][1]}
+        timings["int8_quantization"] = {
+            "candidates": {candidate: {"latency_ms_per_image": ms} for candidate, (_, ms) in tried.items()}
+        }
+    return Parity(report, timings)
+
+
+def merged(report: Mapping[str, Any], timings: Mapping[str, Any]) -> dict[str, Any]:
+    """``report`` with ``timings`` (same nesting, :class:`Parity`) merged into it, key by key, as new dicts."""
+    out = dict(report)
+    for key, value in timings.items():
+        out[key] = merged(report.get(key, {}), value) if isinstance(value, Mapping) else value
+    return out
 
 
 def parity_report(
@@ -200,24 +282,20 @@ def parity_report(
     num_threads: int | None = None,
     int8_candidates: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """``metrics.json``: {"family", "ddpm_steps" (ddpm only), "artifacts": {name: measure(...)}}, plus
-    "int8_quantization" when ``int8_candidates`` ({kind: path}) are given: the kept kind's entry is ``int8``."""
-    inputs = parity_inputs(serving, cfg.parity_n, seed, int(loaded.family.spec["num_classes"]))
-    reference = keras_images(loaded, inputs, ddpm_steps=cfg.ddpm_steps, clip_x0=clip_x0, guidance_scale=guidance_scale)
-    report: dict[str, Any] = {"family": loaded.name}
-    if is_diffusion(loaded.name):
-        report["ddpm_steps"] = serving.meta["ddpm_steps"]
-    report["artifacts"] = {
-        name: measure(name, path, inputs, reference, cfg, num_threads) for name, path in artifacts.items()
-    }
-    if int8_candidates:
-        entries = {
-            kind: measure("int8", path, inputs, reference, cfg, num_threads) for kind, path in int8_candidates.items()
-        }
-        kind, why = pick_int8(entries)
-        report["artifacts"]["int8"] = entries[kind]
-        report["int8_quantization"] = {"kind": kind, "why": why, "candidates": entries}
-    return report
+    """:func:`check_parity`'s report with its timings merged in (each entry also holds ``latency_ms_per_image``),
+    for a caller that splits measured figures out itself; a tracked file wants :func:`check_parity`'s halves."""
+    parity = check_parity(
+        loaded,
+        serving,
+        artifacts,
+        cfg,
+        seed=seed,
+        clip_x0=clip_x0,
+        guidance_scale=guidance_scale,
+        num_threads=num_threads,
+        int8_candidates=int8_candidates,
+    )
+    return merged(parity.report, parity.timings)
 
 
 def threshold_failures(report: Mapping[str, Any], cfg: ExportConfig) -> list[str]:

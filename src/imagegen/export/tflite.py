@@ -16,7 +16,8 @@
     input is one cheap op) and uint8 images out (the graph's output is already integer).
 
   The export stage (``export.int8_quantization``: ``fastest``) converts both, checks both against Keras and
-  keeps the one that passes parity and is faster (:func:`pick_int8`); a diffusion graph gets dynamic range
+  keeps full integer when it passes parity, else dynamic range (:func:`pick_int8`): a fixed rule, not a race,
+  so the file kept depends on the model alone and never on a timing; a diffusion graph gets dynamic range
   alone (:func:`int8_kinds`: full integer has never passed parity through the unrolled sampler).
 
 Every conversion asks for builtin ops only: a graph needing a TensorFlow (Flex) kernel or a
@@ -47,9 +48,6 @@ from imagegen.quiet import native_stderr_filtered
 
 VARIANTS = ("float32", "float16", "int8")
 INT8_KINDS = ("dynamic_range", "full_integer")
-# full_integer is kept over dynamic_range only when it is at least this much faster (latency ratio), so that
-# timing noise between two equally fast kinds does not flip the exported file from run to run.
-FULL_INTEGER_MIN_SPEEDUP = 1.1
 
 Representative = Callable[[], Iterator[dict[str, np.ndarray]]]
 
@@ -224,30 +222,24 @@ def convert(
 
 
 def pick_int8(entries: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
-    """The int8 kind to keep among measured candidates ``{kind: parity entry}``, and why, in words.
+    """The int8 kind to keep among candidates checked for parity ``{kind: parity entry}``, and why, in words.
 
-    A kind that passes parity beats one that does not; between two that pass, ``full_integer`` is kept when it
-    is at least :data:`FULL_INTEGER_MIN_SPEEDUP` times faster, else ``dynamic_range``. When none passes,
-    ``dynamic_range`` (the one whose failure the export then reports)."""
+    A fixed rule on parity alone, so the kept ``model_int8.tflite`` and the report depend on the model, never
+    on a timing: ``full_integer`` when it passes (XNNPACK runs its int8 kernels, whereas it has no hybrid kernels
+    for dynamic range, which then runs TFLite's reference-speed paths), else ``dynamic_range`` when it passes;
+    when none passes, ``dynamic_range`` (the one whose failure the export then reports). A latency in an entry
+    is ignored: it is reported, it does not decide."""
     passing = [kind for kind in INT8_KINDS if kind in entries and entries[kind]["passed"]]
-
-    def ms(kind: str) -> str:
-        return f"{kind} {entries[kind]['latency_ms_per_image']:.3g} ms/image"
-
-    if len(passing) == 1:
-        others = [k for k in entries if k != passing[0]]
-        why = f"the only kind that passes parity ({', '.join(others)} failed)" if others else "the only kind tried"
-        return passing[0], why
     if not passing:
         kind = "dynamic_range" if "dynamic_range" in entries else next(iter(entries))
         return kind, "no kind passes parity"
-    full, dyn = (entries[k]["latency_ms_per_image"] for k in ("full_integer", "dynamic_range"))
-    if full * FULL_INTEGER_MIN_SPEEDUP <= dyn:
-        return "full_integer", f"both pass parity; faster: {ms('full_integer')} vs {ms('dynamic_range')}"
-    return "dynamic_range", (
-        f"both pass parity; full_integer not >= {FULL_INTEGER_MIN_SPEEDUP}x faster: "
-        f"{ms('full_integer')} vs {ms('dynamic_range')}"
-    )
+    kind = "full_integer" if "full_integer" in passing else passing[0]
+    others = [k for k in entries if k != kind]
+    if not others:
+        return kind, "the only kind tried"
+    if len(passing) == 1:
+        return kind, f"the only kind that passes parity ({', '.join(others)} failed)"
+    return kind, "both pass parity; full_integer computes in int8 throughout, on XNNPACK's int8 kernels"
 
 
 def model_ops(model: Path | bytes) -> list[str]:
