@@ -10,15 +10,44 @@ temporary copy and records it as a named experiment, so the overrides never land
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagegen.errors import ImagegenError
+from pipelines import dvc_lock
+from pipelines.stage_log import OutputLog, failure_cause, pieces, progress_env
 
-Log = Callable[[str], None]
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+QUIET = logging.getLogger("pipelines.dvc_runs.quiet")
+QUIET.disabled = True
+LOCK_MESSAGES = ("Unable to acquire lock", "is busy, it is being blocked by")
+
+
+class DvcCommandFailed(ImagegenError):
+    """A DVC command (a stage) failed: ``cause`` is the one line that says why (the stage's last stderr line),
+    ``output`` the command's last lines."""
+
+    def __init__(self, args: Sequence[str], cause: str, output: str = "") -> None:
+        super().__init__(f"`dvc {' '.join(args)}` failed: {cause}")
+        self.cause = cause
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """How a DVC command waits for another process's DVC lock (``pipeline.lock_timeout_s``) and how often a
+    running stage's progress is logged (``pipeline.progress_every_s``)."""
+
+    lock_timeout_s: float = 3600.0
+    progress_every_s: float = 30.0
 
 
 def lock_md5(root: Path) -> str:
@@ -37,28 +66,66 @@ def stage_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def run_dvc(args: Sequence[str], root: Path, env: Mapping[str, str], log: Log) -> str:
-    """``dvc <args>`` in ``root``; its output streamed line by line to ``log``; the whole output returned.
-
-    A failing command raises with the command, the exit status and the output's last lines.
-    """
+def _stream(args: Sequence[str], root: Path, env: Mapping[str, str], out: OutputLog) -> int:
+    """Run ``dvc <args>``, feeding its stdout and stderr to ``out`` piece by piece as they come; its status."""
     cmd = [sys.executable, "-m", "dvc", *args]
-    proc = subprocess.Popen(cmd, cwd=root, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line.rstrip("\n"))
-        log(lines[-1])
-    status = proc.wait()
-    if status != 0:
-        tail = "\n".join(lines[-20:])
-        raise ImagegenError(f"`dvc {' '.join(args)}` in {root} exited {status}:\n{tail}")
-    return "\n".join(lines)
+    proc = subprocess.Popen(cmd, cwd=root, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def pump(fd: int, name: str) -> None:
+        for text, frame in pieces(fd):
+            out.piece(text, frame, name)
+
+    readers = [
+        threading.Thread(target=pump, args=(proc.stdout.fileno(), "stdout"), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr.fileno(), "stderr"), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    proc.stdout.close()
+    proc.stderr.close()
+    return proc.wait()
 
 
-def repro_stage(stage: str, root: Path, env: Mapping[str, str], log: Log) -> str:
-    """Bring one stage up to date (a no-op when DVC finds nothing changed)."""
-    return run_dvc(["repro", "--single-item", stage], root, env, log)
+def run_dvc(
+    args: Sequence[str],
+    root: Path,
+    env: Mapping[str, str],
+    logger: Logger,
+    waiting: Waiting | None = None,
+    quiet: bool = False,
+) -> str:
+    """``dvc <args>`` in ``root`` once no other process holds DVC's lock, its output logged line by line as it
+    comes (``quiet``: only returned, for a caller that logs it as one block); the output returned.
+
+    A command that still meets another process's lock (it took the lock between the check and the start) waits
+    again, within the same ``lock_timeout_s``. A failing command raises :class:`DvcCommandFailed` whose message
+    is the one-line cause (:func:`pipelines.stage_log.failure_cause`).
+    """
+    waiting = waiting or Waiting()
+    root = Path(root)
+    deadline = time.monotonic() + waiting.lock_timeout_s
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        dvc_lock.wait_until_free(root, left, logger.info)
+        out = OutputLog(QUIET if quiet else logger, waiting.progress_every_s)
+        status = _stream(args, root, env, out)
+        if status == 0:
+            return "\n".join(out.lines)
+        text = "\n".join(out.stderr)
+        if any(m in text for m in LOCK_MESSAGES) and time.monotonic() < deadline:
+            logger.info("another DVC process took DVC's lock as `dvc %s` started; waiting again", " ".join(args))
+            continue
+        if any(m in text for m in LOCK_MESSAGES):
+            dvc_lock.wait_until_free(root, 0.0, logger.info)  # names the holder, if it still holds the lock
+        raise DvcCommandFailed(args, failure_cause(list(out.stderr), status), "\n".join(out.lines))
+
+
+def repro_stage(stage: str, root: Path, env: Mapping[str, str], logger: Logger, waiting: Waiting) -> str:
+    """Bring one stage up to date (a no-op when DVC finds nothing changed), progress bars drawn as on a terminal."""
+    return run_dvc(["repro", "--single-item", stage], root, {**env, **progress_env(env)}, logger, waiting)
 
 
 def experiment_run(
@@ -67,13 +134,14 @@ def experiment_run(
     targets: Sequence[str],
     root: Path,
     env: Mapping[str, str],
-    log: Log,
+    logger: Logger,
+    waiting: Waiting,
 ) -> str:
     """``dvc exp run --temp`` of ``targets`` (and their upstream) with ``-S`` overrides, named ``name``."""
     args = ["exp", "run", "--temp", "--name", name]
     for override in overrides:
         args += ["-S", override]
-    return run_dvc([*args, *targets], root, env, log)
+    return run_dvc([*args, *targets], root, {**env, **progress_env(env)}, logger, waiting)
 
 
 def experiment_ref(name: str, root: Path) -> str:

@@ -90,3 +90,35 @@ def child_runs(parent: ParentRun) -> list[dict[str, Any]]:
         }
         for run in runs
     ]
+
+
+def name_stage_runs(env: Mapping[str, str], stage: str) -> list[str]:
+    """Name the runs DVC stage ``stage`` started under the flow's parent run after the stage itself.
+
+    A stage's code names its run from what it sees (``evaluate-ddpm`` for ``evaluate@ddpm`` and for
+    ``evaluate@ddpm_student`` alike); the DVC stage name (``evaluate@ddpm_student``) tells the runs of one
+    pipeline run apart. Several runs of one stage are ``<stage> <their own name>``; the stage's own name is kept
+    as the tag ``imagegen.run_name``. The runs are found by the ``dvc.stage`` tag the flow gave the stage.
+    Returns the new names (none when tracking is off or DVC found nothing to run).
+    """
+    parent_id, uri = env.get(PARENT_ENV), env.get(TRACKING_ENV)
+    if not parent_id or not uri:
+        return []
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`dvc.stage` = '{stage}'",
+        max_results=1000,
+    )
+    names = []
+    for run in runs:
+        own = run.info.run_name or ""
+        name = stage if len(runs) == 1 else f"{stage} {own}".strip()
+        if own != name:
+            client.set_tag(run.info.run_id, "imagegen.run_name", own)
+            client.update_run(run.info.run_id, name=name)
+        names.append(name)
+    return names

@@ -75,12 +75,20 @@ def export_table(reports: Mapping[str, Mapping[str, Any] | None]) -> str:
     return text
 
 
+def promotion_verdict(decision: Mapping[str, Any]) -> str:
+    """The decision in the CLI's words: ``unchanged`` when the challenger already was the champion (nothing
+    was written), else ``promoted to champion`` or ``refused``."""
+    if not decision.get("changed", True):
+        return "unchanged"
+    return "promoted to champion" if decision["promoted"] else "refused"
+
+
 def promotion_table(decisions: Mapping[str, Mapping[str, Any]], links: Mapping[str, str | None]) -> str:
     """The promotion decision per shipped model, with its reason (as recorded on the model version)."""
     rows = []
     for name, d in decisions.items():
         version = f"[v{d['version']}]({links[name]})" if links.get(name) else f"v{d['version']}"
-        decision = "promoted to champion" if d["promoted"] else "refused"
+        decision = promotion_verdict(d)
         rows.append((name, d["registered"], version, decision, d["reason"]))
     header = ("model", "registered model", "version", "decision", "reason")
     return "## Promotion\n\n" + _table(header, rows)
@@ -98,3 +106,26 @@ def runs_table(parent: Mapping[str, Any], children: Sequence[Mapping[str, Any]],
     if not tracking_uri.startswith(("http://", "https://")):
         text += f"\n\nopen with `mlflow ui --backend-store-uri {tracking_uri}`"
     return text
+
+
+def publish_text(published: Mapping[str, Any] | None, skipped: str | None) -> str:
+    """What the run published: the DVC experiment, its commit, the git and DVC remotes, and how a teammate
+    gets it without retraining; or why nothing was published."""
+    if published is None:
+        return f"## Published\n\n{skipped or 'not published'}"
+    name, remote = published["experiment"], published["git_remote"]
+    rows = [
+        ("experiment", f"`{name}`"),
+        ("commit", f"`{published['commit']}`"),
+        ("git remote", f"{remote} (`{published['git_url']}`)"),
+        ("DVC remote", f"{published['dvc_remote']} (`{published['dvc_url']}`)"),
+    ]
+    if published.get("restored"):
+        rows.append(("worker's folder", "back at HEAD for " + ", ".join(f"`{p}`" for p in published["restored"])))
+    get = (
+        f"```\npython -m pipelines.publish get {name}\n```\n"
+        f"(`dvc exp pull {remote} {name}` and `dvc exp apply {name}`, once a folder remote named by a relative "
+        "path is pinned in `.dvc/config.local`: README, DVC remote)"
+    )
+    table = _table(("what", "where"), rows)
+    return f"## Published\n\n{table}\n\nA teammate's clone gets it, no training:\n\n{get}"

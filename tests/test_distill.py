@@ -332,7 +332,7 @@ def test_the_stage_writes_one_model_per_round_a_final_copy_and_a_report(root: Pa
     params, final = progressive
     out = root / "models" / "ddpm_student_progressive"
     assert final == out / "final"
-    assert sorted(p.name for p in out.iterdir()) == ["final", "round_1_steps_2", "round_2_steps_1"]
+    assert sorted(p.name for p in out.iterdir()) == [".imagegen-output", "final", "round_1_steps_2", "round_2_steps_1"]
     meta = json.loads((final / "model.json").read_text())
     grid = D.ddim_timesteps(T, 4)
     assert meta["sampling"] == {"sampler": "ddim", "steps": 1, "timesteps": [int(grid[0])], "eta": 0.0}
@@ -533,6 +533,32 @@ def test_progressive_distillation_of_a_non_diffusion_teacher_is_refused_naming_t
         run_distill(params_for(root), fake, "progressive")
     result = CliRunner().invoke(app, ["distill", "--teacher", str(fake), "--method", "quantum"])
     assert result.exit_code == 2 and "quantum" in result.output
+
+
+def test_progressive_distillation_of_a_caption_conditioned_teacher_is_refused_in_one_line_before_any_work(
+    tmp_path: Path,
+) -> None:
+    captions = [
+        "data.caption_template=a photo of a {class}",
+        "ddpm.captions=true",
+        "ddpm.steps=1",
+        "ddpm.text_width=8",
+        "ddpm.text_layers=1",
+        "ddpm.text_heads=2",
+        "ddpm.cross_attention_resolutions=[8]",
+    ]
+    params = params_for(tmp_path, *captions)
+    teacher = run_train(params, "ddpm", data_dir=run_ingest(params), show_progress=False)
+    sets = [a for o in (*TINY, *captions) for a in ("-S", o)]
+    out = tmp_path / "student"
+    result = CliRunner().invoke(
+        app, ["distill", "--teacher", str(teacher), "--method", "progressive", "--out", str(out), *sets]
+    )
+    message = result.stderr.strip()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert len(message.splitlines()) == 1 and "Traceback" not in result.output, message
+    assert "caption-conditioned" in message and str(teacher) in message, message
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

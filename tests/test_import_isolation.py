@@ -61,7 +61,7 @@ for args in (["params"], ["--help"], ["train", "--help"], ["promote", "--help"],
     assert result.exit_code in (0, 2), (args, result.exit_code, result.output)
 # Bad input to the heavy stages is refused before TensorFlow starts: one line, exit 2, in a second.
 for args, says in ((["train", "gan"], "family 'gan'"),
-                   (["evaluate", "--out", "o", "--samples", "missing.npz"], "missing.npz: not a readable .npz"),
+                   (["evaluate", "--out", "o", "--samples", "missing.npz"], "missing.npz: no such file"),
                    (["export", "--model", "nowhere"], "nowhere/model.json: no trained model here")):
     result = runner.invoke(app, [*args, "-S", "tracking.enabled=false"])
     assert result.exit_code == 2 and says in result.output, (args, result.exit_code, result.output)

@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 from imagegen.cli import app
 from imagegen.config import DistillConfig, Params, load_params
 from imagegen.distill.architecture import build_architecture
-from imagegen.distill.knowledge import binary_logits, kd_loss
 from imagegen.distill.setup import copy_network, evaluate_loss
 from imagegen.evaluation.features import load_extractor
+from imagegen.models.matching import binary_logits, kd_loss
 from imagegen.stages.ingest import run_ingest
 from imagegen.training.families import build_family
 

@@ -174,3 +174,15 @@ def test_train_ldm_without_a_trained_vae_fails_in_one_line(trained, tmp_path) ->
     assert len(message.splitlines()) == 1 and "Traceback" not in result.output, message
     assert str(missing) in message and "imagegen train vae" in message, message
     assert not (tmp_path / "models" / "ldm").exists()
+
+
+def test_architecture_distillation_of_an_ldm_is_refused_in_one_line_before_any_work(trained, tmp_path) -> None:
+    out = tmp_path / "student"
+    overrides = [*tiny(trained["root"]), f"train.reports_dir={tmp_path / 'reports'}"]
+    result = cli("distill", "--teacher", str(trained["ldm"]), "--method", "architecture", "--out", str(out),
+                 *sets(overrides))  # fmt: skip
+    message = result.stderr.strip()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert len(message.splitlines()) == 1 and "Traceback" not in result.output, message
+    assert "--method architecture" in message and str(trained["ldm"]) in message and "'ldm'" in message, message
+    assert not out.exists() and not (tmp_path / "reports").exists()

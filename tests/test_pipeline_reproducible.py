@@ -12,7 +12,7 @@ import pytest
 import yaml
 from test_ops_support import clean_env, dvc, make_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # two full (tiny) reproductions
 
 
 def output_hashes(root: Path) -> dict[str, str]:

@@ -30,6 +30,7 @@ from imagegen.training.families import build_family
 
 if TYPE_CHECKING:
     from imagegen.training.families import Family
+    from imagegen.training.families.spec import FamilySpec
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
@@ -159,3 +160,26 @@ def load_model(path: Path | str) -> LoadedModel:
                 f"{weights}: unreadable weights ({reason}); expected the complete .weights.h5 of `imagegen train`"
             ) from None
     return LoadedModel(path, meta, family)
+
+
+def load_requirements(spec: FamilySpec, section: Any, image_shape: tuple[int, ...]) -> dict[str, Family]:
+    """The trained models family ``spec`` is built from (``spec.requires``), loaded from the folders its params
+    ``section`` names, by requirement key: what :func:`~imagegen.training.families.build_family` takes as
+    ``trained``. A missing folder, a model of another family or of other images is a one-line DataError saying
+    how to make the right one."""
+    trained: dict[str, Family] = {}
+    for req in spec.requires:
+        path = Path(getattr(section, req.key))
+        where = f"{spec.name}.{req.key}={path}"
+        if not (path / MODEL_FILE).is_file():
+            raise DataError(
+                f"{where}: no trained {req.label} there (no {MODEL_FILE}); run `imagegen train {req.family}` first"
+            )
+        loaded = load_model(path)
+        if loaded.name != req.family:
+            raise DataError(f"{where}: a {loaded.name} model, expected a {req.label} (`imagegen train {req.family}`)")
+        shape = tuple(int(s) for s in loaded.family.spec["image_shape"])
+        if shape != tuple(image_shape):
+            raise DataError(f"{where}: trained on images {shape}, but this dataset's are {tuple(image_shape)}")
+        trained[req.key] = loaded.family
+    return trained

@@ -317,6 +317,10 @@ class LDMConfig(DDPMConfig):
     )
 
 
+ANCESTRAL_SAMPLER = "ddpm"  # DDPM ancestral sampling: every one of the T steps; ignores steps and timesteps
+DDIM_SAMPLER = "ddim"
+
+
 class SampleConfig(Section):
     sampler: Literal["ddpm", "ddim"] = "ddim"
     steps: int = Field(default=50, gt=0)

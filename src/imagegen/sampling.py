@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imagegen.config import ANCESTRAL_SAMPLER
 from imagegen.profiling import phase
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def sampler_kwargs(
     meta: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``family_module("ddpm").generate`` (other families ignore them).
+    """Keyword arguments for a diffusion family's ``generate`` (other families ignore them).
 
     ``params`` is a :class:`imagegen.config.Params` (or None: no project defaults, the sampler's own apply),
     ``meta`` a model's ``model.json`` contents, ``overrides`` explicit choices (None values are ignored).
@@ -53,7 +54,7 @@ def sampler_kwargs(
         if own.get("timesteps") is not None:
             kwargs["timesteps"] = [int(t) for t in own["timesteps"]]
     given = {k: v for k, v in (overrides or {}).items() if v is not None or k == "timesteps"}
-    if ("steps" in given or given.get("sampler") == "ddpm") and "timesteps" not in given:
+    if ("steps" in given or given.get("sampler") == ANCESTRAL_SAMPLER) and "timesteps" not in given:
         kwargs["timesteps"] = None
     kwargs.update(given)
     return kwargs
@@ -70,24 +71,25 @@ def make_sampler(
 ) -> SampleFn:
     """A sampler of ``family`` with fixed settings and one compiled predictor reused across calls.
 
-    For a DDPM ``sampling`` holds the ``generate`` keywords (see :func:`sampler_kwargs`); other
-    families ignore it. ``predict`` is a compiled predictor of the DDPM's sampling network to reuse
-    (one is made otherwise). Images drawn with the same ``rng`` seed start from the same noise (x_T
-    or z is the first draw), which is what makes comparisons on the same noise possible.
+    For a diffusion family ``sampling`` holds the ``generate`` keywords (see :func:`sampler_kwargs`); other
+    families ignore it. ``predict`` is a compiled predictor of its denoiser (the declared
+    ``FamilySpec.denoiser``) to reuse (one is made otherwise). Images drawn with the same ``rng`` seed start
+    from the same noise (x_T or z is the first draw), which is what makes comparisons on the same noise possible.
     """
-    from imagegen.training.families import family_module, is_diffusion
+    from imagegen.training.families import family_spec
 
-    name = family.spec["family"]
-    module = family_module(name)
-    kwargs = dict(sampling or {}) if is_diffusion(name) else {}
-    if is_diffusion(name) and kwargs.get("predict") is None:
+    spec = family_spec(family.spec["family"])
+    kwargs = dict(sampling or {}) if spec.diffusion else {}
+    if spec.denoiser is not None and kwargs.get("predict") is None:
         from imagegen.training.predict import compiled_predictor
 
-        net = family.networks["unet_ema" if kwargs.get("use_ema", True) else "unet"]
+        ema, raw = spec.denoiser
+        net = family.networks[ema if kwargs.get("use_ema", True) else raw]
         kwargs["predict"] = predict or compiled_predictor(net)
+    generate = spec.generate
 
     def sample(n: int, rng: np.random.Generator, labels: np.ndarray | None = None) -> np.ndarray:
-        return module.generate(family, n, rng, labels=labels, **kwargs)
+        return generate(family, n, rng, labels=labels, **kwargs)
 
     return sample
 

@@ -18,12 +18,18 @@ from typing import Any
 import keras
 import numpy as np
 
+from imagegen.config import ANCESTRAL_SAMPLER
 from imagegen.models.layers import AttentionBlock
 from imagegen.sampling import SampleFn
+from imagegen.training.families import family_spec
 from imagegen.training.families.base import Family
+from imagegen.training.families.spec import FamilySpec
 
-#: The networks a family samples with (what "parameters" and MACs describe).
-SAMPLING_NETWORKS = {"ddpm": ("unet_ema",), "dcgan": ("generator",), "vae": ("decoder",)}
+
+def _declared(family: Family) -> tuple[FamilySpec, Mapping[str, Any]]:
+    """The family's declaration and its params section (from the model spec)."""
+    name = family.spec["family"]
+    return family_spec(name), family.spec[name]
 
 
 def _layer_macs(layer: keras.layers.Layer, in_shape: tuple, out_shape: tuple) -> int:
@@ -79,48 +85,46 @@ def count_macs(model: keras.Model, inputs: Any) -> int:
 
 
 def example_inputs(family: Family) -> Any:
-    """One all-zeros example for the family's sampling network (as it is called while sampling)."""
-    spec = family.spec
-    name = spec["family"]
-    shape = tuple(spec["image_shape"])
-    section = spec[name]
-    if name == "ddpm":
-        x = [np.zeros((1, *shape), np.float32), np.zeros((1,), np.float32)]
-        return [*x, np.zeros((1,), np.int32)] if section["conditional"] else x
-    z = np.zeros((1, section["latent_dim"]), np.float32)
-    if name == "dcgan" and section["conditional"]:
-        return [z, np.zeros((1,), np.int32)]
-    return z
+    """One all-zeros example for the family's sampling network, as it is called while sampling: the declared
+    noise (x_T and a timestep for a diffusion family, z otherwise), plus a label when class-conditioned."""
+    declared, section = _declared(family)
+    noise = np.zeros((1, *declared.noise_shape(family.spec)), np.float32)
+    inputs = [noise, np.zeros((1,), np.float32)] if declared.diffusion else [noise]
+    if section.get("conditional"):
+        inputs.append(np.zeros((1,), np.int32))
+    return inputs if len(inputs) > 1 else noise
 
 
 def parameters(family: Family) -> int:
-    """Parameters of the networks the family samples with (the DDPM's EMA U-Net, the GAN's generator, the
+    """Parameters of the networks the family declares it samples with (a DDPM's EMA U-Net, a GAN's generator, a
     VAE's decoder); a discriminator, an encoder or an EMA duplicate are not part of the sampling cost."""
-    return int(sum(family.networks[n].count_params() for n in SAMPLING_NETWORKS[family.spec["family"]]))
+    declared, _ = _declared(family)
+    return int(sum(family.networks[n].count_params() for n in declared.sampling_networks))
 
 
 def sampling_steps(family: Family, sampling: Mapping[str, Any] | None = None) -> int:
-    """Network calls per image before guidance: the sampler's steps for a DDPM, else 1."""
-    if family.spec["family"] != "ddpm":
+    """Network calls per image before guidance: the sampler's steps for a diffusion family, else 1."""
+    declared, section = _declared(family)
+    if not declared.diffusion:
         return 1
     sampling = dict(sampling or {})
-    if sampling.get("sampler", "ddim") == "ddpm":
-        return int(family.spec["ddpm"]["timesteps"])
+    if sampling.get("sampler", "ddim") == ANCESTRAL_SAMPLER:
+        return int(section["timesteps"])
     if sampling.get("timesteps") is not None:
         return len(sampling["timesteps"])
     return int(sampling.get("steps", 50))
 
 
 def macs_per_image(family: Family, sampling: Mapping[str, Any] | None = None) -> int:
-    """MACs to generate one image: one network call, times the sampling steps for a diffusion model
-    (times two with classifier-free guidance at a scale other than 0 or 1: two passes per step)."""
-    name = family.spec["family"]
-    net = family.networks[SAMPLING_NETWORKS[name][0]]
+    """MACs to generate one image: one call of the first sampling network, times the sampling steps for a diffusion
+    model (times two with classifier-free guidance at a scale other than 0 or 1: two passes per step)."""
+    declared, section = _declared(family)
+    net = family.networks[declared.sampling_networks[0]]
     per_call = count_macs(net, example_inputs(family))
-    if name != "ddpm":
+    if not declared.diffusion:
         return per_call
     scale = dict(sampling or {}).get("guidance_scale", 1.0)
-    guided = family.spec["ddpm"]["conditional"] and scale not in (0.0, 1.0)
+    guided = section["conditional"] and scale not in (0.0, 1.0)
     return per_call * sampling_steps(family, sampling) * (2 if guided else 1)
 
 

@@ -7,8 +7,8 @@ architecture with ``distill.kd_width_factor`` of its width (conv filters and ``f
 
 where ``teacher``/``student`` are logits. Softened by T > 1, the teacher's small probabilities for the wrong
 classes (which 7s look like 1s) carry information hard labels do not; T^2 keeps the soft term's gradients at
-the hard term's scale as T changes. :func:`kd_loss` is the one KL implementation (keras.ops, any backend); the
-DCGAN architecture student reuses it on its teacher discriminator's outputs.
+the hard term's scale as T changes. :func:`~imagegen.models.matching.kd_loss` is the one KL implementation
+(keras.ops, any backend); the DCGAN architecture student reuses it on its teacher discriminator's outputs.
 
 The teacher's logits are computed once (inference mode: BatchNorm moving statistics, no dropout), so training
 costs no teacher forward passes. A baseline, the same student trained from the same initial weights on the hard
@@ -35,28 +35,10 @@ from imagegen.distill.cost import count_macs, images_per_second
 from imagegen.distill.setup import student_width
 from imagegen.errors import DataError
 from imagegen.evaluation.features import MODEL_FILE, WEIGHTS_FILE, build_classifier, save_extractor
+from imagegen.models.matching import kd_loss
 
 METHOD = "knowledge"
 TEACHER_KEYS = ("image_shape", "num_classes", "width", "feature_dim")
-
-
-def kd_loss(teacher_logits: Any, student_logits: Any, temperature: float) -> Any:
-    """``T^2 * mean over the batch of KL(softmax(teacher/T) || softmax(student/T))`` (last axis: classes).
-
-    Written with log-softmax on both sides, so it is exact and finite for any logits.
-    """
-    t = float(temperature)
-    log_p_t = ops.log_softmax(ops.cast(teacher_logits, "float32") / t, axis=-1)
-    log_p_s = ops.log_softmax(ops.cast(student_logits, "float32") / t, axis=-1)
-    kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
-    return t * t * ops.mean(kl)
-
-
-def binary_logits(logit: Any) -> Any:
-    """One real/fake logit ``l`` (shape (B, 1) or (B,)) as two-class logits ``[0, l]``: softmax gives
-    ``[1 - sigmoid(l), sigmoid(l)]``, so :func:`kd_loss` on them is the Bernoulli KL."""
-    logit = ops.reshape(ops.cast(logit, "float32"), (-1, 1))
-    return ops.concatenate([ops.zeros_like(logit), logit], axis=-1)
 
 
 class KnowledgeStudent(keras.Model):

@@ -55,7 +55,6 @@ from imagegen.distill.setup import (
     check_method,
     copy_network,
     family_params,
-    frozen,
     reset_optimizer,
 )
 from imagegen.errors import ConfigError
@@ -69,6 +68,7 @@ from imagegen.models.diffusion import (
     q_sample,
     schedule_from_config,
 )
+from imagegen.models.matching import frozen
 from imagegen.models.unet import build_unet
 from imagegen.training.families import build_family
 from imagegen.training.families.base import Caller, Family, Phase
@@ -211,7 +211,8 @@ def build_progressive(
     The round trains its own copy of ``teacher`` (``networks["teacher"]``), so :func:`next_round` can overwrite
     it without touching the caller's network.
     """
-    check_method(METHOD, spec.get("family"), "the teacher's spec")
+    family_name = spec.get("family")
+    check_method(METHOD, family_name, "the teacher's spec", spec.get(family_name) if family_name else None)
     params = family_params(spec)
     ddpm_cfg = params.ddpm
     image_shape = tuple(spec["image_shape"])

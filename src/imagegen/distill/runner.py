@@ -2,7 +2,7 @@
 
 :func:`distill` measures the teacher, trains the student(s) with the shared
 :class:`~imagegen.training.loop.Trainer`, saves each as an ordinary model folder and measures it
-beside its teacher on the same noise (:class:`~imagegen.evaluation.side_by_side.SideBySide`). It
+beside its teacher on the same noise (:class:`~imagegen.distill.side_by_side.SideBySide`). It
 returns the report and the image rows; the stage writes them. The stage's MLflow parent run reaches
 this module only as :attr:`DistillJob.open_run`, which opens one child run per round (or for the
 architecture run); mlflow itself is never imported here.
@@ -31,11 +31,12 @@ from imagegen.data.processed import ProcessedDataset
 from imagegen.distill.architecture import build_architecture
 from imagegen.distill.progressive import build_progressive, next_round, plan_rounds, sampling_record
 from imagegen.distill.setup import Distillation
-from imagegen.evaluation.side_by_side import Measurement, SideBySide
+from imagegen.distill.side_by_side import Measurement, SideBySide
 from imagegen.outputs import write_marker
 from imagegen.provenance import DIGEST_KEY
 from imagegen.sampling import sampler_kwargs
 from imagegen.tracking import finite_metrics
+from imagegen.training.families import family_spec
 from imagegen.training.loop import Trainer, TrainResult
 from imagegen.training.precision import accelerator, dtype_policy
 from imagegen.training.steppers import Stepper
@@ -213,7 +214,7 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
     cfg = p.distill
     spec = job.teacher.family.spec
     clip_x0 = p.sample.clip_x0
-    rounds = plan_rounds(int(spec["ddpm"]["timesteps"]), cfg.start_steps, cfg.target_steps)
+    rounds = plan_rounds(int(spec[spec["family"]]["timesteps"]), cfg.start_steps, cfg.target_steps)
     base = {"sampler": "ddim", "eta": 0.0, "guidance_scale": p.sample.guidance_scale, "clip_x0": clip_x0}
     first_grid = {**base, "timesteps": rounds[0].teacher_grid.tolist()}
     start = job.side_by_side.measure(job.teacher.family, first_grid)
@@ -316,10 +317,11 @@ def _architecture(
     p = job.params
     cfg = p.distill
     family_name = job.teacher.name
+    options = family_spec(family_name).student_options  # the distill.* knobs this family's student reads
     distillation = {"method": "architecture", "width_factor": cfg.width_factor, "steps": cfg.architecture_steps}
-    features = _feature_network(job) if family_name == "dcgan" and cfg.feature_weight > 0 else None
+    features = _feature_network(job) if "feature_weight" in options and cfg.feature_weight > 0 else None
     distillation["feature_matching"] = features is not None
-    if family_name == "dcgan":  # a student trained with the teacher-discriminator term is a different student
+    if "discriminator_weight" in options:  # a student trained with the teacher-discriminator term is different
         distillation["discriminator_weight"] = cfg.discriminator_weight
     model_dir = job.out_root
     tags = _teacher_tags(job.teacher_dir, job.teacher.meta, **{"distill.width_factor": cfg.width_factor})
@@ -351,10 +353,12 @@ def _architecture(
 
 
 def _feature_network(job: DistillJob) -> keras.Model | None:
-    """The evaluation classifier's feature layer, for the DCGAN's feature-matching term."""
+    """The evaluation classifier's feature layer, for a student's feature-matching term (``feature_weight``)."""
     extractor = job.side_by_side.extractor
     if extractor is None or tuple(extractor.meta["image_shape"]) != tuple(job.dataset.image_shape):
-        job.notes.append("dcgan: feature matching skipped (no usable evaluation feature model); pixel MSE only")
+        job.notes.append(
+            f"{job.teacher.name}: feature matching skipped (no usable evaluation feature model); pixel MSE only"
+        )
         return None
     from imagegen.evaluation.features import FEATURE_LAYER
 

@@ -32,23 +32,30 @@ class Distillation:
     student: Family
 
 
-def check_method(method: str, family: str | None, where: Any) -> None:
-    """Refuse an unknown method, or progressive distillation of anything but a diffusion model.
+def check_method(method: str, family: str | None, where: Any, section: Mapping[str, Any] | None = None) -> None:
+    """Refuse, in one line and before any work, an unknown method or one the teacher's family does not declare
+    (:meth:`~imagegen.training.families.spec.FamilySpec.refusal`: progressive distillation of anything but an
+    unconditional or class-conditioned DDPM, architecture distillation of a family without a width key).
 
-    ``where`` names the teacher in the message (its folder, or "the teacher's spec").
+    ``where`` names the teacher in the message (its folder, or "the teacher's spec"); ``section`` is the teacher's
+    family section (its model.json ``spec[family]``), which says what it is conditioned on.
     """
     if method not in METHODS:
         raise ConfigError(f"distill: method {method!r}: expected one of {', '.join(METHODS)}")
-    if method != "knowledge" and family is None:
+    if method == "knowledge":
+        return
+    if family is None:
         raise ConfigError(
             f"--method {method} needs a trained generator teacher, but {where} holds no model family "
             "(a feature classifier? distil that with --method knowledge)"
         )
-    if method == "progressive" and family != "ddpm":
-        raise ConfigError(
-            f"--method progressive needs a diffusion (ddpm) teacher, but {where} holds a "
-            f"{family!r} model; use --method architecture for dcgan and vae"
-        )
+    from imagegen.training.families import FAMILIES, family_spec
+
+    if family not in FAMILIES:
+        raise ConfigError(f"--method {method}: {where} holds a {family!r} model; expected one of {', '.join(FAMILIES)}")
+    refusal = family_spec(family).refusal(method, where, section or {})
+    if refusal is not None:
+        raise ConfigError(refusal)
 
 
 def student_width(width: int, factor: float, multiple: int = 1) -> int:
@@ -88,8 +95,3 @@ def evaluate_loss(family: Family, feed: Mapping[str, np.ndarray], phase: int = 0
     batch = {k: keras.ops.convert_to_tensor(v) for k, v in feed.items()}
     _, metrics = family.phases[phase].loss(call, batch)
     return {k: float(keras.ops.convert_to_numpy(v)) for k, v in metrics.items()}
-
-
-def frozen(x: Any) -> Any:
-    """A teacher output as a constant for the student's gradients."""
-    return keras.ops.stop_gradient(keras.ops.cast(x, "float32"))

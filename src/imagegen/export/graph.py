@@ -16,6 +16,11 @@ reproduces ``ddpm.generate(..., sampler="ddim", eta=0, x_T=...)``.
 
 LDM: the same loop on the latent grid (input ``x_T`` is latent noise, no x0 clipping), then the frozen VAE
 decoder of the model folder inside the graph: latent / scale_factor, flattened, decoded, as ``ldm.generate``.
+
+Which of the two a model gets, and its inputs, follow from its family's declaration
+(:class:`~imagegen.training.families.spec.FamilySpec`): ``diffusion``, ``noise_shape`` (``z`` or ``x_T``), the
+first of its ``sampling_networks`` (a decoder family's generator), ``decode_latents`` (a latent diffusion model's
+decoder) and the section's ``conditional`` (a ``label`` input).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from typing import Any
 import keras
 
 from imagegen.artifact import LoadedModel
-from imagegen.config import DCGANConfig, DDPMConfig, LDMConfig, VAEConfig
 from imagegen.errors import ConfigError
 from imagegen.fileio import write_bytes
 from imagegen.models.diffusion import (
@@ -39,7 +43,7 @@ from imagegen.models.diffusion import (
     ddim_update,
     schedule_from_config,
 )
-from imagegen.training.families import is_diffusion, ldm
+from imagegen.training.families import family_spec
 
 SIGNATURE = "serving_default"
 OUTPUT = "images"
@@ -96,17 +100,12 @@ def to_uint8_images(x: Any) -> Any:
 
 
 def _decoder_serving(loaded: LoadedModel) -> Serving:
-    name = loaded.name
+    """One network call from z (and a label when class-conditioned): the family's first sampling network."""
+    declared = family_spec(loaded.name)
     spec = loaded.family.spec
-    if name == "dcgan":
-        cfg: Any = DCGANConfig(**spec["dcgan"])
-        net = loaded.family.networks["generator"]
-        conditional = cfg.conditional
-    else:
-        cfg = VAEConfig(**spec["vae"])
-        net = loaded.family.networks["decoder"]
-        conditional = False
-    inputs = [InputSpec("z", (cfg.latent_dim,), "float32")]
+    net = loaded.family.networks[declared.sampling_networks[0]]
+    conditional = bool(spec[loaded.name].get("conditional", False))
+    inputs = [InputSpec("z", declared.noise_shape(spec), "float32")]
     if conditional:
         inputs.append(InputSpec("label", (), "int32"))
 
@@ -117,7 +116,7 @@ def _decoder_serving(loaded: LoadedModel) -> Serving:
         def fn(z: Any) -> dict[str, Any]:
             return {OUTPUT: to_uint8_images(net(z, training=False))}
 
-    return Serving(name, fn, inputs, [net], {"network": net.name})
+    return Serving(loaded.name, fn, inputs, [net], {"network": net.name})
 
 
 def model_timesteps(loaded: LoadedModel) -> list[int] | None:
@@ -130,8 +129,10 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
     """The unrolled DDIM loop of a diffusion family: pixels (ddpm), or latents then the VAE decoder (ldm)."""
     import tensorflow as tf
 
-    latent = loaded.name == "ldm"
-    cfg = (LDMConfig if latent else DDPMConfig)(**loaded.family.spec[loaded.name])
+    declared = family_spec(loaded.name)
+    decode_latents = declared.decode_latents
+    latent = decode_latents is not None
+    cfg = declared.config(**loaded.family.spec[loaded.name])
     if cfg.captions:
         raise ConfigError(
             f"{loaded.path}: caption-conditioned models cannot be exported (the exported DDIM graph takes class "
@@ -140,17 +141,14 @@ def _ddpm_serving(loaded: LoadedModel, steps: int, clip_x0: bool, guidance_scale
     schedule = schedule_from_config(cfg)
     grid = ddim_grid(schedule.timesteps, steps, model_timesteps(loaded))
     plan = ddim_plan(schedule, grid)
-    unet = loaded.family.networks["unet_ema"]
+    networks = [loaded.family.networks[n] for n in declared.sampling_networks]  # the denoiser (and a decoder)
+    unet = networks[0]
     num_classes = int(loaded.family.spec["num_classes"])
-    image_shape = tuple(int(s) for s in loaded.family.spec["latent_grid" if latent else "image_shape"])
+    image_shape = declared.noise_shape(loaded.family.spec)
     clip_x0 = clip_x0 and not latent  # a latent x0 is not in [-1, 1]
-    networks = [unet, loaded.family.networks["decoder"]] if latent else [unet]
 
     def to_images(x: Any) -> Any:
-        if not latent:
-            return x
-        z = tf.reshape(x, (-1, int(loaded.family.spec["vae"]["latent_dim"]))) / ldm.scale_of(cfg)
-        return loaded.family.networks["decoder"](z, training=False)
+        return x if decode_latents is None else decode_latents(loaded.family, x)
 
     def sample(x_T: Any, label: Any | None) -> dict[str, Any]:
         x = tf.cast(x_T, tf.float32)
@@ -195,11 +193,9 @@ def build_serving(
     (``guidance_scale`` only when it is conditional; the null label is ``num_classes``). A distilled DDPM student
     that records its own DDIM grid is exported on that grid, whatever ``ddpm_steps`` says."""
     require_tensorflow()
-    if loaded.name in ("dcgan", "vae"):
-        return _decoder_serving(loaded)
-    if is_diffusion(loaded.name):
+    if family_spec(loaded.name).diffusion:
         return _ddpm_serving(loaded, ddpm_steps, clip_x0, guidance_scale)
-    raise ConfigError(f"export: unknown model family {loaded.name!r}; expected dcgan, vae, ddpm or ldm")
+    return _decoder_serving(loaded)
 
 
 def network_order(variables: Sequence[Any], networks: Sequence[keras.Model]) -> list[Any]:

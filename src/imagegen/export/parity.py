@@ -43,7 +43,7 @@ from imagegen.data.loader import to_uint8
 from imagegen.evaluation.metrics import image_similarity
 from imagegen.export.graph import OUTPUT, SIGNATURE, Serving
 from imagegen.export.tflite import make_interpreter, pick_int8
-from imagegen.training.families import is_diffusion
+from imagegen.training.families import family_spec
 
 Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
@@ -72,14 +72,14 @@ def keras_images(
     import keras
 
     family = loaded.family
+    declared = family_spec(loaded.name)
     label = inputs.get("label")
-    if is_diffusion(loaded.name):  # ddpm, or ldm (x_T is then latent noise)
+    if declared.diffusion:  # x_T is image-shaped noise, or latent noise for a latent diffusion model
         from imagegen.export.graph import model_timesteps
-        from imagegen.training.families import family_module
 
         x_T = inputs["x_T"]
         grid = model_timesteps(loaded)
-        images = family_module(loaded.name).generate(
+        images = declared.generate(
             family,
             len(x_T),
             np.random.default_rng(0),  # never drawn from: x_T is given and eta = 0
@@ -93,7 +93,7 @@ def keras_images(
             **({"timesteps": grid} if grid else {}),
         )
         return to_uint8(images)
-    net = family.networks["generator" if loaded.name == "dcgan" else "decoder"]
+    net = family.networks[declared.sampling_networks[0]]
     z = inputs["z"]
     out = net([z, label] if label is not None else z, training=False)
     return to_uint8(np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32))
@@ -239,7 +239,7 @@ def check_parity(
     inputs = parity_inputs(serving, cfg.parity_n, seed, int(loaded.family.spec["num_classes"]))
     reference = keras_images(loaded, inputs, ddpm_steps=cfg.ddpm_steps, clip_x0=clip_x0, guidance_scale=guidance_scale)
     report: dict[str, Any] = {"family": loaded.name}
-    if is_diffusion(loaded.name):
+    if family_spec(loaded.name).diffusion:
         report["ddpm_steps"] = serving.meta["ddpm_steps"]
     checked = {
         name: check_artifact(name, path, inputs, reference, cfg, num_threads) for name, path in artifacts.items()

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from keras import ops
 
+from imagegen.config import ANCESTRAL_SAMPLER, DDIM_SAMPLER
 from imagegen.errors import ConfigError
 
 EpsFn = Callable[[Any, Any], Any]
@@ -409,9 +410,9 @@ def run_sampler(
     **common: Any,
 ) -> Any:
     """x_0 from DDPM ancestral (all T) or DDIM sampling: the sampler choice shared by every diffusion family."""
-    if sampler == "ddpm":
+    if sampler == ANCESTRAL_SAMPLER:
         return ddpm_sample(eps_fn, schedule, shape, rng, **common)
-    if sampler == "ddim":
+    if sampler == DDIM_SAMPLER:
         return ddim_sample(eps_fn, schedule, shape, rng, steps=steps, eta=eta, timesteps=timesteps, **common)
     raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
 

@@ -36,8 +36,8 @@ from imagegen.data.processed import ProcessedDataset
 from imagegen.distill import agreement, check_method, knowledge
 from imagegen.distill.progressive import plan_rounds
 from imagegen.distill.runner import DistillJob, distill
+from imagegen.distill.side_by_side import SideBySide
 from imagegen.errors import ConfigError, DataError
-from imagegen.evaluation.side_by_side import SideBySide
 from imagegen.fileio import write_json, write_text
 from imagegen.images import save_png
 from imagegen.outputs import check_output
@@ -100,9 +100,10 @@ def run_distill(
         return run_knowledge(params, teacher_dir, out_dir=out_dir, data_dir=data_dir)
     teacher_meta = read_teacher_meta(teacher_dir)
     family_name = teacher_meta.get("family")
-    check_method(method, family_name, teacher_dir)
+    section = (teacher_meta.get("spec") or {}).get(family_name) if isinstance(family_name, str) else None
+    check_method(method, family_name, teacher_dir, section)
     if method == "progressive":  # impossible step counts stop here, before any work
-        timesteps = int(teacher_meta["spec"]["ddpm"]["timesteps"])
+        timesteps = int(teacher_meta["spec"][family_name]["timesteps"])
         plan_rounds(timesteps, params.distill.start_steps, params.distill.target_steps)
     dataset = ProcessedDataset.open(Path(data_dir) if data_dir is not None else params.data.output_dir)
     check_dataset(teacher_meta, dataset, teacher_dir)

@@ -172,8 +172,8 @@ def run_evaluate(
             **(sampler or {}),
         )
         title = f"{model_meta.get('family', 'model')} ({model_dir})"
-        if model_meta.get("family") == "vae":
-            extra = vae_reconstruction(Path(model_dir), dataset, n=min(500, cfg.max_real))
+        if reconstructs(model_meta.get("family")):
+            extra = reconstruction_scores(Path(model_dir), dataset, n=min(500, cfg.max_real))
         if model_meta.get("spec", {}).get(model_meta.get("family"), {}).get("captions"):  # caption model
             from imagegen.evaluation.conditional import prompt_accuracy
 
@@ -219,14 +219,23 @@ def run_evaluate(
     return out_dir
 
 
-def vae_reconstruction(model_dir: Path, dataset: ProcessedDataset, n: int) -> dict[str, float]:
-    """SSIM and PSNR (scikit-image) of the VAE's reconstructions of held-out images."""
+def reconstructs(family_name: Any) -> bool:
+    """Whether the family declares a reconstruction (scored by :func:`reconstruction_scores`); False for a name
+    that is no family (the model folder is then refused when it is loaded)."""
+    from imagegen.training.families import FAMILIES, family_spec
+
+    return family_name in FAMILIES and family_spec(family_name).reconstruct is not None
+
+
+def reconstruction_scores(model_dir: Path, dataset: ProcessedDataset, n: int) -> dict[str, float]:
+    """SSIM and PSNR (scikit-image) of the model's reconstructions of held-out images (a VAE's)."""
     from imagegen.artifact import load_model
     from imagegen.data.loader import to_unit_range
-    from imagegen.training.families import vae
+    from imagegen.training.families import family_spec
 
     loaded = load_model(model_dir)
+    reconstruct = family_spec(loaded.name).reconstruct
     real = np.asarray(dataset.split("test").images[:n])
-    recon = to_uint8(vae.reconstruct(loaded.family, to_unit_range(real)))
+    recon = to_uint8(reconstruct(loaded.family, to_unit_range(real)))
     sim = image_similarity(real, recon)
     return {"ssim": float(sim["ssim"]), "psnr": float(sim["psnr"])}

@@ -5,7 +5,7 @@ Output folder (default ``export.export_dir / <family>``)::
     savedmodel/              serving_default: noise (+ label) -> uint8 images, dynamic batch
     model_float32.tflite     one per entry of export.tflite_variants
     model_float16.tflite
-    model_int8.tflite        the int8 kind export.int8_quantization kept (fastest: full_integer if it passes parity, else dynamic_range)
+    model_int8.tflite        the int8 kind export.int8_quantization kept (fastest: full_integer when it passes parity)
     metrics.json             {"family", "weights_digest" (of the model exported), "ddpm_steps" (ddpm),
                               "artifacts": {name: {"bytes", "max_abs_error", "ssim", "passed"}},
                               "int8_quantization" (int8): {"kind", "why", "candidates": {kind: entry}}}

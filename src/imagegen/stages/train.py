@@ -32,7 +32,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from imagegen.artifact import save_model
+from imagegen.artifact import load_requirements, save_model
 from imagegen.config import Params
 from imagegen.data.loader import BatchStream, to_unit_range
 from imagegen.data.processed import ProcessedDataset
@@ -46,7 +46,7 @@ from imagegen.timings import RUN_FILE
 from imagegen.tracking import start_run
 from imagegen.training.collapse import KLWatch, sample_health, sample_problems
 from imagegen.training.distributed import follower_outputs, initialize_multihost, is_writer
-from imagegen.training.families import build_family
+from imagegen.training.families import build_family, family_spec
 from imagegen.training.loop import Trainer
 from imagegen.training.precision import accelerator, dtype_policy, resolve_jit, resolve_policy
 from imagegen.training.seeding import seed_everything
@@ -104,7 +104,7 @@ def collapse_report(
     figures = {f"samples.{k}": v for k, v in health.items()}
     if kl is not None:
         figures["kl_per_image"] = kl.final_kl(history)
-        threshold = params.vae.min_kl_per_image
+        threshold = kl.threshold
         if np.isfinite(figures["kl_per_image"]) and figures["kl_per_image"] < threshold:
             problems.insert(
                 0,
@@ -133,6 +133,7 @@ def run_train(
     ckpt_dir = params.train.checkpoints_dir / family_name
     report_dir = params.train.reports_dir / f"train_{family_name}"
     cfg = params.train
+    spec = family_spec(family_name)
     family_cfg = getattr(params, family_name)
     dataset = ProcessedDataset.open(data_dir)
     train_count = int(dataset.manifest["counts"].get("train", 0))
@@ -146,7 +147,10 @@ def run_train(
     policy = resolve_policy(cfg.mixed_precision)
     jit = resolve_jit(cfg.jit_compile)
     with dtype_policy(policy), phase("model.build", "work"):
-        family = build_family(family_name, params, dataset.image_shape, dataset.num_classes, dataset=dataset)
+        trained = load_requirements(spec, family_cfg, dataset.image_shape)
+        family = build_family(
+            family_name, params, dataset.image_shape, dataset.num_classes, dataset=dataset, trained=trained
+        )
     stream = BatchStream(dataset.split("train"), cfg.batch_size, params.seed)
     # One sampler (one compiled predictor) for every grid and the collapse check: a fresh one per grid would
     # recompile the diffusion network each time (seconds with XLA on CPU).
@@ -158,7 +162,7 @@ def run_train(
     samples_stage = ckpt_dir / "samples"  # grids wait here, beside the resume state, until the model is saved
     if not resume:
         shutil.rmtree(samples_stage, ignore_errors=True)
-    kl_watch = KLWatch(params.vae.min_kl_per_image, family_cfg.steps // 5) if family_name == "vae" else None
+    kl_watch = KLWatch(family_cfg.min_kl_per_image, family_cfg.steps // 5) if spec.watches_kl else None
 
     run_params = {"family": family_name, "seed": params.seed}
     for section in ("data", "train", family_name, "sample"):

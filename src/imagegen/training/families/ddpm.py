@@ -8,6 +8,11 @@ phase, and is averaged into the EMA copy). The batches carry the dataset's token
 ``caption_dropout`` of them is replaced by the null caption (all ``<pad>``) on the host for classifier-free
 guidance. The vocabulary comes from the processed dataset at train time and is stored in the spec, so a
 loaded model tokenizes prompts (``generate(prompt=...)``) as its training data were.
+
+Architecture student (:data:`SPEC`): ``base_channels`` scaled and rounded to a multiple of ``groups`` (GroupNorm must
+divide every width); loss: MSE between the student's and the teacher's eps on q_sample(x0, t, eps) of real images at
+random t. Progressive distillation (:mod:`imagegen.distill.progressive`) takes unconditional and class-conditioned
+models.
 """
 
 from __future__ import annotations
@@ -19,21 +24,20 @@ import keras
 import numpy as np
 from keras import ops
 
-from imagegen.config import DDPMConfig, Params
+from imagegen.config import DDPMConfig, DistillConfig, Params
 from imagegen.errors import ConfigError
 from imagegen.models.diffusion import predictor_eps_fn, q_sample, run_sampler, schedule_from_config
+from imagegen.models.matching import frozen, mse
 from imagegen.models.text import ENCODER_NAME, PAD_ID, load_text_encoder_weights, tokenizer_for
 from imagegen.models.unet import build_unet
 from imagegen.training.families.base import Caller, Family, Phase
+from imagegen.training.families.spec import FamilySpec
 
 
 def drop_labels(rng: np.random.Generator, labels: np.ndarray, rate: float, null_label: int) -> np.ndarray:
     """Labels with a share ``rate`` replaced by ``null_label`` (label dropout for classifier-free guidance)."""
     drop = rng.random(labels.shape[0]) < rate
     return np.where(drop, null_label, labels).astype(np.int32)
-
-
-BUILD_NEEDS_DATASET = True  # a caption model takes its vocabulary from the training data
 
 
 def with_dataset_vocabulary(cfg: DDPMConfig, dataset: Any) -> DDPMConfig:
@@ -64,6 +68,7 @@ def fit_tokens(tokens: Any, length: int) -> Any:
 
 
 def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, dataset: Any = None) -> Family:
+    """The U-Net (and its EMA copy) of ``params.ddpm``; ``dataset`` gives a caption model its vocabulary."""
     cfg = params.ddpm
     if cfg.captions and dataset is not None:
         cfg = with_dataset_vocabulary(cfg, dataset)
@@ -107,7 +112,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
         ema={"unet_ema": "unet"},
         ema_decay=cfg.ema_decay,
         spec={"ddpm": cfg.model_dump(mode="json")},
-        batch_separable=True,  # the mean eps MSE; GroupNorm is per image
+        batch_separable=SPEC.batch_separable,
     )
 
 
@@ -171,3 +176,50 @@ def caption_tokens(cfg: DDPMConfig, prompt: str | Sequence[str] | None, n: int) 
     if len(prompts) != n:
         raise ValueError(f"{len(prompts)} prompts for {n} images; give one prompt or one per image")
     return tokenizer_for(cfg).encode(prompts, warn_unknown=True)
+
+
+def noise_shape(spec: Mapping[str, Any]) -> tuple[int, ...]:
+    """A sample starts from image-shaped x_T."""
+    return tuple(int(d) for d in spec["image_shape"])
+
+
+def architecture_student(
+    teacher: Family, student: Family, params: Params, cfg: DistillConfig, features: Any
+) -> tuple[dict[str, keras.Model], Any, Any, dict[str, str]]:
+    """The frozen teacher U-Net, loss and noise of a narrower U-Net (see the module docstring)."""
+    ddpm_cfg = params.ddpm
+    schedule = schedule_from_config(ddpm_cfg)
+
+    def inputs(x: Any, t: Any, batch: Mapping[str, Any]) -> Any:
+        return [x, t, batch["cond_labels"]] if ddpm_cfg.conditional else [x, t]
+
+    def loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        x_t = q_sample(schedule, batch["images"], batch["t"], batch["eps"])
+        t = ops.cast(batch["t"], "float32")
+        target = frozen(call("teacher", inputs(x_t, t, batch), training=False))
+        error = mse(call("unet", inputs(x_t, t, batch)), target)
+        return error, {"loss": error}
+
+    # Timesteps, noise and label dropout: the same draws as training the student from data.
+    return {"teacher": teacher.networks["unet_ema"]}, loss, student.noise, {"unet_ema": "unet"}
+
+
+SPEC = FamilySpec(
+    name="ddpm",
+    config=DDPMConfig,
+    networks=("unet", "unet_ema"),
+    phases=("unet",),
+    build=build,
+    generate=generate,
+    noise_shape=noise_shape,
+    sampling_networks=("unet_ema",),
+    diffusion=True,
+    denoiser=("unet_ema", "unet"),
+    batch_separable=True,  # the mean eps MSE; GroupNorm is per image
+    needs_dataset=True,  # a caption model takes its vocabulary from the training data
+    progressive=True,
+    width_key="base_channels",
+    width_multiple_key="groups",
+    student_trains=("unet",),
+    architecture_student=architecture_student,
+)

@@ -1,8 +1,9 @@
 """Latent diffusion family (Rombach et al. 2022): the DDPM U-Net trained on the latents of a trained VAE.
 
-The VAE (``ldm.vae``, a model folder of ``imagegen train vae``) is frozen: its encoder and decoder are copied
-into the LDM as two more networks (``trainable=False``, in no phase's ``trains``), so the LDM's model folder
-is self-contained and samples, evaluates, exports and registers like any other.
+The VAE (``ldm.vae``, a model folder of ``imagegen train vae``) is declared as a requirement (:data:`SPEC`): the
+training stage loads it and hands it to :func:`build`, which never loads a model itself. It is frozen: its encoder
+and decoder are copied into the LDM as two more networks (``trainable=False``, in no phase's ``trains``), so the
+LDM's model folder is self-contained and samples, evaluates, exports and registers like any other.
 
 Latents: the encoder *mean* (no reparameterisation noise), times ``ldm.scale_factor``: unless given, 1/std of
 those means over the training split, computed once when training starts and recorded in the model's spec, so
@@ -21,7 +22,6 @@ latent space, without x0 clipping (latents are not in [-1, 1]), then the frozen 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -33,9 +33,8 @@ from imagegen.errors import ConfigError, DataError
 from imagegen.models.diffusion import predictor_eps_fn, run_sampler, schedule_from_config
 from imagegen.models.vae import build_decoder, build_encoder
 from imagegen.training.families.base import Caller, Family, Phase
+from imagegen.training.families.spec import FamilySpec, Requirement
 
-# run_train passes the processed dataset to this family's build (the VAE is loaded and the scale computed there)
-BUILD_NEEDS_DATASET = True
 ENCODE_BATCH = 512
 
 
@@ -71,22 +70,6 @@ def from_grid(x: Any, latent_dim: int) -> Any:
     return ops.reshape(x, (-1, latent_dim))
 
 
-def load_vae(path: Path, image_shape: tuple[int, int, int]) -> Any:
-    """The trained VAE at ``path`` (a LoadedModel), or a one-line error saying how to make it."""
-    from imagegen.artifact import MODEL_FILE, load_model
-
-    path = Path(path)
-    if not (path / MODEL_FILE).is_file():
-        raise DataError(f"ldm.vae={path}: no trained VAE there (no {MODEL_FILE}); run `imagegen train vae` first")
-    vae = load_model(path)
-    if vae.name != "vae":
-        raise DataError(f"ldm.vae={path}: a {vae.name} model, expected a VAE (`imagegen train vae`)")
-    shape = tuple(int(s) for s in vae.family.spec["image_shape"])
-    if shape != tuple(image_shape):
-        raise DataError(f"ldm.vae={path}: trained on images {shape}, but this dataset's are {tuple(image_shape)}")
-    return vae
-
-
 def encode_means(encoder: keras.Model, images: np.ndarray) -> np.ndarray:
     """The encoder means (N, latent_dim) of ``images`` (uint8, any N), in batches."""
     from imagegen.data.loader import to_unit_range
@@ -111,11 +94,18 @@ def _frozen(net: keras.Model) -> keras.Model:
     return net
 
 
-def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, dataset: Any = None) -> Family:
+def build(
+    params: Params,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    dataset: Any = None,
+    trained: Mapping[str, Family] | None = None,
+) -> Family:
     """The LDM's networks and phase.
 
-    With ``dataset`` (training): the VAE of ``ldm.vae`` is loaded and copied in, and the latent scale is computed
-    on the dataset's train split unless ``ldm.scale_factor`` is set. Without (rebuilding a saved model): the
+    With ``dataset`` (training): ``trained["vae"]``, the VAE of ``ldm.vae`` loaded by the caller
+    (:func:`imagegen.artifact.load_requirements`), is copied in, and the latent scale is computed on the
+    dataset's train split unless ``ldm.scale_factor`` is set. Without (rebuilding a saved model): the
     architecture comes from ``params.vae`` and ``ldm.scale_factor`` (both recorded in the model's spec); with no
     scale recorded (a blank LDM, e.g. for a throughput benchmark on random data) the scale is 1.
     """
@@ -127,10 +117,12 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
     size, _, channels = image_shape
     vae = None
     if dataset is not None:
-        vae = load_vae(cfg.vae, image_shape)
-        vae_cfg = VAEConfig(**vae.family.spec["vae"])
+        if not trained or "vae" not in trained:
+            raise ConfigError("ldm: training needs its trained VAE handed in (trained={'vae': ...}); see ldm.vae")
+        vae = trained["vae"]
+        vae_cfg = VAEConfig(**vae.spec["vae"])
         if cfg.scale_factor is None:
-            scale = latent_scale(vae.family.networks["encoder"], dataset.split("train").images)
+            scale = latent_scale(vae.networks["encoder"], dataset.split("train").images)
             cfg = cfg.model_copy(update={"scale_factor": scale})
     else:
         vae_cfg = params.vae
@@ -141,8 +133,8 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
     encoder = _frozen(build_encoder(vae_cfg, size, channels))
     decoder = _frozen(build_decoder(vae_cfg, size, channels))
     if vae is not None:
-        encoder.set_weights(vae.family.networks["encoder"].get_weights())
-        decoder.set_weights(vae.family.networks["decoder"].get_weights())
+        encoder.set_weights(vae.networks["encoder"].get_weights())
+        decoder.set_weights(vae.networks["decoder"].get_weights())
 
     # The DDPM family on the latent grid: its U-Nets, loss, noise and EMA (one implementation of each).
     unet_cfg = DDPMConfig(**cfg.model_dump(include=set(DDPMConfig.model_fields)))
@@ -171,11 +163,16 @@ def scale_of(cfg: LDMConfig) -> float:
     return 1.0 if cfg.scale_factor is None else float(cfg.scale_factor)
 
 
+def decode_latents(family: Family, latents: Any) -> Any:
+    """Scaled float32 latents (B, *grid) -> the frozen VAE decoder's output tensor (traceable: the export graph)."""
+    cfg = LDMConfig(**family.spec["ldm"])
+    z = from_grid(latents, int(family.spec["vae"]["latent_dim"])) / scale_of(cfg)
+    return family.networks["decoder"](z, training=False)
+
+
 def decode(family: Family, latents: Any) -> np.ndarray:
     """Scaled latents (B, *grid) -> float32 images in [-1, 1] through the frozen VAE decoder."""
-    cfg = LDMConfig(**family.spec["ldm"])
-    z = from_grid(ops.cast(latents, "float32"), int(family.spec["vae"]["latent_dim"])) / scale_of(cfg)
-    out = family.networks["decoder"](z, training=False)
+    out = decode_latents(family, ops.cast(latents, "float32"))
     return np.clip(np.asarray(ops.convert_to_numpy(out), dtype=np.float32), -1.0, 1.0)
 
 
@@ -231,3 +228,26 @@ def generate(
         progress=progress, clip_x0=False, x_T=x_T,
     )  # fmt: skip
     return decode(family, z0)
+
+
+def noise_shape(spec: Mapping[str, Any]) -> tuple[int, ...]:
+    """A sample starts from latent noise x_T on the latent grid."""
+    return tuple(int(d) for d in spec["latent_grid"])
+
+
+SPEC = FamilySpec(
+    name="ldm",
+    config=LDMConfig,
+    networks=("unet", "unet_ema", "encoder", "decoder"),
+    phases=("unet",),
+    build=build,
+    generate=generate,
+    noise_shape=noise_shape,
+    sampling_networks=("unet_ema", "decoder"),
+    diffusion=True,
+    denoiser=("unet_ema", "unet"),
+    batch_separable=True,  # the DDPM loss on latents of the frozen encoder (inference mode)
+    needs_dataset=True,  # the latent scale is computed on the training split
+    requires=(Requirement(key="vae", family="vae", label="VAE"),),
+    decode_latents=decode_latents,
+)

@@ -3,7 +3,8 @@
 Distillation reports put a teacher and its students next to each other: steps, parameters,
 multiply-adds per image, images/s, FID/KID/precision/recall on the evaluation features (when the
 feature model of this dataset exists) and, given the reference model's images on the same noise,
-SSIM/PSNR agreement with them.
+SSIM/PSNR agreement with them. Part of distillation (it measures with :mod:`imagegen.distill.cost` and
+:mod:`imagegen.distill.agreement`); the quality metrics come from :mod:`imagegen.evaluation`, below it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from imagegen.data.processed import ProcessedDataset
 from imagegen.distill import agreement, cost
 from imagegen.profiling import phase
 from imagegen.sampling import make_sampler, sample_images
+from imagegen.training.families import family_spec
 from imagegen.training.families.base import Family
 
 QUALITY_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "coverage")
@@ -83,10 +85,11 @@ class SideBySide:
         return self._real
 
     def _predictor(self, family: Family) -> Any:
-        """One compiled predictor per DDPM network, however many grids it is sampled on."""
-        if family.spec["family"] != "ddpm":
+        """One compiled predictor per diffusion denoiser (its EMA network), however many grids it is sampled on."""
+        denoiser = family_spec(family.spec["family"]).denoiser
+        if denoiser is None:
             return None
-        net = family.networks["unet_ema"]
+        net = family.networks[denoiser[0]]
         if id(net) not in self._predictors:
             from imagegen.training.predict import compiled_predictor
 
