@@ -1,5 +1,5 @@
 """The production path of prefect.yaml, for real: a Prefect server (scheduler on), a process work pool,
-``prefect deploy --all`` and ``prefect worker start``; the scheduler's run and a manual run that must wait
+``prefect deploy --name imagegen-nightly`` and ``prefect worker start``; the scheduler's run and a manual run that must wait
 for the deployment's single concurrency slot; then the project is exactly as ``dvc repro`` leaves it.
 
 No prefect_test_harness: every process is started here, on loopback, and stopped at the end.
@@ -36,7 +36,7 @@ def _due_soon(project: Path, seconds: int) -> dt.datetime:
     """Make the copy's nightly schedule a daily interval anchored ``seconds`` from now (nothing else of
     prefect.yaml changes): exactly one scheduled run falls due during the test."""
     spec = yaml.safe_load((project / "prefect.yaml").read_text())
-    (deployment,) = spec["deployments"]
+    deployment = next(d for d in spec["deployments"] if d["name"] == DEPLOYMENT.split("/")[1])
     assert deployment["schedules"][0]["cron"] == "0 3 * * *"
     anchor = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).replace(microsecond=0)
     deployment["schedules"] = [{"interval": 86400, "anchor_date": anchor.isoformat(), "timezone": "UTC"}]
@@ -97,7 +97,7 @@ def test_scheduled_run_fires_a_second_run_waits_and_dvc_is_clean(tmp_path: Path)
         run([*prefect, "work-pool", "create", POOL, "--type", "process"], project, env)
         # The schedule is set after the slow parts of starting, just before `prefect deploy`.
         anchor = _due_soon(project, 120)
-        deployed = run([*prefect, "deploy", "--all"], project, env)
+        deployed = run([*prefect, "deploy", "--name", "imagegen-nightly"], project, env)  # as the README deploys it
         assert "imagegen-nightly" in deployed, deployed
         worker = procs.start("worker", [*prefect, "worker", "start", "--pool", POOL], project, env)
         api = Api(api_url)
