@@ -1,6 +1,7 @@
 """The production path of prefect.yaml, for real: a Prefect server (scheduler on), a process work pool,
-``prefect deploy --name imagegen-nightly`` and ``prefect worker start``; the scheduler's run and a manual run that must wait
-for the deployment's single concurrency slot; then the project is exactly as ``dvc repro`` leaves it.
+``prefect deploy --name imagegen-nightly`` and ``prefect worker start``; the scheduler's run and a manual run
+that must wait for the deployment's single concurrency slot; then the project is exactly as ``dvc repro``
+leaves it.
 
 No prefect_test_harness: every process is started here, on loopback, and stopped at the end.
 """
