@@ -2,8 +2,8 @@
 
 ``python -m pipelines.deployments [--cron "0 3 * * *"] [-S key=value ...]`` needs a Prefect API
 (``prefect server start`` and ``PREFECT_API_URL``) and runs flows in this process; no work pool, no worker.
-The production path is ``prefect.yaml``: ``prefect deploy --all`` and ``prefect worker start --pool
-imagegen-process``. Both give the deployment one concurrency slot (a second run waits for the first).
+The production path is ``prefect.yaml``: ``prefect deploy --name imagegen-nightly`` and ``prefect worker start
+--pool imagegen-process``. Both give the deployment one concurrency slot (a second run waits for the first).
 """
 
 from __future__ import annotations
