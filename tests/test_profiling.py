@@ -100,7 +100,7 @@ def test_a_predictors_first_call_per_input_shape_counts_as_compilation(tmp_path:
 
 
 def test_the_console_script_freezes_the_heap_after_every_other_exit_handler(monkeypatch) -> None:
-    """Shutdown collections over TensorFlow's objects cost 1.4-2 s per stage process: ``main`` registers
+    """Shutdown collections over TensorFlow's objects cost seconds per stage process: ``main`` registers
     ``freeze_heap_at_exit`` before anything else registers a handler, so it runs last."""
     import atexit
     import gc

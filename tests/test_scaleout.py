@@ -126,7 +126,7 @@ def test_four_devices_match_one_and_checkpoints_move_between_them(family: str, t
 def test_training_specifications_hold_on_four_devices() -> None:
     """The loop's own specifications (exact resume, the NaN guard keeping the last good checkpoint) with
     ``train.devices: auto`` seeing 4 devices: every run there is data-parallel. (Loss falling is covered by
-    the 1-vs-4 equality above; running those specs too exceeded the 900 s test limit on 2 loaded cores.)"""
+    the 1-vs-4 equality above; running those specs too would take longer than the test's time limit.)"""
     selected = "resume_continues or planted_nan"
     proc = run_jax(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_training.py", "-k", selected])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Run HERE (not on the GPU box), from the repo root, before a `device` run: stages what the lent GPU machine
-# lacks into git-ignored folders that the device tool's `carry` takes along.
-#   .whl/      keras + namex + optree + pydantic (+ its deps) wheels for CPython 3.12 (JAX, numpy, h5py,
-#              pillow, pyyaml, rich, typer, scikit-image/-learn are already on that machine)
-#   .devdata/  the raw Fashion-MNIST .gz files (../shared does not travel)
+# Step 1 of scripts/device/README.md, on a machine WITH network access, from the repository root: stage what an
+# offline GPU host lacks into two git-ignored folders, to be copied to the host with the checkout.
+#   .whl/      wheels of keras, namex, optree and pydantic (with its dependencies) for the host's CPython
+#              (PY_VERSION, default 3.12) on x86_64 Linux; the host must already have JAX with CUDA, numpy,
+#              h5py, pillow, pyyaml, rich, typer, scikit-image and scikit-learn
+#   .devdata/  the raw Fashion-MNIST .gz files, copied from DATA_DIR (default: $IMAGEGEN_DATA_DIR, else
+#              ../shared/datasets), a folder holding fashion_mnist/*.gz
+# Usage: bash scripts/device/prepare.sh [DATA_DIR]
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
+DATA_DIR=${1:-${IMAGEGEN_DATA_DIR:-../shared/datasets}}
+PY_VERSION=${PY_VERSION:-3.12}
 grep -qx '/.devdata/' .git/info/exclude 2>/dev/null || echo '/.devdata/' >> .git/info/exclude
 rm -rf .whl && mkdir -p .whl .devdata/fashion_mnist
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" -d .whl \
-  keras==3.15.1 namex optree pydantic pydantic-core annotated-types typing-inspection
-cp ../shared/datasets/fashion_mnist/*.gz .devdata/fashion_mnist/
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
+  "${plat[@]}" -d .whl keras==3.15.1 namex optree pydantic pydantic-core annotated-types typing-inspection
+cp "$DATA_DIR"/fashion_mnist/*.gz .devdata/fashion_mnist/
 du -sh .whl .devdata

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Run ON THE GPU BOX through the device tool, with carry [".whl", ".devdata"] (after scripts/device/prepare.sh):
-#   bash scripts/device/train_ddpm_fashion.sh [MINUTES]
-# JAX backend, Fashion-MNIST at 32x32: ingest, throughput at batch 128 and 512, train the DDPM for MINUTES
-# (default 8.5) with a checkpoint at the end, then DDIM-100 sample grids. Results go to $OUT; weights larger
-# than the tool's 16 MB per-file limit come back split (reassemble with `cat x.part-* > x`).
-# Written without a GPU at hand (none was lent to the session that wrote it): check its first run closely.
+# Step 2 of scripts/device/README.md, ON THE GPU HOST, from the root of the copied checkout (with .whl/ and
+# .devdata/ from scripts/device/prepare.sh beside it; no network needed):
+#   OUT=/path/for/results bash scripts/device/train_ddpm_fashion.sh [MINUTES]
+# JAX backend, Fashion-MNIST at 32x32: ingest, measure training throughput at batch 128 and 512, train a DDPM
+# for MINUTES (default 8.5; the run ends with a checkpoint, and running the script again continues it with
+# --resume), then sample DDIM-100 grids. Everything it reports lands in $OUT (default /tmp/out):
+#   gpu.txt, ingest.txt, bench_gpu.jsonl, train.txt   what each step printed
+#   train_log.csv, metrics.json, model.json           the training curve and summary
+#   ddim100/grid.png                                  samples
+#   model/                                            the trained model folder (loads under any Keras backend)
 set -euo pipefail
 MINUTES=${1:-8.5}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -23,5 +27,5 @@ python3 -m imagegen train ddpm "${COMMON[@]}" -S "train.max_minutes=$MINUTES" --
 cp reports/train_ddpm/train_log.csv reports/train_ddpm/metrics.json models/ddpm/model.json "$OUT/"
 python3 -m imagegen sample --model models/ddpm --steps 100 --n 64 --seed 3 --out "$OUT/ddim100" "${COMMON[@]}"
 rm -f "$OUT/ddim100/samples.npz"
-for f in models/ddpm/unet_ema.weights.h5; do split -b 15M "$f" "$OUT/$(basename "$f").part-"; done
+rm -rf "$OUT/model" && cp -r models/ddpm "$OUT/model"
 ls -la "$OUT"

@@ -351,8 +351,8 @@ def promote_cmd(
 def freeze_heap_at_exit() -> None:
     """Move every live object out of the garbage collector's reach before the interpreter shuts down.
 
-    With TensorFlow and Keras loaded, CPython's collections during shutdown walk millions of objects: 1.4-2 s
-    of every stage process on 2 cores, spent after the stage's files are written. Frozen objects are still freed
+    With TensorFlow and Keras loaded, CPython's collections during shutdown walk millions of objects: seconds
+    of every stage process, spent after the stage's files are written. Frozen objects are still freed
     by reference counting as modules are cleared; only reference cycles among them are left to the OS, which
     reclaims the whole process a moment later. Registered first, so it runs after every other exit handler
     (MLflow's, the profile's)."""

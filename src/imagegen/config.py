@@ -31,7 +31,7 @@ DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 MAX_BATCH_SIZE = 4096
 """Largest batch (or batch-sized sample) any stage accepts: far above what these models train with, far below
-the point where one batch alone exhausts memory (-S train.batch_size=100000 took 15 GB before failing)."""
+the point where one batch alone exhausts a machine's memory before failing."""
 
 # The budget of YAML input (a params file or one -S value). Aliases count at the size of what they repeat, so
 # an alias bomb (nested anchors that expand to a billion values) is refused while it is composed, not built.
@@ -171,7 +171,7 @@ class TrainConfig(Section):
     jit_compile: Literal["auto"] | bool = Field(
         default="auto",
         description="XLA-compile the train step. auto: on with JAX (which runs op by op without it) and on a GPU; "
-        "off for TensorFlow on a CPU, where the compile (up to ~40 s a stage) costs more than XLA saves at this "
+        "off for TensorFlow on a CPU, where the compile costs more than XLA saves at this "
         "project's model sizes.",
     )
     devices: Literal["auto"] | int = Field(
@@ -452,7 +452,7 @@ class ExportConfig(Section):
         default="fastest",
         description="The int8 TFLite: dynamic_range (int8 weights), full_integer (int8 weights and activations, "
         "calibrated on calibration_n generator inputs), or fastest: both, keep full_integer when it passes parity "
-        "(XNNPACK's int8 kernels; measured ~13x faster than dynamic_range for the DCGAN/VAE), else dynamic_range. "
+        "(XNNPACK's int8 kernels, which dynamic_range lacks), else dynamic_range. "
         "A fixed rule: the file kept never depends on a timing.",
     )
     calibration_n: int = Field(default=64, gt=0, description="Inputs (noise, labels) calibrating full_integer int8.")

@@ -2,27 +2,26 @@
 
 **oneDNN on every x86 CPU** (:func:`set_tensorflow_defaults`). TensorFlow turns its oneDNN kernels on by
 default on Linux only on CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``DefaultOneDnnPolicy`` in
-tensorflow/core/util/port.cc); elsewhere (a 2-core AMD EPYC without AVX-512, as many cloud machines are) it
-runs its Eigen kernels, whose convolution backward passes cost about nine times the forward on the default
-models' small shapes. Measured there (``bench/train_throughput.py``, batch 64, 16x16): a DDPM train step
-249-264 -> 167-186 ms, DCGAN 93-107 -> 69-70 ms, VAE 65-72 -> 36-40 ms. Every x86 machine then also runs the
+tensorflow/core/util/port.cc); elsewhere (many cloud CPUs without AVX-512) it runs its Eigen kernels, whose
+convolution backward passes cost many times the forward on the default models' small shapes, so every train step
+is slower (``bench/train_throughput.py`` compares; ``docs/benchmarks.md``). Every x86 machine then also runs the
 same kernel library (oneDNN still picks code per instruction set, so results are close, not bit-identical).
 ``TF_ENABLE_ONEDNN_OPTS`` already set (``=0`` to compare) is left as it is.
 
 **Cores used by independent branches, not by splitting small ops** (``TF_NUM_INTRAOP_THREADS``). The default
-networks' ops are small (16-32 channels, 16x16): split over two threads an op gains little (a DDPM train step
-on 1 thread 104 ms, on 2 threads 86-92 ms, 2-core Xeon). Run instead as independent row shards of one batch
-(:mod:`imagegen.training.branches`) whose ops TensorFlow's inter-op pool runs side by side, each on one
-thread, the same step takes 53 ms. So :func:`tensorflow_defaults` gives each of up to :data:`MAX_BRANCHES`
-branches ``cores // branches`` intra-op threads, and the train step and the samplers' predictor split their
-batches into ``cores // intra-op threads`` shards. A ``TF_NUM_INTRAOP_THREADS`` already set is kept (and with
+networks' ops are small (16-32 channels, 16x16): split over several threads an op gains little, the threads
+mostly wait. Run instead as independent row shards of one batch (:mod:`imagegen.training.branches`) whose ops
+TensorFlow's inter-op pool runs side by side, each on one thread, keep every core busy. So
+:func:`tensorflow_defaults` gives each of up to :data:`MAX_BRANCHES` branches ``cores // branches`` intra-op
+threads, and the train step and the samplers' predictor split their batches into ``cores // intra-op threads``
+shards. A ``TF_NUM_INTRAOP_THREADS`` already set is kept (and with
 it the number of shards that follows from it: set it to the core count to run unsplit).
 
 **No integrations that no stage uses.**
 
 ``import keras`` on the TensorFlow backend also imports, because they happen to be installed, scikit-learn
-(Keras' scikit-learn wrappers), pandas (Keras' DataFrame adapter) and JAX (TFLite's JAX converter): 2-2.5 s of
-the ~6 s TensorFlow start-up of every stage process on 2 cores, for code paths imagegen never takes (it feeds
+(Keras' scikit-learn wrappers), pandas (Keras' DataFrame adapter) and JAX (TFLite's JAX converter): a large
+share of the TensorFlow start-up of every stage process, for code paths imagegen never takes (it feeds
 Keras numpy arrays and converts SavedModels to TFLite). :class:`HideFromBackend` answers those imports *made
 from inside* ``keras`` or ``tensorflow`` with ``ModuleNotFoundError``, which both libraries catch as "not
 installed". Everyone else still imports them: imagegen's own code (scikit-learn's digits), MLflow (pandas).

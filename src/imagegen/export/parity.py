@@ -262,42 +262,6 @@ def check_parity(
     return Parity(report, timings)
 
 
-def merged(report: Mapping[str, Any], timings: Mapping[str, Any]) -> dict[str, Any]:
-    """``report`` with ``timings`` (same nesting, :class:`Parity`) merged into it, key by key, as new dicts."""
-    out = dict(report)
-    for key, value in timings.items():
-        out[key] = merged(report.get(key, {}), value) if isinstance(value, Mapping) else value
-    return out
-
-
-def parity_report(
-    loaded: LoadedModel,
-    serving: Serving,
-    artifacts: Mapping[str, Path],
-    cfg: ExportConfig,
-    *,
-    seed: int,
-    clip_x0: bool = True,
-    guidance_scale: float = 1.0,
-    num_threads: int | None = None,
-    int8_candidates: Mapping[str, Path] | None = None,
-) -> dict[str, Any]:
-    """:func:`check_parity`'s report with its timings merged in (each entry also holds ``latency_ms_per_image``),
-    for a caller that splits measured figures out itself; a tracked file wants :func:`check_parity`'s halves."""
-    parity = check_parity(
-        loaded,
-        serving,
-        artifacts,
-        cfg,
-        seed=seed,
-        clip_x0=clip_x0,
-        guidance_scale=guidance_scale,
-        num_threads=num_threads,
-        int8_candidates=int8_candidates,
-    )
-    return merged(parity.report, parity.timings)
-
-
 def threshold_failures(report: Mapping[str, Any], cfg: ExportConfig) -> list[str]:
     """One line per artifact past a threshold, naming the measured value and the threshold."""
     lines = []

@@ -7,7 +7,7 @@
 
   - ``dynamic_range``: ``optimizations=[DEFAULT]`` alone: int8 weights, float activations quantized on the fly
     by the kernels that support it ("hybrid" kernels); no representative dataset. XNNPACK has no hybrid
-    kernels, so on a CPU these run TFLite's reference-speed paths: ~13x slower than float32 for the
+    kernels, so on a CPU these run TFLite's reference-speed paths, far slower than float32 for the
     DCGAN/VAE generators (TRANSPOSE_CONV).
   - ``full_integer``: ``optimizations=[DEFAULT]``, a representative dataset (:func:`representative_dataset`,
     the generator's own inputs: N(0, 1) noise and cycling labels) to calibrate every activation's range, and
@@ -62,7 +62,7 @@ DIFFUSION_FULL_INTEGER = (
 def int8_kinds(setting: str, diffusion: bool) -> tuple[dict[str, str], tuple[str, ...]]:
     """The int8 kinds ``export.int8_quantization`` converts, and those it leaves out with the reason: one named
     kind; for ``fastest`` both, but dynamic range alone for a diffusion graph (see ``DIFFUSION_FULL_INTEGER``),
-    which saves a calibrated conversion and a parity run that cannot pass (~17 s of a 2-core export)."""
+    which saves a calibrated conversion and a parity run that cannot pass."""
     if setting != "fastest":
         return {}, (setting,)
     if diffusion:

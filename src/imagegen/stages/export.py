@@ -37,7 +37,7 @@ from imagegen.fileio import atomic_dir, write_json, write_text
 from imagegen.outputs import MARKER, check_output, marker_text
 from imagegen.profiling import phase
 from imagegen.provenance import DIGEST_KEY
-from imagegen.timings import RUN_FILE, split_measured
+from imagegen.timings import RUN_FILE
 from imagegen.tracking import finite_metrics, start_run
 
 
@@ -87,7 +87,7 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
     check_output(out_dir, "export", inputs=[model_dir])
     check_output(report_dir, "report", inputs=[model_dir, out_dir], option="--report")
     from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
-    from imagegen.export.parity import parity_inputs, parity_report, threshold_failures
+    from imagegen.export.parity import check_parity, parity_inputs, threshold_failures
     from imagegen.export.tflite import int8_kinds, keep_int8, write_int8_candidates, write_tflite
     from imagegen.training.families import is_diffusion
 
@@ -120,7 +120,7 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
                 with phase(f"export.tflite_{variant}", "compile"):
                     artifacts[variant] = write_tflite(saved, tmp / f"model_{variant}.tflite", variant)
         with phase("export.parity_and_latency", "work"):
-            report = parity_report(
+            parity = check_parity(
                 loaded,
                 serving,
                 artifacts,
@@ -130,12 +130,11 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
                 guidance_scale=params.sample.guidance_scale,
                 int8_candidates=int8_candidates,
             )
+        report, timing = {**parity.report, DIGEST_KEY: loaded.meta[DIGEST_KEY]}, parity.timings
         if int8_candidates:
             keep_int8(int8_candidates, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
             if not_tried:
                 report["int8_quantization"]["not_tried"] = not_tried
-        report, timing = split_measured({**report, DIGEST_KEY: loaded.meta[DIGEST_KEY]})
-        timing = timing or {}
         write_json(tmp / "metrics.json", report)
         problems = threshold_failures(report, cfg)
         if problems:

@@ -2,8 +2,8 @@
 
 On a CPU TensorFlow runs each op of a graph on its intra-op threads and independent ops concurrently on its
 inter-op threads. The default networks' ops are too small to split well over threads, so a batch computed as
-``k`` independent shards, one thread each, finishes sooner than the whole batch on ``k`` threads (DDPM train
-step 83 -> 53 ms on 2 cores; see :mod:`imagegen.startup`). A shard's result is its rows' result: at inference
+``k`` independent shards, one thread each, finishes sooner than the whole batch on ``k`` threads (see
+:mod:`imagegen.startup`). A shard's result is its rows' result: at inference
 rows never interact, and a *batch-separable* training loss (the batch mean of per-image terms, with no batch
 statistics in the networks: a family's ``batch_separable``) is the row-weighted mean of its shards' losses,
 so the gradients are the batch's to float rounding.

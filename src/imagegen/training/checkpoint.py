@@ -62,7 +62,7 @@ def _without_length(spec: dict[str, Any]) -> dict[str, Any]:
 
 def fingerprint(family: Family, *, with_length: bool = False) -> str:
     """Shapes of every weight and optimiser variable, plus the family spec less :data:`LENGTH_KEYS`: what must
-    match to resume. ``with_length`` keeps them, as checkpoints written before 2026-12 did."""
+    match to resume. ``with_length`` keeps them, as checkpoints of earlier releases did."""
     parts = {
         "spec": family.spec if with_length else _without_length(family.spec),
         "nets": {n: [list(w.shape) for w in m.weights] for n, m in sorted(family.networks.items())},

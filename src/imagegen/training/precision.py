@@ -43,11 +43,11 @@ def dtype_policy(name: str) -> Iterator[None]:
 def resolve_jit(setting: str | bool, backend: str | None = None) -> bool:
     """``train.jit_compile``: ``auto`` is XLA on JAX and on a GPU, plain graph mode for TensorFlow on a CPU.
 
-    On 2 CPU cores XLA compiles a DDPM or distillation step for 10-40 s, and its steps are within ~10% of
-    TensorFlow's own graph (oneDNN) kernels, faster for some families and slower for others
+    On a CPU, XLA's compile of a DDPM or distillation step is long and its steps are no faster than
+    TensorFlow's own graph (oneDNN) kernels overall, faster for some families and slower for others
     (``bench/train_throughput.py``), so the compile is not repaid in a pipeline's few thousand steps; the
-    samplers' predictor (:mod:`imagegen.training.predict`) follows the same rule, as its 3-4 s compile per
-    batch shape is more than XLA saves in an evaluation's few hundred calls. JAX without ``jit`` dispatches
+    samplers' predictor (:mod:`imagegen.training.predict`) follows the same rule, as a compile per batch shape
+    costs more than XLA saves in an evaluation's few hundred calls. JAX without ``jit`` dispatches
     every op from Python, which is never the faster choice.
     """
     if setting != "auto":

@@ -27,7 +27,7 @@ def pad_small_batches(fn: Callable[..., Any], max_waste: float = 0.25) -> Callab
     to that size, and returns only the real rows.
 
     Sampling 1000 images in batches of 256 ends with 232: with XLA every new batch shape is a compile of its
-    own (3-4 s for the default U-Net on 2 CPU cores), more than the padded rows cost. Rows never interact at
+    own, which costs more than the padded rows do. Rows never interact at
     inference (no batch statistics), so the real rows' outputs are those of an unpadded call. A much
     smaller batch (e.g. a timing run at half the size) is run as it is: padding it would cost more than a
     compile and would distort its timing.

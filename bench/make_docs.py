@@ -1,0 +1,352 @@
+"""Write ``docs/benchmarks.md`` from the recorded benchmark reports, so the figures in it are never typed by hand.
+
+    python bench/make_docs.py                          # -> docs/benchmarks.md
+    python bench/make_docs.py --out /tmp/benchmarks.md
+
+Reads every ``*.json`` and ``*.csv`` under ``reports/bench/`` and every ``*.json`` under ``reports/profile/``
+(in name order) and writes one section per file: what it measures, the machine as far as the file records it,
+and its figures as a table. The kind of a report is told by its content: ``stages`` (``bench/pipeline_profile.py``),
+``rows`` with ``config`` (``bench/compare_reference.py``), ``rows`` with ``runtime`` (``bench/serving.py``), a CSV
+with ``family`` and ``steps`` columns (``bench/steps_curve.py``); anything else gets its top-level values listed.
+``DESCRIPTIONS`` adds, per file name, what the file's name alone cannot say (the code state and the machine it
+was measured on, where the JSON does not record it). The output depends only on the files read, so
+``tests/test_bench_docs.py`` can check that the committed document is up to date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = (("reports/bench", ("*.json", "*.csv")), ("reports/profile", ("*.json",)))
+
+# What each recorded file measured beyond what its content says: the code state and the machine.
+DESCRIPTIONS: dict[str, str] = {
+    "pipeline_profile_sharded_xeon.json": (
+        "A clean clone's `dvc repro` with CPU batches computed as row shards side by side "
+        "(`imagegen.training.branches`), on an idle Xeon with AVX-512 and AMX."
+    ),
+    "pipeline_profile_unsharded_xeon.json": (
+        "The same `dvc repro` on the same Xeon with whole batches on every intra-op thread (no row shards): "
+        "the comparison for `pipeline_profile_sharded_xeon.json`."
+    ),
+    "pipeline_profile_unsharded_epyc_avx512.json": (
+        "A clean clone's `dvc repro` with whole batches (no row shards), the start-up import hook and exit "
+        "`gc.freeze`, and one compiled step for all progressive-distillation rounds, on an idle AMD EPYC with AVX-512."
+    ),
+    "pipeline_profile_unsharded_epyc_no_avx512.json": (
+        "A clean clone's `dvc repro` with whole batches and TensorFlow's oneDNN kernels switched on "
+        "(`TF_ENABLE_ONEDNN_OPTS=1`), on an idle AMD EPYC without AVX-512, where TensorFlow would leave them off."
+    ),
+    "pipeline_profile_plain_startup.json": (
+        "`dvc repro` on an idle machine without the start-up import hook and exit `gc.freeze` "
+        "(`imagegen.startup`), with every progressive-distillation round compiling its own step."
+    ),
+    "pipeline_profile_cpu_xla.json": (
+        "`dvc repro` on an idle machine with the train steps XLA-compiled on the CPU, Keras' own GroupNormalization "
+        "and longer default step counts than `reports/bench/steps_curve.csv` led to."
+    ),
+    "pipeline_profile_cpu_xla_loaded_partial.json": (
+        "`dvc repro` with the train steps XLA-compiled on the CPU (as in `pipeline_profile_cpu_xla.json`) on a "
+        "machine busy with other work (see the load averages); the run stopped in `distill`, so later stages "
+        "are missing."
+    ),
+    "compare_reference_sharded_xeon.json": (
+        "imagegen's DDPM train step against diffusers' `UNet2DModel` on PyTorch, TensorFlow in graph mode with "
+        "row shards, on an idle Xeon with AVX-512 and AMX."
+    ),
+    "compare_reference_unsharded_xeon.json": (
+        "As `compare_reference_sharded_xeon.json`, TensorFlow backend only, whole batches on two intra-op threads "
+        "(`TF_NUM_INTRAOP_THREADS=2`), same machine."
+    ),
+    "compare_reference_unsharded_epyc.json": (
+        "imagegen's DDPM train step against the PyTorch reference, TensorFlow in graph mode with whole batches "
+        "and imagegen's GroupNormalization, 12-second windows, on an AMD EPYC."
+    ),
+    "compare_reference_cpu_xla.json": (
+        "imagegen's DDPM train step against the PyTorch reference with the TensorFlow step XLA-compiled and "
+        "Keras' own GroupNormalization."
+    ),
+    "serving_one_core_epyc.json": "Serving speed on one pinned core of an AMD EPYC, default exports.",
+    "serving_one_core_xeon.json": "Serving speed on one pinned core of a Xeon with AVX-512 and AMX, default exports.",
+    "steps_curve.csv": (
+        "Sample quality of the default models on the default dataset (digits) against training length: one run "
+        "per family, continued with `--resume` to each milestone and evaluated there."
+    ),
+}
+
+SCRIPTS = {
+    "profile": "bench/pipeline_profile.py",
+    "compare": "bench/compare_reference.py",
+    "serving": "bench/serving.py",
+    "steps": "bench/steps_curve.py",
+    "other": "–",
+}
+
+KIND_TEXT = {
+    "profile": (
+        "`bench/pipeline_profile.py`: per DVC stage, seconds of wall time split into DVC's own overhead, process "
+        "start and imports, compilation (first steps and predictor calls), the work, model and checkpoint I/O, "
+        "MLflow, and the untimed rest."
+    ),
+    "compare": (
+        "`bench/compare_reference.py`: training images/s of the same U-Net in imagegen (TensorFlow and JAX "
+        "backends) and in diffusers on PyTorch, on the same step, interleaved; ratios are ours / reference, "
+        "*matched* compares FLOP rates (images/s x FLOPs per image)."
+    ),
+    "serving": (
+        "`bench/serving.py`: ms per image and images/s of each model through each runtime on one CPU core, "
+        "one TensorFlow and one TFLite thread."
+    ),
+    "steps": "`bench/steps_curve.py`: evaluation metrics at each training-step milestone, with the real-vs-real floor.",
+    "other": "Top-level values of the report.",
+}
+
+
+def fmt(value: Any) -> str:
+    """A table cell: numbers rounded to what the measurement supports, missing values as an en dash."""
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        size = abs(value)
+        if size >= 1000:
+            return f"{value:,.0f}"
+        if size >= 100:
+            return f"{value:.1f}"
+        if size >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt(v) for v in value)
+    return str(value).replace("|", "\\|")
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def number(text: str) -> Any:
+    """A CSV cell as int or float where it is one."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def kind_of(path: Path, data: Any) -> str:
+    if path.suffix == ".csv":
+        return "steps" if data and {"family", "steps"} <= set(data[0]) else "other"
+    if isinstance(data, dict) and isinstance(data.get("stages"), dict):
+        return "profile"
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+        if "config" in rows[0]:
+            return "compare"
+        if "runtime" in rows[0]:
+            return "serving"
+    return "other"
+
+
+def profile_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    facts = [
+        f"command `{' '.join(data.get('command') or [])}`, exit status {fmt(data.get('exit_status'))}",
+        f"{fmt(data.get('cpu_count'))} CPUs",
+        f"load average before {fmt(data.get('load_average_before'))}, after {fmt(data.get('load_average_after'))}",
+    ]
+    stages = data["stages"]
+    columns = [c for c in next(iter(stages.values()), {}) if c != "phases"]
+    rows = [[name, *(vals.get(c) for c in columns)] for name, vals in stages.items()]
+    totals = [sum(v.get(c) or 0.0 for v in stages.values()) for c in columns]
+    rows.append(["**all stages**", *totals])
+    lines = table(["stage", *columns], rows)
+    lines += ["", f"Wall time of the whole run: {fmt(data.get('wall_s'))} s."]
+    if data.get("skipped"):
+        lines.append(f"Skipped: {fmt(data['skipped'])}.")
+    return facts, lines
+
+
+def arguments(argv: Sequence[str]) -> str:
+    """The benchmark's command-line arguments without ``--out FILE`` (where a run wrote is no property of it)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return f"`{' '.join(kept)}`" if kept else "(the defaults)"
+
+
+def compare_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    rows = data["rows"]
+    first = rows[0].get("raw", {})
+    facts = [f"arguments {arguments(data.get('argv') or [])}"]
+    ref = first.get("ref", {})
+    if ref:
+        facts.append(f"reference on torch {fmt(ref.get('torch'))} with {fmt(ref.get('threads'))} threads")
+    for backend, label in (("tf", "TensorFlow"), ("jax", "JAX")):
+        if backend in first:
+            facts.append(f"{label} step XLA-compiled: {fmt(first[backend].get('jit_compile'))}")
+    facts.append(f"1-minute load average at the end {fmt(data.get('load_end'))}")
+    header = [
+        "config",
+        "parameters",
+        "GFLOPs/image ours",
+        "GFLOPs/image ref",
+        "img/s TF",
+        "img/s JAX",
+        "img/s ref",
+        "TF / ref",
+        "JAX / ref",
+        "TF / ref matched",
+        "JAX / ref matched",
+        "1-min load (TF, ref, JAX)",
+    ]
+    body = [
+        [
+            r.get("config"),
+            r.get("parameters_ours"),
+            r.get("gflops_per_image_ours"),
+            r.get("gflops_per_image_reference"),
+            r.get("images_per_sec_tf"),
+            r.get("images_per_sec_jax"),
+            r.get("images_per_sec_reference"),
+            r.get("ratio_tf"),
+            r.get("ratio_jax"),
+            r.get("ratio_tf_matched_flops"),
+            r.get("ratio_jax_matched_flops"),
+            r.get("load_1min"),
+        ]
+        for r in rows
+    ]
+    return facts, table(header, body)
+
+
+def serving_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    threads = data.get("threads") or {}
+    facts = [
+        f"CPU architecture {fmt(data.get('cpu'))}, pinned to core {fmt(data.get('affinity'))}",
+        "threads: " + ", ".join(f"{k} {fmt(v)}" for k, v in threads.items()),
+        f"load average at start {fmt(data.get('loadavg_start'))}, at end {fmt(data.get('loadavg_end'))}",
+    ]
+    body = [
+        [r.get("model"), r.get("runtime"), r.get("batch"), r.get("ms_per_image"), r.get("images_per_s")]
+        for r in data["rows"]
+    ]
+    lines = table(["model", "runtime", "batch", "ms/image", "images/s"], body)
+    lines += ["", f"Wall time of the benchmark: {fmt(data.get('wall_s'))} s."]
+    return facts, lines
+
+
+def csv_section(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    if not rows:
+        return [], ["(no rows)"]
+    header = list(rows[0])
+    return [], table(header, [[r.get(c) for c in header] for r in rows])
+
+
+def other_section(data: Any) -> tuple[list[str], list[str]]:
+    if not isinstance(data, dict):
+        return [], [f"(a {type(data).__name__}, not tabulated)"]
+    body = [[k, v] for k, v in data.items() if not isinstance(v, (dict, list)) or isinstance(v, list) and len(v) <= 8]
+    return [], table(["key", "value"], body)
+
+
+RENDER = {"profile": profile_section, "compare": compare_section, "serving": serving_section}
+
+
+def section(root: Path, path: Path) -> tuple[str, list[str]]:
+    rel = path.relative_to(root).as_posix()
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            data: Any = [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    else:
+        data = json.loads(path.read_text())
+    kind = kind_of(path, data)
+    if kind in RENDER:
+        facts, body = RENDER[kind](data)
+    elif path.suffix == ".csv":
+        facts, body = csv_section(data)
+    else:
+        facts, body = other_section(data)
+    lines = [f"## `{rel}`", ""]
+    what = DESCRIPTIONS.get(path.name)
+    lines.append(KIND_TEXT[kind] + (f" {what}" if what else ""))
+    lines.append("")
+    lines.append("Recorded in the file: " + ("; ".join(facts) + "." if facts else "no machine details."))
+    lines += ["", *body, ""]
+    return kind, lines
+
+
+def report_files(root: Path) -> list[Path]:
+    files: list[Path] = []
+    for folder, patterns in SOURCES:
+        found = {p for pattern in patterns for p in (root / folder).glob(pattern) if p.is_file()}
+        files += sorted(found, key=lambda p: p.name)
+    return files
+
+
+def render(root: Path = ROOT) -> str:
+    files = report_files(root)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python bench/make_docs.py` from the files under `reports/bench/` and `reports/profile/`; "
+        "do not edit by hand (`tests/test_bench_docs.py` fails when this file and the reports disagree). "
+        "Each figure belongs to the machine, load and code of its own report: compare rows within a report, "
+        "and across reports only where the descriptions say the machine is the same.",
+        "",
+        "Each section names the script that writes such a report (`python bench/<script>.py --help` lists its "
+        "options); after adding or replacing a report, regenerate this page.",
+        "",
+        "| report | written by |",
+        "|---|---|",
+    ]
+    sections: list[str] = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        kind, body = section(root, path)
+        lines.append(f"| [`{rel}`](#{anchor(rel)}) | `{SCRIPTS[kind]}` |")
+        sections += body
+    return "\n".join([*lines, "", *sections]).rstrip("\n") + "\n"
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a ``## `heading` `` line."""
+    text = heading.lower()
+    return "".join(c for c in text if c.isalnum() or c in "-_ ").replace(" ", "-")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=ROOT, help="project folder holding reports/ (default: this one)")
+    ap.add_argument("--out", type=Path, default=None, help="output file (default: <root>/docs/benchmarks.md)")
+    args = ap.parse_args(argv)
+    out = args.out or args.root / "docs" / "benchmarks.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(args.root))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
