@@ -54,7 +54,7 @@ def main() -> None:
         for i, n in enumerate(args.steps):
             resume = ["--resume"] if i else []
             train_s = imagegen(project, "train", family, *resume, *settings, f"-S{family}.steps={n}")
-            train = json.loads((project / "reports" / f"train_{family}" / "metrics.json").read_text())
+            train = json.loads((project / "reports" / f"train_{family}" / "run.json").read_text())  # measured
             out = Path(tmp) / f"evaluate_{n}"
             evaluate_s = imagegen(project, "evaluate", "--model", f"models/{family}", "--out", str(out), *settings)
             metrics = json.loads((out / "metrics.json").read_text())

@@ -176,6 +176,19 @@ def _json(root: Path, path: Path, rev: str | None) -> dict[str, Any] | None:
     return None if text is None else json.loads(text)
 
 
+def _export_report(root: Path, folder: Path, rev: str | None) -> dict[str, Any] | None:
+    """An export's tracked ``metrics.json`` with the latencies of its untracked ``run.json`` put back into each
+    artifact's entry, when this folder holds that file (a run in the workspace; an experiment's is not kept)."""
+    report = _json(root, folder / "metrics.json", rev)
+    timing = _json(root, folder / "run.json", None) if report is not None and rev is None else None
+    if report is None or not timing:
+        return report
+    artifacts = {
+        name: {**entry, **timing.get("artifacts", {}).get(name, {})} for name, entry in report["artifacts"].items()
+    }
+    return {**report, "artifacts": artifacts}
+
+
 def _tracking_uri(params: Params, root: Path) -> str | None:
     """The store the stages log to, resolved as ``imagegen.tracking`` does but for the project folder."""
     if not params.tracking.enabled:
@@ -351,7 +364,7 @@ def _report(
         if f"evaluate@{name}" in ran
     }
     exports = {
-        name: _json(root, reports / f"export_{name}" / "metrics.json", rev)
+        name: _export_report(root, reports / f"export_{name}", rev)
         for name in params.export.ship
         if f"export@{name}" in ran
     }
