@@ -25,6 +25,7 @@ from imagegen import startup
 startup.set_tensorflow_defaults()  # the kernels the `imagegen` command runs on, set before any test imports TF
 
 from imagegen.config import Params, load_params  # noqa: E402
+from tests.bad_input_support import TINY as BAD_INPUT_TINY  # noqa: E402
 
 # Read once at import time, before any test's monkeypatch can change it.
 _ENV_DATA_DIR = os.environ.get("IMAGEGEN_DATA_DIR")
@@ -235,3 +236,22 @@ def helpers():
     import sys
 
     return sys.modules[__name__]
+
+
+# The previous outputs of the bad-input suites (a test module may define its own of the same name).
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A processed dataset written by ingest."""
+    from imagegen.stages.ingest import run_ingest
+
+    return run_ingest(load_params(None, BAD_INPUT_TINY), tmp_path_factory.mktemp("data") / "digits")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, digits: Path) -> Path:
+    """An untrained tiny VAE model folder: what matters is the files (its latents are drawn host-side)."""
+    from imagegen.artifact import save_model
+    from imagegen.training.families import build_family
+
+    family = build_family("vae", load_params(None, BAD_INPUT_TINY), (8, 8, 1), 10)
+    return save_model(family, tmp_path_factory.mktemp("models") / "vae", {"step": 0})

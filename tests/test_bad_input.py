@@ -12,7 +12,6 @@ naming the file or key and what was expected, leaving the previous output exactl
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,15 +21,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from imagegen.artifact import save_model
 from imagegen.cli import app
-from imagegen.config import load_params
 from imagegen.outputs import MARKER, marker_text
-from imagegen.stages.ingest import run_ingest
-from imagegen.training.families import build_family
+from tests.bad_input_support import snapshot
 
 OFF = ["-S", "tracking.enabled=false"]
-TINY = ["tracking.enabled=false", "vae.base_filters=8", "vae.latent_dim=8", "data.image_size=8"]
 
 
 @dataclass
@@ -38,28 +33,6 @@ class Case:
     args: list[str]  # the imagegen command line
     named: list[str]  # what the one-line message must contain
     protected: list[Path]  # previous outputs that must not change
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_ingest(load_params(None, TINY), tmp_path_factory.mktemp("data") / "digits")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, digits: Path) -> Path:
-    """An (untrained) tiny VAE model folder: what matters here is the files, not the weights."""
-    family = build_family("vae", load_params(None, TINY), (8, 8, 1), 10)
-    return save_model(family, tmp_path_factory.mktemp("models") / "vae", {"step": 0})
-
-
-def snapshot(paths: list[Path]) -> dict[str, str]:
-    """sha256 of every file under ``paths`` (a missing path is recorded as missing)."""
-    out = {}
-    for root in paths:
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for f in files:
-            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else "missing"
-    return out
 
 
 def previous_output(folder: Path, kind: str) -> Path:

@@ -9,7 +9,6 @@ whose header claims more pixels than ``data.max_image_pixels``, a processed data
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -25,38 +24,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imagegen.artifact import save_model
 from imagegen.cli import app
-from imagegen.config import load_params
-from imagegen.stages.ingest import run_ingest
-from imagegen.training.families import build_family
+from tests.bad_input_support import snapshot
 
 OFF = ["-S", "tracking.enabled=false"]
-TINY = ["tracking.enabled=false", "vae.base_filters=8", "vae.latent_dim=8", "data.image_size=8"]
 COLOURS = {"blue": (0, 0, 255), "red": (255, 0, 0)}
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A processed dataset written by ingest: the previous output of the ingest cases, the input of the train ones."""
-    return run_ingest(load_params(None, TINY), tmp_path_factory.mktemp("data") / "digits")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, digits: Path) -> Path:
-    """An untrained tiny VAE model folder: the previous output of the train cases."""
-    family = build_family("vae", load_params(None, TINY), (8, 8, 1), 10)
-    return save_model(family, tmp_path_factory.mktemp("models") / "vae", {"step": 0})
-
-
-def snapshot(paths: list[Path]) -> dict[str, str]:
-    """sha256 of every file under ``paths`` (a missing path is recorded as missing)."""
-    out = {}
-    for root in paths:
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for f in files:
-            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else "missing"
-    return out
 
 
 def refused(args: list[str], named: list[str], protected: list[Path]) -> str:

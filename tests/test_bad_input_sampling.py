@@ -20,16 +20,13 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from imagegen import sampling
-from imagegen.artifact import save_model
 from imagegen.cli import app
 from imagegen.config import load_params
 from imagegen.data.processed import ProcessedDataset
-from imagegen.stages.ingest import run_ingest
 from imagegen.stages.sample import write_npz_stream
-from imagegen.training.families import build_family
+from tests.bad_input_support import TINY
 
 OFF = ["-S", "tracking.enabled=false"]
-TINY = ["tracking.enabled=false", "vae.base_filters=8", "vae.latent_dim=8", "data.image_size=8"]
 QUICK_EVAL = [
     "evaluate.max_real=120",
     "evaluate.kid_subsets=2",
@@ -38,18 +35,6 @@ QUICK_EVAL = [
     "evaluate.feature_width=4",
     "evaluate.feature_dim=8",
 ]
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_ingest(load_params(None, TINY), tmp_path_factory.mktemp("data") / "digits")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, digits: Path) -> Path:
-    """An (untrained) tiny VAE model folder: its latents are drawn host-side, one row per image."""
-    family = build_family("vae", load_params(None, TINY), (8, 8, 1), 10)
-    return save_model(family, tmp_path_factory.mktemp("models") / "vae", {"step": 0})
 
 
 @pytest.fixture(scope="module")
