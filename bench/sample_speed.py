@@ -26,12 +26,12 @@ from imagegen import startup
 startup.set_tensorflow_defaults()  # the kernels the `imagegen` command samples on (before TensorFlow loads)
 
 from imagegen.artifact import load_model  # noqa: E402
-from imagegen.sampling import make_sampler, sampler_kwargs  # noqa: E402
+from imagegen.sampling import make_sampler, resolve_settings  # noqa: E402
 
 
 def bench(model_dir: Path, n: int, steps: int, repeats: int) -> dict[str, object]:
     loaded = load_model(model_dir)
-    sample = make_sampler(loaded.family, sampler_kwargs(None, loaded.meta, {"sampler": "ddim", "steps": steps}))
+    sample = make_sampler(loaded.family, resolve_settings(None, loaded.meta, {"sampler": "ddim", "steps": steps}))
     sample(n, np.random.default_rng(0))  # warm-up: compiles the predictor for this batch
     times = []
     for i in range(repeats):

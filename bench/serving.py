@@ -94,7 +94,8 @@ def bench_model(name: str, args: argparse.Namespace, params: Any, tmp: Path, log
     from imagegen.artifact import load_model
     from imagegen.export.graph import build_serving
     from imagegen.export.parity import parity_inputs, savedmodel_runner, tflite_runner
-    from imagegen.sampling import make_sampler, sampler_kwargs
+    from imagegen.sampling import make_sampler, resolve_settings
+    from imagegen.training.families import family_spec
 
     model_dir, export_name, overrides = MODELS[name]
     model_dir = args.root / model_dir
@@ -102,10 +103,10 @@ def bench_model(name: str, args: argparse.Namespace, params: Any, tmp: Path, log
         print(f"skip {name}: no model at {model_dir}", file=sys.stderr)
         return
     loaded = load_model(model_dir)
-    kwargs = sampler_kwargs(params, loaded.meta, overrides)
-    steps = len(kwargs["timesteps"]) if kwargs.get("timesteps") else kwargs.get("steps")
-    label = f"{name} (DDIM-{steps})" if loaded.name == "ddpm" else name
-    sample = make_sampler(loaded.family, kwargs)
+    settings = resolve_settings(params.sample, loaded.meta, overrides)
+    steps = len(settings.timesteps) if settings.timesteps else settings.steps
+    label = f"{name} (DDIM-{steps})" if family_spec(loaded.name).diffusion else name
+    sample = make_sampler(loaded.family, settings)
     for batch in args.batches:
         rng = np.random.default_rng(0)
         log(

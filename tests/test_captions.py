@@ -185,7 +185,7 @@ def test_a_caption_ddpm_draws_the_prompted_digit_well_above_chance(caption_model
     params = caption_model["params"]
     dataset = ProcessedDataset.open(caption_model["data"])
     extractor = load_extractor(params.evaluate.features_dir)
-    scores = prompt_accuracy(caption_model["model"], dataset, extractor, params, n=100)
+    scores = prompt_accuracy(caption_model["model"], dataset, extractor, params.sample, params.seed, n=100)
     print("prompted-class accuracy (chance 0.1):", scores)
     assert scores["prompt_n"] == 100
     assert scores["prompt_accuracy_g3"] > 0.3

@@ -11,6 +11,7 @@ from keras import ops
 from imagegen.config import DDPMConfig
 from imagegen.errors import ConfigError
 from imagegen.models import diffusion as D
+from imagegen.sampler_settings import SamplerSettings
 
 SHAPE = (3, 4, 4, 2)
 
@@ -336,7 +337,8 @@ def test_guided_sampling_extrapolates_from_the_unconditional_prediction(scale: f
     family = conditional_family()
     labels = np.array([1, 2, 3], "int32")
     predict = CountingPredictor()
-    got = ddpm.generate(family, 3, np.random.default_rng(0), labels, steps=4, guidance_scale=scale, predict=predict)
+    settings = SamplerSettings(steps=4, guidance_scale=scale)
+    got = ddpm.generate(family, 3, np.random.default_rng(0), labels, settings=settings, predict=predict)
     assert len(predict.labels) == 4 * passes
     step_labels = predict.labels[:passes]
     expected_labels = {0.0: [[10] * 3], 1.0: [labels], 3.0: [labels, [10] * 3]}[scale]
@@ -358,5 +360,5 @@ def test_ddim_samples_from_a_tiny_conditional_unet_with_guidance() -> None:
     from imagegen.training.families import ddpm
 
     rng = np.random.default_rng(0)
-    out = ddpm.generate(conditional_family(), 2, rng, steps=3, guidance_scale=2.0)
+    out = ddpm.generate(conditional_family(), 2, rng, settings=SamplerSettings(steps=3, guidance_scale=2.0))
     assert out.shape == (2, 4, 4, 2) and np.all(np.isfinite(out))

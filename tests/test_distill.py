@@ -42,7 +42,7 @@ from imagegen.distill.progressive import (
 from imagegen.distill.setup import evaluate_loss
 from imagegen.errors import ConfigError, DataError
 from imagegen.models import diffusion as D
-from imagegen.sampling import generate_images, sampler_kwargs
+from imagegen.sampling import generate_images, resolve_settings
 from imagegen.stages.distill import run_distill
 from imagegen.stages.ingest import run_ingest
 from imagegen.stages.train import run_train
@@ -159,15 +159,18 @@ def test_a_bad_explicit_grid_is_refused_naming_the_problem(grid, message) -> Non
 def test_sampler_settings_come_from_params_then_the_model_then_explicit_choices() -> None:
     params = load_params(None, ["sample.steps=50", "sample.eta=0.3"])
     student = {"sampling": {"sampler": "ddim", "steps": 2, "timesteps": [49, 16], "eta": 0.0}}
-    assert sampler_kwargs(params)["steps"] == 50 and sampler_kwargs(params)["timesteps"] is None
-    own = sampler_kwargs(params, student)
-    assert (own["steps"], own["timesteps"], own["eta"]) == (2, [49, 16], 0.0)
-    assert own["clip_x0"] == params.sample.clip_x0  # what the model does not say comes from params
-    assert sampler_kwargs(params, student, {"steps": None, "eta": None}) == own  # None = not given
-    chosen = sampler_kwargs(params, student, {"steps": 8})
-    assert (chosen["steps"], chosen["timesteps"]) == (8, None)  # explicit steps: evenly spaced, not the grid
-    assert sampler_kwargs(params, student, {"eta": 1.0})["timesteps"] == [49, 16]
-    assert sampler_kwargs(params, student, own) == own  # resolving twice changes nothing
+    defaults = params.sample
+    plain = resolve_settings(defaults)
+    assert (plain.steps, plain.eta, plain.timesteps) == (50, 0.3, None)
+    own = resolve_settings(defaults, student)
+    assert (own.steps, own.timesteps, own.eta) == (2, (49, 16), 0.0)
+    assert own.clip_x0 == defaults.clip_x0  # what the model does not say comes from params
+    assert resolve_settings(defaults, student, {"steps": None, "eta": None}) == own  # None = not given
+    chosen = resolve_settings(defaults, student, {"steps": 8})
+    assert (chosen.steps, chosen.timesteps) == (8, None)  # explicit steps: evenly spaced, not the grid
+    assert resolve_settings(defaults, student, {"eta": 1.0}).timesteps == (49, 16)
+    assert resolve_settings(defaults, student, own.record()) == own  # resolving twice changes nothing
+    assert resolve_settings(None, student).guidance_scale == 1.0  # no params: the sampler's own defaults
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from imagegen.config import Params, load_params
 from imagegen.data.loader import BatchStream
 from imagegen.data.processed import ProcessedDataset
 from imagegen.errors import ConfigError, ExportError
+from imagegen.sampler_settings import SamplerSettings
 from imagegen.stages.export import failed_report_path, run_export
 from imagegen.stages.ingest import run_ingest
 from imagegen.training.families import build_family
@@ -268,11 +269,17 @@ def test_a_conditional_ddpm_trains_samples_with_guidance_and_exports_with_parity
     model_dir = train_tiny(params, "ddpm", digits, tmp_path)
     loaded = load_model(model_dir)
 
-    images, labels = generate_images(model_dir, 6, seed=0, show_progress=False, params=params)
+    images, labels = generate_images(model_dir, 6, seed=0, show_progress=False, defaults=params.sample)
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
     assert labels.tolist() == [0, 1, 2, 3, 4, 5]
     guided, plain = (
-        ddpm.generate(loaded.family, 3, np.random.default_rng(0), np.arange(3), steps=2, guidance_scale=s)
+        ddpm.generate(
+            loaded.family,
+            3,
+            np.random.default_rng(0),
+            np.arange(3),
+            settings=SamplerSettings(steps=2, guidance_scale=s),
+        )
         for s in (3.0, 1.0)
     )
     assert not np.array_equal(guided, plain)  # the null-label branch was trained and is used

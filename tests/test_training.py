@@ -18,6 +18,7 @@ from imagegen.config import Params, load_params
 from imagegen.data.loader import BatchStream
 from imagegen.data.processed import ProcessedDataset
 from imagegen.errors import TrainingError
+from imagegen.sampler_settings import SamplerSettings
 from imagegen.sampling import generate_images
 from imagegen.stages.ingest import run_ingest
 from imagegen.stages.sample import run_sample
@@ -68,7 +69,7 @@ def make_trainer(params: Params, family_name: str, data: Path, ckpt: Path) -> Tr
         params.train,
         seed=params.seed,
         checkpoint_dir=ckpt,
-        sample_fn=lambda fam, n, rng: module.generate(fam, n, rng, steps=params.sample.steps),
+        sample_fn=lambda fam, n, rng: module.generate(fam, n, rng, settings=SamplerSettings(steps=params.sample.steps)),
         show_progress=False,
     )
 

@@ -96,7 +96,7 @@ def _load(params: Path | None, overrides: list[str] | None, *, tracks: bool = Tr
 
 
 def _sampler_overrides(sampler: str | None, steps: int | None, eta: float | None) -> dict[str, Any]:
-    """The sampler flags the user actually gave (None = not given; see imagegen.sampling.sampler_kwargs)."""
+    """The sampler flags the user actually gave (None = not given; see imagegen.sampler_settings)."""
     if sampler is not None and sampler not in ("ddim", "ddpm"):
         raise ImagegenError(f"--sampler {sampler!r}: expected ddim or ddpm")
     return {k: v for k, v in {"sampler": sampler, "steps": steps, "eta": eta}.items() if v is not None}

@@ -17,7 +17,7 @@ and grid; a style-based generator the truncation) and ignores the others. This m
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -74,9 +74,3 @@ class SamplerSettings:
         out = asdict(self)
         out["timesteps"] = None if self.timesteps is None else list(self.timesteps)
         return out
-
-
-def grid_record(grid: Sequence[int]) -> dict[str, Any]:
-    """A ``sampling`` record for a ``model.json`` that fixes a DDIM grid (a progressively distilled student)."""
-    grid = [int(t) for t in grid]
-    return {"sampler": "ddim", "steps": len(grid), "timesteps": grid, "eta": 0.0}

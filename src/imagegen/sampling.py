@@ -1,16 +1,8 @@
-"""Which sampler settings a model is drawn with: the one place that decides it.
+"""Sampling a model: its :class:`~imagegen.sampler_settings.SamplerSettings` resolved once, a sampler of fixed
+settings, and images drawn in batches from one seed.
 
-Three sources, later ones winning:
-
-1. ``params.sample`` (sampler, steps, eta, guidance scale, x0 clipping), the project-wide defaults;
-2. the model's own ``sampling`` record in its ``model.json`` (a progressively distilled student stores the
-   DDIM grid it was trained for: ``{"sampler": "ddim", "steps": 4, "timesteps": [...], "eta": 0.0}``);
-3. explicit overrides (``imagegen sample --steps 8``, keyword arguments to ``generate_images``); ``None``
-   values mean "not given".
-
-An explicit ``steps`` (or ``sampler="ddpm"``) without explicit ``timesteps`` drops the model's own grid, so
-``--steps 8`` means DDIM's evenly spaced 8 steps. The result always carries a ``timesteps`` key (``None`` when
-the grid follows from ``steps``), so resolving an already resolved dict again changes nothing.
+Settings come from the project's ``sample`` section, the model's own ``sampling`` record (a distilled student's
+grid) and explicit overrides, later ones winning (:meth:`SamplerSettings.resolve`).
 """
 
 from __future__ import annotations
@@ -21,43 +13,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imagegen.config import ANCESTRAL_SAMPLER
 from imagegen.profiling import phase
+from imagegen.sampler_settings import SamplerSettings
 
 if TYPE_CHECKING:
     from imagegen.artifact import LoadedModel
+    from imagegen.config import SampleConfig
     from imagegen.training.families.base import Family
 
-SAMPLER_KEYS = ("sampler", "steps", "eta", "guidance_scale", "clip_x0", "timesteps")
 BATCH_SIZE = 256
 """Images per sampler call unless a caller says otherwise (``generate_images``, the registered pyfunc)."""
 
 
-def sampler_kwargs(
-    params: Any = None,
+def resolve_settings(
+    defaults: SampleConfig | None = None,
     meta: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments for a diffusion family's ``generate`` (other families ignore them).
-
-    ``params`` is a :class:`imagegen.config.Params` (or None: no project defaults, the sampler's own apply),
-    ``meta`` a model's ``model.json`` contents, ``overrides`` explicit choices (None values are ignored).
-    """
-    kwargs: dict[str, Any] = {}
-    if params is not None:
-        s = params.sample
-        kwargs.update(sampler=s.sampler, steps=s.steps, eta=s.eta, guidance_scale=s.guidance_scale, clip_x0=s.clip_x0)
-    kwargs["timesteps"] = None
-    own = (meta or {}).get("sampling")
-    if own:
-        kwargs.update({k: v for k, v in own.items() if k in SAMPLER_KEYS and v is not None})
-        if own.get("timesteps") is not None:
-            kwargs["timesteps"] = [int(t) for t in own["timesteps"]]
-    given = {k: v for k, v in (overrides or {}).items() if v is not None or k == "timesteps"}
-    if ("steps" in given or given.get("sampler") == ANCESTRAL_SAMPLER) and "timesteps" not in given:
-        kwargs["timesteps"] = None
-    kwargs.update(given)
-    return kwargs
+) -> SamplerSettings:
+    """The settings a model with ``model.json`` contents ``meta`` is sampled with: the project's ``sample``
+    section ``defaults`` (None: the sampler's own defaults), the model's ``sampling`` record, ``overrides``."""
+    return SamplerSettings.resolve(defaults, (meta or {}).get("sampling"), overrides)
 
 
 SampleFn = Callable[..., np.ndarray]
@@ -66,30 +41,30 @@ SampleFn = Callable[..., np.ndarray]
 
 def make_sampler(
     family: Family,
-    sampling: Mapping[str, Any] | None = None,
+    settings: SamplerSettings | None = None,
     predict: Callable[..., Any] | None = None,
+    prompt: str | None = None,
 ) -> SampleFn:
-    """A sampler of ``family`` with fixed settings and one compiled predictor reused across calls.
+    """A sampler of ``family`` with fixed ``settings`` and one compiled predictor reused across calls.
 
-    For a diffusion family ``sampling`` holds the ``generate`` keywords (see :func:`sampler_kwargs`); other
-    families ignore it. ``predict`` is a compiled predictor of its denoiser (the declared
-    ``FamilySpec.denoiser``) to reuse (one is made otherwise). Images drawn with the same ``rng`` seed start
-    from the same noise (x_T or z is the first draw), which is what makes comparisons on the same noise possible.
+    ``prompt``: the caption every image of a caption-conditioned model is drawn for (None: the null caption).
+
+    ``predict`` is a compiled predictor of a diffusion family's denoiser (the declared ``FamilySpec.denoiser``,
+    its EMA network) to reuse; one is made otherwise. Images drawn with the same ``rng`` seed start from the
+    same noise (x_T or z is the first draw), which is what makes comparisons on the same noise possible.
     """
     from imagegen.training.families import family_spec
 
     spec = family_spec(family.spec["family"])
-    kwargs = dict(sampling or {}) if spec.diffusion else {}
-    if spec.denoiser is not None and kwargs.get("predict") is None:
+    settings = settings or SamplerSettings()
+    if spec.denoiser is not None and predict is None:
         from imagegen.training.predict import compiled_predictor
 
-        ema, raw = spec.denoiser
-        net = family.networks[ema if kwargs.get("use_ema", True) else raw]
-        kwargs["predict"] = predict or compiled_predictor(net)
+        predict = compiled_predictor(family.networks[spec.denoiser[0]])
     generate = spec.generate
 
     def sample(n: int, rng: np.random.Generator, labels: np.ndarray | None = None) -> np.ndarray:
-        return generate(family, n, rng, labels=labels, **kwargs)
+        return generate(family, n, rng, labels=labels, settings=settings, predict=predict, prompt=prompt)
 
     return sample
 
@@ -147,27 +122,30 @@ def generate_images(
     seed: int,
     batch_size: int = BATCH_SIZE,
     show_progress: bool = True,
-    params: Any = None,
-    **sampler: Any,
+    defaults: SampleConfig | None = None,
+    prompt: str | None = None,
+    **overrides: Any,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 (n,H,W,C) images (and the labels they were conditioned on, if any) from ``model_dir``.
 
     The same ``seed`` gives the same images: all randomness comes from ``numpy.random.default_rng(seed)``.
-    Diffusion sampler settings follow :func:`imagegen.sampling.sampler_kwargs`: ``params.sample`` (when
-    ``params`` is given), then the model's own ``sampling`` record (a distilled student's grid), then the
-    ``sampler`` keywords given here (None values count as not given).
+    Sampler settings follow :func:`resolve_settings`: the ``sample`` section ``defaults`` (when given), then
+    the model's own ``sampling`` record (a distilled student's grid), then the ``overrides`` given here
+    (:class:`SamplerSettings` fields; None values count as not given). ``prompt``: see :func:`make_sampler`.
     """
     from rich.progress import Progress
 
-    loaded, sample = load_sampler(model_dir, params, **sampler)
+    loaded, sample = load_sampler(model_dir, defaults, prompt, **overrides)
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task(f"sample {loaded.name}", total=n)
         return sample_images(sample, loaded.family.spec, n, seed, batch_size, lambda k: progress.advance(task, k))
 
 
-def load_sampler(model_dir: Path, params: Any = None, **sampler: Any) -> tuple[LoadedModel, SampleFn]:
+def load_sampler(
+    model_dir: Path, defaults: SampleConfig | None = None, prompt: str | None = None, **overrides: Any
+) -> tuple[LoadedModel, SampleFn]:
     """The loaded model in ``model_dir`` and its sampler, with settings as :func:`generate_images` resolves them."""
     from imagegen.artifact import load_model
 
     loaded = load_model(model_dir)
-    return loaded, make_sampler(loaded.family, sampler_kwargs(params, loaded.meta, sampler))
+    return loaded, make_sampler(loaded.family, resolve_settings(defaults, loaded.meta, overrides), prompt=prompt)

@@ -20,6 +20,7 @@ import numpy as np
 
 from imagegen.config import ANCESTRAL_SAMPLER
 from imagegen.models.layers import AttentionBlock
+from imagegen.sampler_settings import SamplerSettings
 from imagegen.sampling import SampleFn
 from imagegen.training.families import family_spec
 from imagegen.training.families.base import Family
@@ -102,20 +103,20 @@ def parameters(family: Family) -> int:
     return int(sum(family.networks[n].count_params() for n in declared.sampling_networks))
 
 
-def sampling_steps(family: Family, sampling: Mapping[str, Any] | None = None) -> int:
+def sampling_steps(family: Family, settings: SamplerSettings | None = None) -> int:
     """Network calls per image before guidance: the sampler's steps for a diffusion family, else 1."""
     declared, section = _declared(family)
     if not declared.diffusion:
         return 1
-    sampling = dict(sampling or {})
-    if sampling.get("sampler", "ddim") == ANCESTRAL_SAMPLER:
+    settings = settings or SamplerSettings()
+    if settings.sampler == ANCESTRAL_SAMPLER:
         return int(section["timesteps"])
-    if sampling.get("timesteps") is not None:
-        return len(sampling["timesteps"])
-    return int(sampling.get("steps", 50))
+    if settings.timesteps is not None:
+        return len(settings.timesteps)
+    return int(settings.steps)
 
 
-def macs_per_image(family: Family, sampling: Mapping[str, Any] | None = None) -> int:
+def macs_per_image(family: Family, settings: SamplerSettings | None = None) -> int:
     """MACs to generate one image: one call of the first sampling network, times the sampling steps for a diffusion
     model (times two with classifier-free guidance at a scale other than 0 or 1: two passes per step)."""
     declared, section = _declared(family)
@@ -123,9 +124,9 @@ def macs_per_image(family: Family, sampling: Mapping[str, Any] | None = None) ->
     per_call = count_macs(net, example_inputs(family))
     if not declared.diffusion:
         return per_call
-    scale = dict(sampling or {}).get("guidance_scale", 1.0)
+    scale = (settings or SamplerSettings()).guidance_scale
     guided = section["conditional"] and scale not in (0.0, 1.0)
-    return per_call * sampling_steps(family, sampling) * (2 if guided else 1)
+    return per_call * sampling_steps(family, settings) * (2 if guided else 1)
 
 
 def images_per_second(sample: SampleFn, n: int, repeats: int = 3) -> float:

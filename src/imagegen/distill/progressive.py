@@ -126,7 +126,7 @@ def plan_rounds(timesteps: int, start_steps: int, target_steps: int) -> list[Rou
 
 
 def sampling_record(grid: np.ndarray) -> dict[str, Any]:
-    """A student's default sampling for its ``model.json`` (read by :func:`imagegen.sampling.sampler_kwargs`)."""
+    """A student's default sampling for its ``model.json`` (read by ``SamplerSettings.resolve``)."""
     grid = [int(t) for t in grid]
     return {"sampler": "ddim", "steps": len(grid), "timesteps": grid, "eta": 0.0}
 

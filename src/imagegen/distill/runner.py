@@ -34,7 +34,8 @@ from imagegen.distill.setup import Distillation
 from imagegen.distill.side_by_side import Measurement, SideBySide
 from imagegen.outputs import write_marker
 from imagegen.provenance import DIGEST_KEY
-from imagegen.sampling import sampler_kwargs
+from imagegen.sampler_settings import SamplerSettings
+from imagegen.sampling import resolve_settings
 from imagegen.tracking import finite_metrics
 from imagegen.training.families import family_spec
 from imagegen.training.loop import Trainer, TrainResult
@@ -91,7 +92,7 @@ def distill(job: DistillJob) -> DistillOutcome:
     if job.method == "progressive":  # a folder of round folders, marked as imagegen's (see imagegen.outputs)
         job.out_root.mkdir(parents=True, exist_ok=True)
         write_marker(job.out_root, "students")
-    teacher_sampling = sampler_kwargs(job.params, job.teacher.meta)
+    teacher_sampling = resolve_settings(job.params.sample, job.teacher.meta)
     teacher = job.side_by_side.measure(job.teacher.family, teacher_sampling)
     report: dict[str, Any] = {
         "method": job.method,
@@ -215,8 +216,8 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
     spec = job.teacher.family.spec
     clip_x0 = p.sample.clip_x0
     rounds = plan_rounds(int(spec[spec["family"]]["timesteps"]), cfg.start_steps, cfg.target_steps)
-    base = {"sampler": "ddim", "eta": 0.0, "guidance_scale": p.sample.guidance_scale, "clip_x0": clip_x0}
-    first_grid = {**base, "timesteps": rounds[0].teacher_grid.tolist()}
+    base = SamplerSettings(sampler="ddim", eta=0.0, guidance_scale=p.sample.guidance_scale, clip_x0=clip_x0)
+    first_grid = base.with_(timesteps=rounds[0].teacher_grid.tolist())
     start = job.side_by_side.measure(job.teacher.family, first_grid)
     report["teacher_start"] = start.figures
     rows.append(start.images)
@@ -271,7 +272,7 @@ def _progressive(job: DistillJob, report: dict[str, Any], rows: list[np.ndarray]
                 # as the next round reads it
                 meta = json.loads((model_dir / MODEL_FILE).read_text())
                 child.set_tags({DIGEST_KEY: meta[DIGEST_KEY]})  # the run a student folder finds by its digest
-            sampling = {**base, "timesteps": record["timesteps"]}
+            sampling = base.with_(timesteps=record["timesteps"])
             measured = job.side_by_side.measure(student, sampling, reference=start.images)
             teacher_same_steps = job.side_by_side.measure(job.teacher.family, sampling, reference=start.images)
             report["rounds"][f"round_{rnd.index}"] = {
@@ -311,7 +312,7 @@ def _architecture(
     report: dict[str, Any],
     rows: list[np.ndarray],
     teacher: Measurement,
-    teacher_sampling: dict[str, Any],
+    teacher_sampling: SamplerSettings,
 ) -> Path:
     """One narrower student trained on the teacher's outputs."""
     p = job.params

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from imagegen.config import Params
+from imagegen.config import EvaluateConfig
 from imagegen.data.processed import ProcessedDataset
 from imagegen.distill import agreement, cost
 from imagegen.profiling import phase
+from imagegen.sampler_settings import SamplerSettings
 from imagegen.sampling import make_sampler, sample_images
 from imagegen.training.families import family_spec
 from imagegen.training.families.base import Family
@@ -36,17 +37,27 @@ class Measurement:
 
 
 class SideBySide:
-    """Samples each model on the same noise (``params.seed``) and measures it the same way."""
+    """Samples each model on the same noise (from ``seed``) and measures it the same way.
 
-    def __init__(self, params: Params, dataset: ProcessedDataset) -> None:
-        self.params = params
+    ``evaluate`` is the project's evaluation section (feature model, sample count, metric settings);
+    ``compare_n`` images of each model are paired with the reference's for agreement, and ``speed_n`` are
+    timed when the sampling itself was too short to time.
+    """
+
+    def __init__(
+        self, evaluate: EvaluateConfig, dataset: ProcessedDataset, seed: int, compare_n: int, speed_n: int
+    ) -> None:
+        self.evaluate = evaluate
         self.dataset = dataset
+        self.seed = seed
+        self.compare_n = compare_n
+        self.speed_n = speed_n
         self.notes: list[str] = []
         self.extractor: Any = None
         self.floor: dict[str, float] | None = None
         self._real: tuple[np.ndarray, np.ndarray] | None = None
         self._predictors: dict[int, tuple[Any, Any]] = {}  # id(network) -> (network, predictor)
-        features_dir = params.evaluate.features_dir
+        features_dir = evaluate.features_dir
         if not (Path(features_dir) / "model.json").is_file():
             self.notes.append(
                 f"no evaluation feature model at {features_dir}: FID/KID/precision/recall need "
@@ -75,12 +86,10 @@ class SideBySide:
         if self._real is None:
             from imagegen.evaluation.quality import real_features, real_floor
 
-            cfg = self.params.evaluate
-            feats, probs, _ = real_features(
-                self.extractor, self.dataset, cfg.max_real, self.params.seed, cfg.batch_size
-            )
+            cfg = self.evaluate
+            feats, probs, _ = real_features(self.extractor, self.dataset, cfg.max_real, self.seed, cfg.batch_size)
             self._real = (feats, probs)
-            floor = real_floor(feats, probs, self.params)
+            floor = real_floor(feats, probs, cfg, self.seed)
             self.floor = {k: floor[k] for k in QUALITY_KEYS}
         return self._real
 
@@ -97,34 +106,32 @@ class SideBySide:
             self._predictors[id(net)] = (net, compiled_predictor(net))
         return self._predictors[id(net)][1]
 
-    def measure(self, family: Family, sampling: dict[str, Any], reference: np.ndarray | None = None) -> Measurement:
+    def measure(self, family: Family, sampling: SamplerSettings, reference: np.ndarray | None = None) -> Measurement:
         """Figures for ``family`` sampled with ``sampling``; agreement with ``reference`` images."""
-        p = self.params
+        cfg = self.evaluate
         sample = make_sampler(family, sampling, predict=self._predictor(family))
-        n = p.distill.compare_n
-        if self.has_quality_metrics:
-            n = max(p.evaluate.n_samples, n)
+        n = max(cfg.n_samples, self.compare_n) if self.has_quality_metrics else self.compare_n
         timed = cost.TimedSampler(sample)
         with phase("side_by_side.sample", "work"):
-            images, _ = sample_images(timed, family.spec, n, p.seed, p.evaluate.batch_size)
+            images, _ = sample_images(timed, family.spec, n, self.seed, cfg.batch_size)
         with phase("side_by_side.cost", "work"):
             speed = timed.images_per_second()  # the sampling just done, when it had two full batches to time
             figures: dict[str, Any] = {
                 "steps": cost.sampling_steps(family, sampling),
                 "parameters": cost.parameters(family),
                 "macs_per_image": cost.macs_per_image(family, sampling),
-                "images_per_sec": speed if speed is not None else cost.images_per_second(sample, p.distill.speed_n),
+                "images_per_sec": speed if speed is not None else cost.images_per_second(sample, self.speed_n),
             }
         if self.has_quality_metrics:
             from imagegen.evaluation.quality import quality_metrics
 
             real_f, real_p = self._real_features()
-            generated = images[: p.evaluate.n_samples]
-            fake_f, fake_p = self.extractor.embed(generated, p.evaluate.batch_size)
-            quality = quality_metrics(real_f, real_p, fake_f, fake_p, p)
+            generated = images[: cfg.n_samples]
+            fake_f, fake_p = self.extractor.embed(generated, cfg.batch_size)
+            quality = quality_metrics(real_f, real_p, fake_f, fake_p, cfg, self.seed)
             figures.update({k: quality[k] for k in QUALITY_KEYS})
         if reference is not None:
-            k = p.distill.compare_n
+            k = self.compare_n
             similarity = agreement.agreement(reference[:k], images[:k])
             figures.update(ssim_to_teacher=similarity["ssim"], psnr_to_teacher=similarity["psnr"])
         return Measurement(figures, images)

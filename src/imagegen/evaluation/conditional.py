@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imagegen.data.loader import to_uint8
 from imagegen.data.processed import ProcessedDataset
 from imagegen.evaluation.features import FeatureExtractor
+
+if TYPE_CHECKING:
+    from imagegen.config import SampleConfig
 
 GUIDANCE_SCALES = (1.0, 3.0)
 
@@ -38,39 +41,43 @@ def prompt_accuracy(
     model_dir: Path,
     dataset: ProcessedDataset,
     extractor: FeatureExtractor,
-    params: Any,
-    n: int | None = None,
+    defaults: SampleConfig | None,
+    seed: int,
+    n: int,
     scales: Sequence[float] = GUIDANCE_SCALES,
     batch_size: int = 256,
 ) -> dict[str, float]:
     """``{prompt_accuracy_g<s>: accuracy}`` for each guidance scale, plus ``prompt_n`` (images per scale).
 
-    ``n`` images per scale (default ``evaluate.n_samples``, rounded down to a multiple of the classes), prompt
-    ``i`` being class ``i % C``'s caption; every scale starts from the same noise (``params.seed``). Empty
-    when the dataset has no class captions.
+    ``n`` images per scale (rounded down to a multiple of the classes), prompt ``i`` being class ``i % C``'s
+    caption, sampled with the project's ``sample`` section ``defaults`` at each guidance scale; every scale
+    starts from the same noise (``seed``). Empty when the dataset has no class captions.
     """
     from imagegen.artifact import load_model
-    from imagegen.sampling import sampler_kwargs
-    from imagegen.training.families import ddpm
+    from imagegen.sampling import resolve_settings
+    from imagegen.training.families import family_spec
     from imagegen.training.predict import compiled_predictor
 
     prompts = class_prompts(dataset)
     if not prompts:
         return {}
     classes = len(prompts)
-    n = max(classes, ((n or params.evaluate.n_samples) // classes) * classes)
+    n = max(classes, (n // classes) * classes)
     labels = np.arange(n) % classes
     loaded = load_model(model_dir)
-    predict = compiled_predictor(loaded.family.networks["unet_ema"])
+    declared = family_spec(loaded.name)
+    predict = compiled_predictor(loaded.family.networks[declared.denoiser[0]]) if declared.denoiser else None
     out: dict[str, float] = {"prompt_n": float(n)}
     for scale in scales:
-        kwargs = sampler_kwargs(params, loaded.meta, {"guidance_scale": float(scale)})
-        rng = np.random.default_rng(params.seed)
+        settings = resolve_settings(defaults, loaded.meta, {"guidance_scale": float(scale)})
+        rng = np.random.default_rng(seed)
         images = []
         for start in range(0, n, batch_size):
             part = labels[start : start + batch_size]
             batch_prompts = [prompts[c] for c in part]
-            x = ddpm.generate(loaded.family, len(part), rng, prompt=batch_prompts, predict=predict, **kwargs)
+            x = declared.generate(
+                loaded.family, len(part), rng, settings=settings, predict=predict, prompt=batch_prompts
+            )
             images.append(to_uint8(x))
         _, probs = extractor.embed(np.concatenate(images), batch_size)
         out[metric_key(scale)] = float(np.mean(probs.argmax(1) == labels))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagegen.config import Params
+from imagegen.config import EvaluateConfig
 from imagegen.data.processed import ProcessedDataset
 from imagegen.data.raw import cache_root
 from imagegen.evaluation import metrics
@@ -72,13 +72,12 @@ def read_cached_features(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray, n
 
 @phase("evaluate.metrics", "work")
 def quality_metrics(
-    real_f: np.ndarray, real_p: np.ndarray, fake_f: np.ndarray, fake_p: np.ndarray, params: Params
+    real_f: np.ndarray, real_p: np.ndarray, fake_f: np.ndarray, fake_p: np.ndarray, cfg: EvaluateConfig, seed: int
 ) -> dict[str, float]:
-    """FID, KID, precision/recall and class coverage of generated features against real ones."""
-    cfg = params.evaluate
-    kid_mean, kid_std = metrics.kid(
-        real_f, fake_f, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=params.seed
-    )
+    """FID, KID, precision/recall and class coverage of generated features against real ones.
+
+    ``cfg`` gives the KID subsets and the k of the k-NN manifolds; ``seed`` draws the KID subsets."""
+    kid_mean, kid_std = metrics.kid(real_f, fake_f, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=seed)
     precision, recall = metrics.precision_recall(real_f, fake_f, k=cfg.knn_k)
     cover = metrics.class_coverage(fake_p, real_p.shape[1])
     return {
@@ -94,8 +93,8 @@ def quality_metrics(
     }
 
 
-def real_floor(real_f: np.ndarray, real_p: np.ndarray, params: Params) -> dict[str, float]:
-    """The same metrics between two disjoint halves of the real images: what a perfect generator
-    would score at that sample size."""
-    half_a, half_b = metrics.split_halves(len(real_f), params.seed)
-    return quality_metrics(real_f[half_a], real_p[half_a], real_f[half_b], real_p[half_b], params)
+def real_floor(real_f: np.ndarray, real_p: np.ndarray, cfg: EvaluateConfig, seed: int) -> dict[str, float]:
+    """The same metrics between two disjoint halves of the real images (split by ``seed``): what a perfect
+    generator would score at that sample size."""
+    half_a, half_b = metrics.split_halves(len(real_f), seed)
+    return quality_metrics(real_f[half_a], real_p[half_a], real_f[half_b], real_p[half_b], cfg, seed)

@@ -43,6 +43,7 @@ from imagegen.data.loader import to_uint8
 from imagegen.evaluation.metrics import image_similarity
 from imagegen.export.graph import OUTPUT, SIGNATURE, Serving
 from imagegen.export.tflite import make_interpreter, pick_int8
+from imagegen.sampler_settings import SamplerSettings
 from imagegen.training.families import family_spec
 
 Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -79,19 +80,12 @@ def keras_images(
 
         x_T = inputs["x_T"]
         grid = model_timesteps(loaded)
-        images = declared.generate(
-            family,
-            len(x_T),
-            np.random.default_rng(0),  # never drawn from: x_T is given and eta = 0
-            labels=label,
-            sampler="ddim",
-            steps=ddpm_steps,
-            eta=0.0,
-            guidance_scale=guidance_scale,
-            clip_x0=clip_x0,
-            x_T=x_T,
-            **({"timesteps": grid} if grid else {}),
-        )
+        settings = SamplerSettings(
+            sampler="ddim", steps=ddpm_steps, eta=0.0, guidance_scale=guidance_scale, clip_x0=clip_x0,
+            timesteps=grid or None,
+        )  # fmt: skip
+        # The rng is never drawn from: x_T is given and eta = 0.
+        images = declared.generate(family, len(x_T), np.random.default_rng(0), labels=label, settings=settings, x_T=x_T)
         return to_uint8(images)
     net = family.networks[declared.sampling_networks[0]]
     z = inputs["z"]

@@ -80,15 +80,13 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
 
         if getattr(self, "_backend", None):  # before Keras is first imported in a serving process
             os.environ.setdefault("KERAS_BACKEND", self._backend)
-        from types import SimpleNamespace
-
         from imagegen.artifact import load_model
         from imagegen.config import SampleConfig
 
         self._model_dir = context.artifacts["model_dir"]
         self._loaded = load_model(self._model_dir)
         self.weights_digest = weights_digest(self._loaded.meta)
-        self._project = SimpleNamespace(sample=SampleConfig.model_validate(getattr(self, "_sample", {})))
+        self._defaults = SampleConfig.model_validate(getattr(self, "_sample", {}))
         self._samplers: dict[str, Any] = {}
 
     def _sampler(self, params: dict[str, Any] | None) -> Any:
@@ -96,12 +94,12 @@ class ImagegenModel(mlflow.pyfunc.PythonModel):
         section and the model's own grid), made on first use."""
         import json
 
-        from imagegen.sampling import make_sampler, sampler_kwargs
+        from imagegen.sampling import make_sampler, resolve_settings
 
-        kwargs = sampler_kwargs(self._project, self._loaded.meta, sampler_overrides(params))
-        key = json.dumps(kwargs, sort_keys=True, default=str)
+        settings = resolve_settings(self._defaults, self._loaded.meta, sampler_overrides(params))
+        key = json.dumps(settings.record(), sort_keys=True)
         if key not in self._samplers:
-            self._samplers[key] = make_sampler(self._loaded.family, kwargs)
+            self._samplers[key] = make_sampler(self._loaded.family, settings)
         return self._samplers[key]
 
     def predict(

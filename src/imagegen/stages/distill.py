@@ -118,7 +118,9 @@ def run_distill(
     teacher = load_model(teacher_dir)
     report_dir = params.train.reports_dir / f"distill_{family_name}_{method}"
     seed_everything(params.seed)
-    side_by_side = SideBySide(params, dataset)  # after seeding: it may build the feature model
+    side_by_side = SideBySide(
+        params.evaluate, dataset, params.seed, params.distill.compare_n, params.distill.speed_n
+    )  # after seeding: it may build the feature model
 
     run_params = {"method": method, "teacher": str(teacher_dir), "family": family_name, "seed": params.seed}
     for section in ("distill", "sample"):

@@ -133,7 +133,7 @@ def run_evaluate(
 ) -> Path:
     """Evaluate ``model_dir`` (sampling ``evaluate.n_samples`` images) or the images in ``samples``.
 
-    A model is sampled as :func:`imagegen.sampling.sampler_kwargs` decides: ``params.sample``, then the model's
+    A model is sampled as :func:`imagegen.sampling.resolve_settings` decides: ``params.sample``, then the model's
     own ``sampling`` record (a distilled student's grid), then the explicit ``sampler`` overrides.
     """
     if (model_dir is None) == (samples is None):
@@ -168,7 +168,7 @@ def run_evaluate(
             cfg.n_samples,
             seed=params.seed,
             show_progress=show_progress,
-            params=params,
+            defaults=params.sample,
             **(sampler or {}),
         )
         title = f"{model_meta.get('family', 'model')} ({model_dir})"
@@ -177,7 +177,9 @@ def run_evaluate(
         if model_meta.get("spec", {}).get(model_meta.get("family"), {}).get("captions"):  # caption model
             from imagegen.evaluation.conditional import prompt_accuracy
 
-            extra.update(prompt_accuracy(Path(model_dir), dataset, extractor, params))
+            extra.update(
+                prompt_accuracy(Path(model_dir), dataset, extractor, params.sample, params.seed, cfg.n_samples)
+            )
     else:
         images = given
         title = str(samples)
@@ -185,8 +187,8 @@ def run_evaluate(
 
     real_f, real_p, _ = real_features(extractor, dataset, cfg.max_real, params.seed, cfg.batch_size)
     fake_f, fake_p = extractor.embed(images, cfg.batch_size)
-    result: dict[str, Any] = quality_metrics(real_f, real_p, fake_f, fake_p, params)
-    result["floor"] = real_floor(real_f, real_p, params)
+    result: dict[str, Any] = quality_metrics(real_f, real_p, fake_f, fake_p, cfg, params.seed)
+    result["floor"] = real_floor(real_f, real_p, cfg, params.seed)
     result.update(extra)
     result.update(
         n_generated=int(len(images)),

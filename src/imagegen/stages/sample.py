@@ -91,7 +91,7 @@ def run_sample(
         meta = read_model_meta(model_dir)
         if not meta["spec"].get(meta["family"], {}).get("captions", False):
             raise ConfigError(f"{model_dir}: --prompt needs a caption-conditioned model (ddpm.captions=true)")
-    loaded, sample = sampling.load_sampler(model_dir, params, **sampler)
+    loaded, sample = sampling.load_sampler(model_dir, params.sample if params is not None else None, **sampler)
     size = batch_size or sampling.BATCH_SIZE
     out_dir.mkdir(parents=True, exist_ok=True)
     with phase("sample", "work"), progress(f"sample {loaded.name}", n, size, show_progress) as advance:

@@ -41,7 +41,7 @@ from imagegen.fileio import write_json, write_text
 from imagegen.outputs import check_output
 from imagegen.profiling import phase
 from imagegen.provenance import DIGEST_KEY
-from imagegen.sampling import make_sampler, sampler_kwargs
+from imagegen.sampling import make_sampler, resolve_settings
 from imagegen.timings import RUN_FILE
 from imagegen.tracking import start_run
 from imagegen.training.collapse import KLWatch, sample_health, sample_problems
@@ -51,7 +51,7 @@ from imagegen.training.loop import Trainer
 from imagegen.training.precision import accelerator, dtype_policy, resolve_jit, resolve_policy
 from imagegen.training.seeding import seed_everything
 
-__all__ = ["history_csv", "run_train", "sampler_kwargs", "seed_everything"]
+__all__ = ["history_csv", "run_train", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def run_train(
     stream = BatchStream(dataset.split("train"), cfg.batch_size, params.seed)
     # One sampler (one compiled predictor) for every grid and the collapse check: a fresh one per grid would
     # recompile the diffusion network each time (seconds with XLA on CPU).
-    sample = make_sampler(family, sampler_kwargs(params))
+    sample = make_sampler(family, resolve_settings(params.sample))
 
     def sample_fn(fam: Any, n: int, rng: np.random.Generator) -> np.ndarray:
         return sample(n, rng)

@@ -30,6 +30,7 @@ from imagegen.models.diffusion import predictor_eps_fn, q_sample, run_sampler, s
 from imagegen.models.matching import frozen, mse
 from imagegen.models.text import ENCODER_NAME, PAD_ID, load_text_encoder_weights, tokenizer_for
 from imagegen.models.unet import build_unet
+from imagegen.sampler_settings import SamplerSettings
 from imagegen.training.families.base import Caller, Family, Phase
 from imagegen.training.families.spec import FamilySpec
 
@@ -122,50 +123,67 @@ def generate(
     rng: np.random.Generator,
     labels: np.ndarray | None = None,
     *,
-    sampler: str = "ddim",
-    steps: int = 50,
-    eta: float = 0.0,
-    guidance_scale: float = 1.0,
-    clip_x0: bool = True,
-    use_ema: bool = True,
+    settings: SamplerSettings | None = None,
     predict: Callable[..., Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     x_T: np.ndarray | None = None,
-    timesteps: Sequence[int] | None = None,
     prompt: str | Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Sample ``n`` images (float32 in [-1, 1], clipped) with DDIM (``steps``, ``eta``) or DDPM (all T).
-
-    ``timesteps`` is an explicit descending DDIM grid (e.g. a distilled student's own, from its model.json
-    ``sampling``); it overrides ``steps``. DDPM ancestral sampling ignores it. ``prompt`` (caption models
-    only): one caption for every image or one per image; None draws with the null caption (unconditional).
-    Words the model's vocabulary lacks are read as ``<unk>``, with one warning.
-    """
+    """Sample ``n`` images (float32 in [-1, 1], clipped) with DDIM or DDPM as ``settings`` say (see :func:`denoise`)."""
+    settings = settings or SamplerSettings()
     cfg = DDPMConfig(**family.spec["ddpm"])
+    shape = tuple(family.spec["image_shape"])
+    x0 = denoise(
+        family, cfg, shape, n, rng, labels, settings, clip_x0=settings.clip_x0, predict=predict, progress=progress,
+        x_T=x_T, prompt=prompt,
+    )  # fmt: skip
+    return np.clip(np.asarray(ops.convert_to_numpy(x0), dtype=np.float32), -1.0, 1.0)
+
+
+def denoise(
+    family: Family,
+    cfg: DDPMConfig,
+    shape: tuple[int, ...],
+    n: int,
+    rng: np.random.Generator,
+    labels: np.ndarray | None,
+    settings: SamplerSettings,
+    *,
+    clip_x0: bool,
+    predict: Callable[..., Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    x_T: np.ndarray | None = None,
+    prompt: str | Sequence[str] | None = None,
+) -> Any:
+    """x0 (n, *shape) of the reverse process of ``family``'s EMA U-Net, in pixel or latent space.
+
+    DDIM (``settings.steps``, ``settings.eta``, or an explicit descending grid ``settings.timesteps``, e.g. a
+    distilled student's own) or DDPM ancestral sampling over all T (which ignores the grid); classifier-free
+    guidance at ``settings.guidance_scale`` for a class- or caption-conditioned U-Net; ``clip_x0`` clips each
+    predicted x0 to [-1, 1] (images, not latents). ``labels`` default to cycling over the classes. ``prompt``
+    (caption models only): one caption for every image or one per image; None draws with the null caption
+    (unconditional). Words the model's vocabulary lacks are read as ``<unk>``, with one warning.
+    """
     schedule = schedule_from_config(cfg)
-    model = family.networks["unet_ema" if use_ema else "unet"]
     if predict is None:
         from imagegen.training.predict import compiled_predictor
 
-        predict = compiled_predictor(model)
+        predict = compiled_predictor(family.networks["unet_ema"])
     num_classes = family.spec["num_classes"]
-    shape = (n, *family.spec["image_shape"])
-
-    if prompt is not None and not cfg.captions:
-        raise ConfigError("a prompt was given, but this model is not caption-conditioned (ddpm.captions=false)")
+    captions = bool(getattr(cfg, "captions", False))
+    if prompt is not None and not captions:
+        raise ConfigError(f"a prompt was given, but this {family.name} model is not caption-conditioned")
     if cfg.conditional:
         labels = (np.arange(n) % num_classes) if labels is None else np.asarray(labels)
-        eps_fn = predictor_eps_fn(predict, labels, num_classes, guidance_scale)
-    elif cfg.captions:
-        eps_fn = predictor_eps_fn(predict, caption_tokens(cfg, prompt, n), PAD_ID, guidance_scale)
+        eps_fn = predictor_eps_fn(predict, labels, num_classes, settings.guidance_scale)
+    elif captions:
+        eps_fn = predictor_eps_fn(predict, caption_tokens(cfg, prompt, n), PAD_ID, settings.guidance_scale)
     else:
         eps_fn = predictor_eps_fn(predict)
-
-    x0 = run_sampler(
-        eps_fn, schedule, shape, rng, sampler, steps=steps, eta=eta, timesteps=timesteps,
-        progress=progress, clip_x0=clip_x0, x_T=x_T,
+    return run_sampler(
+        eps_fn, schedule, (n, *shape), rng, settings.sampler, steps=settings.steps, eta=settings.eta,
+        timesteps=settings.timesteps, progress=progress, clip_x0=clip_x0, x_T=x_T,
     )  # fmt: skip
-    return np.clip(np.asarray(ops.convert_to_numpy(x0), dtype=np.float32), -1.0, 1.0)
 
 
 def caption_tokens(cfg: DDPMConfig, prompt: str | Sequence[str] | None, n: int) -> np.ndarray:

@@ -30,8 +30,9 @@ from keras import ops
 
 from imagegen.config import DDPMConfig, LDMConfig, Params, VAEConfig
 from imagegen.errors import ConfigError, DataError
-from imagegen.models.diffusion import predictor_eps_fn, run_sampler, schedule_from_config
 from imagegen.models.vae import build_decoder, build_encoder
+from imagegen.sampler_settings import SamplerSettings
+from imagegen.training.families import ddpm
 from imagegen.training.families.base import Caller, Family, Phase
 from imagegen.training.families.spec import FamilySpec, Requirement
 
@@ -109,8 +110,6 @@ def build(
     architecture comes from ``params.vae`` and ``ldm.scale_factor`` (both recorded in the model's spec); with no
     scale recorded (a blank LDM, e.g. for a throughput benchmark on random data) the scale is 1.
     """
-    from imagegen.training.families import ddpm
-
     cfg = params.ldm
     if getattr(cfg, "captions", False):
         raise ConfigError("ldm.captions=true: caption conditioning is a ddpm feature; the ldm takes class labels only")
@@ -190,42 +189,22 @@ def generate(
     rng: np.random.Generator,
     labels: np.ndarray | None = None,
     *,
-    sampler: str = "ddim",
-    steps: int = 50,
-    eta: float = 0.0,
-    guidance_scale: float = 1.0,
-    clip_x0: bool = True,
-    use_ema: bool = True,
+    settings: SamplerSettings | None = None,
     predict: Callable[..., Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     x_T: np.ndarray | None = None,
-    timesteps: Sequence[int] | None = None,
     prompt: Any = None,
 ) -> np.ndarray:
     """Sample ``n`` images (float32 in [-1, 1]): DDIM/DDPM in latent space, then the VAE decoder.
 
-    The keywords are those of :func:`imagegen.training.families.ddpm.generate`; ``x_T`` is latent noise
-    (n, *latent_grid). ``clip_x0`` is ignored: the predicted x0 is a latent, not an image in [-1, 1].
+    The DDPM family's reverse process (:func:`imagegen.training.families.ddpm.denoise`) on the latent grid;
+    ``x_T`` is latent noise (n, *latent_grid). ``settings.clip_x0`` is ignored: the predicted x0 is a latent,
+    not an image in [-1, 1].
     """
-    del clip_x0
-    if prompt is not None:
-        raise ConfigError("a prompt was given, but an ldm is not caption-conditioned")
     cfg = LDMConfig(**family.spec["ldm"])
-    schedule = schedule_from_config(cfg)
-    if predict is None:
-        from imagegen.training.predict import compiled_predictor
-
-        predict = compiled_predictor(family.networks["unet_ema" if use_ema else "unet"])
-    num_classes = int(family.spec["num_classes"])
-    shape = (n, *family.spec["latent_grid"])
-    if cfg.conditional:
-        labels = (np.arange(n) % num_classes) if labels is None else np.asarray(labels)
-        eps_fn = predictor_eps_fn(predict, labels, num_classes, guidance_scale)
-    else:
-        eps_fn = predictor_eps_fn(predict)
-    z0 = run_sampler(
-        eps_fn, schedule, shape, rng, sampler, steps=steps, eta=eta, timesteps=timesteps,
-        progress=progress, clip_x0=False, x_T=x_T,
+    z0 = ddpm.denoise(
+        family, cfg, tuple(family.spec["latent_grid"]), n, rng, labels, settings or SamplerSettings(),
+        clip_x0=False, predict=predict, progress=progress, x_T=x_T, prompt=prompt,
     )  # fmt: skip
     return decode(family, z0)
 

@@ -39,7 +39,8 @@ class FamilySpec:
 
     Callables take the family's own values: ``build(params, image_shape, num_classes, **extras)`` (``extras``:
     ``dataset`` when ``needs_dataset``, ``trained`` when ``requires``), ``generate(family, n, rng, labels=None,
-    **sampler keywords)``, ``noise_shape(spec)`` (per image, from a model's ``spec``; the noise a sample starts
+    *, settings=SamplerSettings, predict=None, ...)`` (a family reads the settings that concern it and ignores
+    the other keywords), ``noise_shape(spec)`` (per image, from a model's ``spec``; the noise a sample starts
     from: a latent vector, an image-shaped or latent-grid-shaped x_T).
     """
 
