@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -521,8 +520,7 @@ class RegistryConfig(Section):
         default=0.5,
         ge=0,
         le=1,
-        validation_alias=AliasChoices("min_class_coverage", "min_coverage"),
-        description="Share of classes the samples cover (eval.class_coverage; also read as min_coverage).",
+        description="Share of classes the samples cover (eval.class_coverage).",
     )
     min_class_entropy: float = Field(
         default=0.3, ge=0, le=1, description="Entropy of the predicted classes / log(num_classes)."
@@ -531,11 +529,18 @@ class RegistryConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _replaced_keys(cls, data: Any) -> Any:
-        """A params file written for the floor-ratio rule gets told what replaced it, not just "unknown key"."""
-        if isinstance(data, dict) and "max_fid_over_floor" in data:
+        """A params file written for an earlier gate gets told what replaced a key, not just "unknown key"."""
+        if not isinstance(data, dict):
+            return data
+        if "max_fid_over_floor" in data:
             raise ValueError(
                 "max_fid_over_floor was replaced by max_relative_fid (FID / the real features' total variance, "
                 "default 0.5): a ratio to the real-vs-real floor FID depended on the test-set size"
+            )
+        if "min_coverage" in data:
+            raise ValueError(
+                "min_coverage is now min_class_coverage (the share of classes the samples cover; `coverage` is "
+                "the coverage of Naeem et al.)"
             )
         return data
 
