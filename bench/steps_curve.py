@@ -4,7 +4,7 @@ In a project whose data and feature model exist (``imagegen ingest``, ``imagegen
 ``--family`` to the first milestone, then continues with ``--resume -S <family>.steps=N`` to each next one (a
 resumed run continues exactly: same batches, same noise, learning rates without schedules), and evaluates
 the model at every milestone with ``imagegen evaluate``. Prints one row per milestone (FID, KID, precision,
-recall, coverage, the training's ms/step) and writes them as CSV. The model folder and checkpoints of the
+recall, class coverage, the training's ms/step) and writes them as CSV. The model folder and checkpoints of the
 family in that project are overwritten; tracking is off. Example::
 
     python bench/steps_curve.py --project /tmp/proj --family dcgan --steps 600 1000 1400 2000 3000 \\
@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-COLUMNS = ("steps", "fid", "kid_mean", "precision", "recall", "coverage", "ms_per_step", "train_s", "evaluate_s")
+COLUMNS = (
+    "steps", "fid", "kid_mean", "precision", "recall", "class_coverage", "ms_per_step", "train_s", "evaluate_s",
+)  # fmt: skip
 
 
 def imagegen(project: Path, *args: str) -> float:

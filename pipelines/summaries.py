@@ -14,7 +14,9 @@ EVAL_METRICS = (
     "kid_mean",
     "precision",
     "recall",
+    "density",
     "coverage",
+    "class_coverage",
     "class_entropy",
     "mean_confidence",
 )

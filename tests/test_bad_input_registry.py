@@ -147,12 +147,12 @@ def test_bad_input_promote_is_idempotent_and_serialised(store: Store, how: str) 
 def test_bad_input_a_first_version_must_clear_the_absolute_floor(store: Store) -> None:
     before = store.champion()
     first = "imagegen-dcgan-digits"  # no champion yet
-    add_version(store.client(), first, version_tags(evaluation(precision=0.0, coverage=0.1)))
+    add_version(store.client(), first, version_tags(evaluation(precision=0.0, class_coverage=0.1)))
     result = store.cli("promote", first)
     assert result.exit_code == 3
     line = one_line(result.stdout)
     assert "absolute quality floor" in line
-    assert "registry.min_precision" in line and "registry.min_coverage" in line
+    assert "registry.min_precision" in line and "registry.min_class_coverage" in line
     assert store.champion(first) is None
     assert store.champion() == before
 
@@ -160,7 +160,7 @@ def test_bad_input_a_first_version_must_clear_the_absolute_floor(store: Store) -
 @pytest.mark.parametrize(
     ("case", "metrics", "named"),
     [
-        ("dcgan_mode_collapse", {"class_entropy": 0.01, "coverage": 0.1}, "eval.class_entropy"),
+        ("dcgan_mode_collapse", {"class_entropy": 0.01, "class_coverage": 0.1}, "eval.class_entropy"),
         (
             "vae_posterior_collapse",
             {"precision": 0.0, "recall": 0.0, "class_entropy": 0.0},
@@ -168,7 +168,7 @@ def test_bad_input_a_first_version_must_clear_the_absolute_floor(store: Store) -
         ),
         (
             "ddpm_flat_samples",
-            {"recall": 0.001, "class_entropy": 0.0, "coverage": 0.1},
+            {"recall": 0.001, "class_entropy": 0.0, "class_coverage": 0.1},
             "eval.class_entropy",
         ),
         (

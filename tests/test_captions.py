@@ -190,6 +190,13 @@ def test_a_caption_ddpm_draws_the_prompted_digit_well_above_chance(caption_model
     assert scores["prompt_n"] == 100
     assert scores["prompt_accuracy_g3"] > 0.3
     assert scores["prompt_accuracy_g1"] > 0.2
+    # Every prompt is reported; the mean is over prompts (equal images each) and the worst one is named.
+    table = scores["prompts"]
+    assert list(table) == dataset.captions["class_captions"]
+    for scale in ("g1", "g3"):
+        shares = [row[scale] for row in table.values()]
+        assert scores[f"prompt_accuracy_{scale}"] == pytest.approx(np.mean(shares))
+        assert scores[f"prompt_accuracy_min_{scale}"] == min(shares)
 
 
 @pytest.mark.timeout(1800)  # generous: the module fixture trains a model, slow on a busy machine

@@ -269,3 +269,13 @@ def test_an_unknown_section_is_named_without_its_contents(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_params(path)
     assert str(err.value) == f"{path}: unknown key 'trian'; check the spelling"
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [("registry.max_fid_over_floor=10", "max_relative_fid"), ("registry.min_coverage=0.5", "min_class_coverage")],
+)
+def test_a_gate_key_of_an_earlier_release_is_refused_naming_what_replaced_it(key: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named) as info:
+        load_params(None, [key])
+    assert len(str(info.value).splitlines()) == 1

@@ -66,7 +66,8 @@ def test_real_held_out_images_score_like_the_floor(setup, tmp_path, monkeypatch)
     out = run_evaluate(params, tmp_path / "out", samples=samples, data_dir=data, features_dir=features)
     m = json.loads((out / "metrics.json").read_text())
     assert m["precision"] > 0.8 and m["recall"] > 0.8, m
-    assert m["coverage"] == 1.0
+    assert m["class_coverage"] == 1.0 and m["coverage"] > 0.8 and 0.7 < m["density"] < 1.3, m
+    assert m["relative_fid"] < 0.1, m  # a small share of the real features' spread
     assert m["fid"] < 3 * m["floor"]["fid"] + 1.0, m  # real train images vs real test: close to real-vs-real
     assert {"class_histogram.csv", "grid.png", "report.md"} <= {p.name for p in out.iterdir()}
     assert "real-vs-real floor" in (out / "report.md").read_text()
@@ -83,7 +84,9 @@ def test_a_collapsed_generator_is_caught(setup, tmp_path, monkeypatch) -> None:
             run_evaluate(params, tmp_path / "o", samples=samples, data_dir=data, features_dir=features) / "metrics.json"
         ).read_text()
     )
-    assert m["coverage"] == pytest.approx(0.1)  # one class of ten
+    assert m["class_coverage"] == pytest.approx(0.1)  # one class of ten
+    assert m["coverage"] < 0.05  # the one image reaches a handful of the real k-NN balls
+    assert m["relative_fid"] > 0.5  # beyond the registry's default max_relative_fid
     assert m["recall"] < 0.05
     assert m["class_entropy"] < 0.05
 

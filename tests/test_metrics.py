@@ -168,11 +168,11 @@ def test_precision_recall_in_blocks_matches_a_brute_force_computation(batch: int
 def test_class_coverage_of_collapsed_and_balanced_predictions() -> None:
     one = np.tile(np.eye(10)[3], (500, 1))
     c = M.class_coverage(one, 10)
-    assert c["coverage"] == pytest.approx(0.1) and c["entropy"] == pytest.approx(0.0)
+    assert c["class_coverage"] == pytest.approx(0.1) and c["entropy"] == pytest.approx(0.0)
     assert c["inception_score"] == pytest.approx(1.0) and c["mean_confidence"] == pytest.approx(1.0)
     balanced = np.eye(10)[np.arange(500) % 10]
     c = M.class_coverage(balanced, 10)
-    assert c["coverage"] == 1.0 and c["entropy"] == pytest.approx(1.0)
+    assert c["class_coverage"] == 1.0 and c["entropy"] == pytest.approx(1.0)
     assert c["inception_score"] == pytest.approx(10.0)
     uniform = np.full((500, 10), 0.1)  # uninformative softmax: argmax all class 0, IS 1
     c = M.class_coverage(uniform, 10)
@@ -183,8 +183,8 @@ def test_class_coverage_ignores_stray_predictions_below_min_share() -> None:
     labels = np.concatenate([np.arange(990) % 9, [9, 9]])  # class 9: 2 of 1000 predictions
     probs = np.eye(10)[labels]
     # Threshold max(1, 0.1 * 1000 / 10) = 10 predictions: class 9 is not covered.
-    assert M.class_coverage(probs, 10)["coverage"] == pytest.approx(0.9)
-    assert M.class_coverage(probs, 10, min_share=0.0)["coverage"] == 1.0  # threshold 1: argmax at least once
+    assert M.class_coverage(probs, 10)["class_coverage"] == pytest.approx(0.9)
+    assert M.class_coverage(probs, 10, min_share=0.0)["class_coverage"] == 1.0  # threshold 1: argmax at least once
 
 
 # ------------------------------------------------------------------------------------------ split halves
@@ -229,3 +229,55 @@ def test_image_similarity_averages_psnr_over_the_differing_pairs() -> None:
     assert M.image_similarity(x[..., 0], y[..., 0]) == mixed  # (N, H, W) is read as one channel
     with pytest.raises(ValueError):
         M.image_similarity(x[:, :2, :2], y[:, :2, :2])  # too small for an SSIM window
+
+
+# ---------------------------------------------------------------------------------------- density / coverage
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_density_and_coverage_agree_with_the_prdc_package(k: int) -> None:
+    import prdc
+
+    rng = np.random.default_rng(k)
+    real = rng.normal(size=(600, 12))
+    fake = rng.normal(0.3, 1.3, size=(450, 12))
+    expected = prdc.compute_prdc(real, fake, k)
+    density, coverage = M.density_coverage(real, fake, k=k, batch=128)
+    assert density == pytest.approx(expected["density"], abs=1e-12)
+    assert coverage == pytest.approx(expected["coverage"], abs=1e-12)
+    assert M.precision_recall(real, fake, k=k) == pytest.approx((expected["precision"], expected["recall"]))
+
+
+def test_a_generator_of_one_image_covers_almost_none_of_the_real_data() -> None:
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(500, 8))
+    density, coverage = M.density_coverage(real, np.repeat(real[:1], 300, axis=0), k=5)
+    assert coverage < 0.05
+    good_density, good_coverage = M.density_coverage(real, rng.normal(size=(500, 8)), k=5)
+    assert good_coverage > 0.9 and 0.7 < good_density < 1.3
+
+
+# ---------------------------------------------------------------------------------------- relative FID
+
+
+def test_relative_fid_of_the_mean_image_is_one() -> None:
+    """A generator of the real mean: FID = tr(cov real) exactly, so the share of the real spread is 1."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(2000, 6)) * np.array([1, 2, 3, 1, 1, 0.5])
+    mean = np.repeat(real.mean(axis=0, keepdims=True), 500, axis=0)
+    assert M.relative_fid(M.fid(real, mean), real) == pytest.approx(1.0, rel=5e-3)
+
+
+def test_relative_fid_does_not_shrink_with_the_test_set_while_the_floor_does() -> None:
+    """The same slightly-off generator against 300 and 6,000 real images: its relative FID stays put, but the
+    real-vs-real floor (an estimation bias) shrinks, so a ratio to the floor would refuse it on the big set."""
+    rng = np.random.default_rng(1)
+    fake = rng.normal(0.15, 1.0, size=(2000, 8))
+    shares, floors = [], []
+    for n in (300, 6000):
+        real = rng.normal(size=(n, 8))
+        shares.append(M.relative_fid(M.fid(real, fake), real))
+        a, b = M.split_halves(n, 0)
+        floors.append(M.fid(real[a], real[b]))
+    assert shares[0] == pytest.approx(shares[1], abs=0.03)
+    assert floors[1] < floors[0] / 10

@@ -24,7 +24,10 @@ GOOD_EVAL: dict[str, Any] = {
     "kid_mean": 0.02,
     "precision": 0.65,
     "recall": 0.85,
-    "coverage": 1.0,
+    "relative_fid": 0.11,
+    "density": 0.95,
+    "coverage": 0.9,
+    "class_coverage": 1.0,
     "class_entropy": 0.93,
     "n_generated": 1000,
     "floor": {"fid": 1.0, "precision": 0.92, "recall": 0.91},
@@ -125,16 +128,16 @@ def test_the_default_floor_passes_todays_digits_models_and_refuses_a_collapsed_f
     for report in reports:
         ok, reason = _gate(version_tags(json.loads(report.read_text())))
         assert ok, f"{report}: {reason}"
-    ok, reason = _gate(version_tags(evaluation(precision=0.0, coverage=0.1)))
+    ok, reason = _gate(version_tags(evaluation(precision=0.0, class_coverage=0.1)))
     assert not ok and "absolute quality floor" in reason
-    assert "registry.min_precision" in reason and "registry.min_coverage" in reason
+    assert "registry.min_precision" in reason and "registry.min_class_coverage" in reason
 
 
 def test_collapse_never_passes_even_against_a_worse_champion() -> None:
     champion = version_tags(evaluation(fid=50.0))
     for collapsed in (
         evaluation(class_entropy=0.01, fid=2.0),  # DCGAN mode collapse: one class
-        evaluation(recall=0.0, precision=0.0, class_entropy=0.0, coverage=0.1),  # VAE: the mean image
+        evaluation(recall=0.0, precision=0.0, class_entropy=0.0, class_coverage=0.1),  # VAE: the mean image
         evaluation(fid=math.nan),  # DDPM non-finite samples
     ):
         ok, reason = _gate(
@@ -142,9 +145,9 @@ def test_collapse_never_passes_even_against_a_worse_champion() -> None:
             champion,
             min_precision=0,
             min_recall=0,
-            min_coverage=0,
+            min_class_coverage=0,
             min_class_entropy=0,
-            max_fid_over_floor=1e9,
+            max_relative_fid=1e9,
         )
         assert not ok and "collapse" in reason, reason
     with pytest.raises(ValueError):
@@ -155,7 +158,7 @@ def test_the_gate_names_a_missing_parity_verdict_and_missing_metrics() -> None:
     ok, reason = _gate(version_tags(GOOD_EVAL, parity=None))
     assert not ok and "export.parity_passed" in reason and "--export" in reason
     ok, reason = _gate(version_tags({"fid": 3.0}))
-    assert not ok and "eval.precision" in reason and "eval.floor.fid" in reason
+    assert not ok and "eval.precision" in reason and "eval.relative_fid" in reason
 
 
 # --------------------------------------------------------------------------------------------------

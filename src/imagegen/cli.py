@@ -221,7 +221,8 @@ def evaluate_cmd(
     sampler: SamplerOpt = None,
     eta: EtaOpt = None,
 ) -> None:
-    """FID, KID, precision/recall and class coverage of generated images, beside the real-vs-real floor."""
+    """FID, KID, precision/recall, density/coverage and class coverage of generated images, beside the real-vs-real
+    floor."""
     cfg = _load(params, set_)
     from imagegen.stages.evaluate import run_evaluate
 

@@ -506,18 +506,44 @@ class RegistryConfig(Section):
     min_improvement: float = Field(
         default=0.02, ge=0, lt=1, description="Relative improvement of the gate metric needed to replace the champion."
     )
-    # The absolute floor every version must clear (a first version too). Defaults: the digits models
-    # of the default pipeline score FID 2.9-5.8x the floor, precision >= 0.6, recall >= 0.75, coverage
-    # 1.0, class entropy >= 0.82; a collapsed model scores near 0 on all but FID.
-    max_fid_over_floor: float = Field(
-        default=10.0, gt=0, description="FID must be <= this x the real-vs-real floor FID (eval.floor.fid)."
+    # The absolute floor every version must clear (a first version too). It means the same on any dataset and
+    # test-set size: FID as a share of the real features' total variance (a mean-image generator scores ~1 or
+    # more), and shares of samples or classes.
+    max_relative_fid: float = Field(
+        default=0.5,
+        gt=0,
+        description="FID / total variance of the real features (eval.relative_fid) must be <= this.",
     )
     min_precision: float = Field(default=0.2, ge=0, le=1)
     min_recall: float = Field(default=0.2, ge=0, le=1)
-    min_coverage: float = Field(default=0.5, ge=0, le=1, description="Share of classes the samples cover.")
+    min_class_coverage: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share of classes the samples cover (eval.class_coverage).",
+    )
     min_class_entropy: float = Field(
         default=0.3, ge=0, le=1, description="Entropy of the predicted classes / log(num_classes)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        """A params file written for an earlier gate gets told what replaced a key, not just "unknown key"."""
+        if not isinstance(data, dict):
+            return data
+        if "max_fid_over_floor" in data:
+            raise ValueError(
+                "max_fid_over_floor was replaced by max_relative_fid (FID / the real features' total variance, "
+                "default 0.5): a ratio to the real-vs-real floor FID depended on the test-set size"
+            )
+        if "min_coverage" in data:
+            raise ValueError(
+                "min_coverage is now min_class_coverage (the share of classes the samples cover; `coverage` is "
+                "the coverage of Naeem et al.)"
+            )
+        return data
+
     # Collapse: never promoted without --force; > 0 so no setting turns the check off.
     collapse_class_entropy: float = Field(default=0.05, gt=0, le=1)
     collapse_recall: float = Field(default=0.01, gt=0, le=1)

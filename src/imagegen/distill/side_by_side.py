@@ -24,7 +24,7 @@ from imagegen.sampling import make_sampler, sample_images
 from imagegen.training.families import family_spec
 from imagegen.training.families.base import Family
 
-QUALITY_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "coverage")
+QUALITY_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "class_coverage")
 
 
 @dataclass

@@ -4,7 +4,8 @@ For a caption-conditioned DDPM trained on a labelled dataset (captions from ``da
 are generated for each class's caption, in equal numbers, and the pipeline's feature classifier labels them.
 The *prompted-class accuracy* is the share it assigns to the prompted class: chance is 1 / num_classes, and
 the classifier's own test accuracy on real images is the practical ceiling. It is reported at classifier-free
-guidance 1 (the conditional prediction alone) and 3. Datasets whose captions do not name a class (a folder's
+guidance 1 (the conditional prediction alone) and 3, for every prompt and as the mean and the worst prompt's
+(a mean can hide one prompt that does not work). Datasets whose captions do not name a class (a folder's
 ``captions.csv``) have no class prompts, so the check is skipped there.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,8 +28,18 @@ GUIDANCE_SCALES = (1.0, 3.0)
 
 
 def metric_key(scale: float) -> str:
-    """``prompt_accuracy_g1``, ``prompt_accuracy_g3``, ``prompt_accuracy_g1.5``."""
+    """``prompt_accuracy_g1``, ``prompt_accuracy_g3``, ``prompt_accuracy_g1.5``: the mean over prompts."""
     return f"prompt_accuracy_g{scale:g}"
+
+
+def worst_key(scale: float) -> str:
+    """``prompt_accuracy_min_g3``: the worst prompt's accuracy at that guidance scale."""
+    return f"prompt_accuracy_min_g{scale:g}"
+
+
+def scale_key(scale: float) -> str:
+    """``g3``: a guidance scale's key in the per-prompt table."""
+    return f"g{scale:g}"
 
 
 def class_prompts(dataset: ProcessedDataset) -> list[str] | None:
@@ -47,7 +58,8 @@ def prompt_accuracy(
     scales: Sequence[float] = GUIDANCE_SCALES,
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """``{prompt_accuracy_g<s>: accuracy}`` for each guidance scale, plus ``prompt_n`` (images per scale).
+    """``{prompt_accuracy_g<s>: mean, prompt_accuracy_min_g<s>: worst prompt}`` for each guidance scale,
+    ``prompt_n`` (images per scale) and ``prompts``: ``{prompt: {"g<s>": accuracy}}``.
 
     ``n`` images per scale (rounded down to a multiple of the classes), prompt ``i`` being class ``i % C``'s
     caption, sampled with the project's ``sample`` section ``defaults`` at each guidance scale; every scale
@@ -67,7 +79,8 @@ def prompt_accuracy(
     loaded = load_model(model_dir)
     declared = family_spec(loaded.name)
     predict = compiled_predictor(loaded.family.networks[declared.denoiser[0]]) if declared.denoiser else None
-    out: dict[str, float] = {"prompt_n": float(n)}
+    out: dict[str, Any] = {"prompt_n": float(n)}
+    table: dict[str, dict[str, float]] = {prompt: {} for prompt in prompts}
     for scale in scales:
         settings = resolve_settings(defaults, loaded.meta, {"guidance_scale": float(scale)})
         rng = np.random.default_rng(seed)
@@ -80,5 +93,11 @@ def prompt_accuracy(
             )
             images.append(to_uint8(x))
         _, probs = extractor.embed(np.concatenate(images), batch_size)
-        out[metric_key(scale)] = float(np.mean(probs.argmax(1) == labels))
+        hit = probs.argmax(1) == labels
+        shares = [float(hit[labels == c].mean()) for c in range(classes)]
+        for prompt, share in zip(prompts, shares, strict=True):
+            table[prompt][scale_key(scale)] = share
+        out[metric_key(scale)] = float(hit.mean())
+        out[worst_key(scale)] = min(shares)
+    out["prompts"] = table
     return out

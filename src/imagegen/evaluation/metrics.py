@@ -1,8 +1,10 @@
 """Sample-quality metrics on feature matrices (N, D): pure numpy/scipy, no deep-learning framework.
 
-* FID (Heusel et al. 2017): :func:`frechet_distance`, :func:`feature_stats`, :func:`fid`.
+* FID (Heusel et al. 2017): :func:`frechet_distance`, :func:`feature_stats`, :func:`fid`; :func:`relative_fid`, FID
+  as a share of the real features' total variance (comparable across datasets and feature extractors).
 * KID (Binkowski et al. 2018): :func:`kid`, unbiased MMD^2 with a cubic polynomial kernel over subsets.
 * Improved precision / recall (Kynkaanniemi et al. 2019): :func:`precision_recall`, on k-NN balls.
+* Density / coverage (Naeem et al. 2020): :func:`density_coverage`, on the real samples' k-NN balls only.
 * Class coverage and an Inception-Score-style number from a classifier's softmax: :func:`class_coverage`.
 * The real-vs-real floor's split: :func:`split_halves`.
 * SSIM / PSNR (scikit-image) over paired uint8 images: :func:`image_similarity`.
@@ -22,11 +24,13 @@ from scipy import linalg
 
 __all__ = [
     "class_coverage",
+    "density_coverage",
     "feature_stats",
     "fid",
     "frechet_distance",
     "image_similarity",
     "kid",
+    "relative_fid",
     "knn_radii",
     "precision_recall",
     "split_halves",
@@ -131,6 +135,22 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     mu1, s1 = feature_stats(feats_a)
     mu2, s2 = feature_stats(feats_b)
     return frechet_distance(mu1, s1, mu2, s2)
+
+
+def relative_fid(fid_value: float, real: np.ndarray) -> float:
+    """``fid_value`` divided by the total variance (trace of the covariance) of the ``real`` features.
+
+    FID is a squared distance in the feature space, so its scale is the feature extractor's: a learned
+    classifier's features spread differently on every dataset. Divided by the real features' total variance it
+    becomes a share of the real data's own spread: a generator of the mean image scores about 1 or more, a
+    perfect one about 0. Unlike a ratio to the real-vs-real floor (an estimation bias that vanishes as the test
+    set grows), it does not depend on how many real images there are.
+    """
+    r = _features(real, "relative_fid", min_rows=2)
+    total = float(np.trace(np.atleast_2d(np.cov(r, rowvar=False))))
+    if not total > 0:
+        raise ValueError("relative_fid: the real features have no variance")
+    return float(fid_value) / total
 
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> np.ndarray:
@@ -258,10 +278,41 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch: int 
     return float(precision), float(recall)
 
 
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5, batch: int = 512) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020), as the ``prdc`` package computes them.
+
+    Only the real samples' k-NN balls are used (radius: distance to the k-th nearest other real sample), so
+    outliers among the fakes cannot inflate them:
+
+    * density  = (1 / k) x the mean, over fake samples, of how many real balls contain the sample
+      (about 1 for a generator matching the real distribution, above 1 when samples crowd dense regions);
+    * coverage = share of real samples whose ball contains at least one fake sample (diversity; a
+      collapsed generator covers only the balls around its few modes).
+
+    Containment is strict (distance < radius), as in ``prdc``. Distances are computed ``batch`` real rows
+    at a time in float64.
+    """
+    r, f = _features(real, "density_coverage"), _features(fake, "density_coverage")
+    if r.shape[1] != f.shape[1]:
+        raise ValueError(f"density_coverage: feature dimensions differ: {r.shape[1]} vs {f.shape[1]}")
+    if len(r) <= k:
+        raise ValueError(f"density_coverage: need more than k={k} real samples, got {len(r)}")
+    radii = knn_radii(r, k, batch)
+    f_sq = (f * f).sum(axis=1)
+    inside = np.zeros(len(f))
+    covered = np.zeros(len(r), dtype=bool)
+    for start in range(0, len(r), batch):
+        d = _sq_distances(r[start : start + batch], f, f_sq)  # (real block, fake)
+        within = d < radii[start : start + batch, None]
+        inside += within.sum(axis=0)
+        covered[start : start + batch] = within.any(axis=1)
+    return float(inside.mean() / k), float(covered.mean())
+
+
 def class_coverage(probs: np.ndarray, num_classes: int, min_share: float = 0.1) -> dict[str, float]:
     """How generated samples spread over the classes, from a classifier's softmax outputs (N, C).
 
-    * ``coverage``: share of the C classes that receive at least ``max(1, min_share * N / C)`` argmax
+    * ``class_coverage``: share of the C classes that receive at least ``max(1, min_share * N / C)`` argmax
       predictions, i.e. at least ``min_share`` (default 10%) of the count a perfectly balanced generator
       would give them; a class hit only by a stray sample or two is not counted as covered.
     * ``entropy``: entropy (nats) of the predicted-class histogram divided by log(C): 1 = uniform, 0 = every
@@ -286,7 +337,7 @@ def class_coverage(probs: np.ndarray, num_classes: int, min_share: float = 0.1) 
     log_marginal = np.log(np.clip(marginal, 1e-12, None))
     kl = (p * (log_p - log_marginal[None, :])).sum(axis=1)
     return {
-        "coverage": float((counts >= threshold).sum() / num_classes),
+        "class_coverage": float((counts >= threshold).sum() / num_classes),
         "entropy": max(entropy, 0.0),
         "mean_confidence": float(p.max(axis=1).mean()),
         "inception_score": float(np.exp(kl.mean())),

@@ -74,19 +74,25 @@ def read_cached_features(cache: Path, n: int) -> tuple[np.ndarray, np.ndarray, n
 def quality_metrics(
     real_f: np.ndarray, real_p: np.ndarray, fake_f: np.ndarray, fake_p: np.ndarray, cfg: EvaluateConfig, seed: int
 ) -> dict[str, float]:
-    """FID, KID, precision/recall and class coverage of generated features against real ones.
+    """FID (and FID relative to the real features' spread), KID, precision/recall, density/coverage and class
+    coverage of generated features against real ones.
 
     ``cfg`` gives the KID subsets and the k of the k-NN manifolds; ``seed`` draws the KID subsets."""
     kid_mean, kid_std = metrics.kid(real_f, fake_f, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=seed)
     precision, recall = metrics.precision_recall(real_f, fake_f, k=cfg.knn_k)
+    density, coverage = metrics.density_coverage(real_f, fake_f, k=cfg.knn_k)
     cover = metrics.class_coverage(fake_p, real_p.shape[1])
+    fid = metrics.fid(real_f, fake_f)
     return {
-        "fid": metrics.fid(real_f, fake_f),
+        "fid": fid,
+        "relative_fid": metrics.relative_fid(fid, real_f),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
-        "coverage": cover["coverage"],
+        "density": density,
+        "coverage": coverage,
+        "class_coverage": cover["class_coverage"],
         "class_entropy": cover["entropy"],
         "mean_confidence": cover["mean_confidence"],
         "classifier_score": cover["inception_score"],

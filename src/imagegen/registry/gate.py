@@ -9,14 +9,17 @@ Checks, in order; the first that fails is the reason recorded on the version:
    evaluation (``eval.weights_digest``) and its export (``export.weights_digest``) measured, so a champion
    always serves the weights whose figures made it one. ``register`` refuses a mismatch already; this
    catches tags edited since and versions registered before digests existed.
-3. **Evaluated**: the tags the gate reads (``eval.fid``, ``eval.precision``, ``eval.recall``,
-   ``eval.coverage``, ``eval.class_entropy``, ``eval.floor.fid``) must exist.
+3. **Evaluated**: the tags the gate reads (``eval.fid``, ``eval.relative_fid``, ``eval.precision``, ``eval.recall``,
+   ``eval.class_coverage``, ``eval.class_entropy``) must exist. A version registered before class coverage
+   had its own name carries it as ``eval.coverage`` (with no ``eval.density`` beside it), and is read so.
 4. **Collapse**: a non-finite metric, or class entropy or recall near 0, is collapse (DCGAN mode
    collapse, VAE posterior collapse: every sample the mean image, DDPM flat or non-finite samples).
    The thresholds must be > 0, so no setting lets a collapsed model through; only ``--force``.
-5. **Absolute floor**: FID at most ``max_fid_over_floor`` x the real-vs-real floor FID, and
-   precision, recall, class coverage and class entropy at least their minimums. Every version must
-   clear it, so a first version (no champion yet) is not promoted just for being first.
+5. **Absolute floor**: FID as a share of the real features' total variance (``eval.relative_fid``) at most
+   ``max_relative_fid``, and precision, recall, class coverage and class entropy at least their minimums.
+   Every number is a share, so the floor means the same on any dataset and test-set size (a ratio to the
+   real-vs-real floor FID did not: that floor is an estimation bias that shrinks as the test set grows).
+   Every version must clear it, so a first version (no champion yet) is not promoted just for being first.
 6. **Improvement**: with a champion, ``gate_metric`` must beat the champion's by
    ``min_improvement``.
 """
@@ -32,11 +35,21 @@ PARITY_TAG = "export.parity_passed"
 DIGEST_TAG = "weights_digest"  # the registered weights (imagegen.provenance.DIGEST_KEY)
 EVAL_DIGEST_TAG = "eval.weights_digest"  # the weights the evaluation sampled
 EXPORT_DIGEST_TAG = "export.weights_digest"  # the weights the export converted
-REQUIRED = ("fid", "precision", "recall", "coverage", "class_entropy", "floor.fid")
+REQUIRED = ("fid", "relative_fid", "precision", "recall", "class_coverage", "class_entropy")
 
 
 def eval_tag(metric: str) -> str:
     return f"eval.{metric}"
+
+
+def read_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """``tags`` with a version's class coverage under ``eval.class_coverage`` also when it was registered as
+    ``eval.coverage`` (before density and coverage of Naeem et al. were measured, that tag was class coverage)."""
+    out = dict(tags)
+    old = eval_tag("coverage")
+    if eval_tag("class_coverage") not in out and old in out and eval_tag("density") not in out:
+        out[eval_tag("class_coverage")] = out[old]
+    return out
 
 
 def _number(text: str | None) -> float | None:
@@ -109,16 +122,15 @@ def collapse_problem(version: str, tags: Mapping[str, str], cfg: RegistryConfig)
 def floor_problem(version: str, tags: Mapping[str, str], cfg: RegistryConfig) -> str | None:
     v = {m: float(tags[eval_tag(m)]) for m in REQUIRED}
     failed = []
-    fid_limit = cfg.max_fid_over_floor * v["floor.fid"]
-    if v["fid"] > fid_limit:
+    if v["relative_fid"] > cfg.max_relative_fid:
         failed.append(
-            f"eval.fid {v['fid']:.4g} > registry.max_fid_over_floor {cfg.max_fid_over_floor:g} x "
-            f"eval.floor.fid {v['floor.fid']:.4g} = {fid_limit:.4g}"
+            f"eval.relative_fid {v['relative_fid']:.3g} > registry.max_relative_fid {cfg.max_relative_fid:g} "
+            "(FID / the real features' total variance)"
         )
     for metric, minimum in (
         ("precision", cfg.min_precision),
         ("recall", cfg.min_recall),
-        ("coverage", cfg.min_coverage),
+        ("class_coverage", cfg.min_class_coverage),
         ("class_entropy", cfg.min_class_entropy),
     ):
         if v[metric] < minimum:
@@ -136,6 +148,7 @@ def gate(
     champion_tags: Mapping[str, str] | None,
 ) -> tuple[bool, str]:
     """Whether ``version`` (with ``tags``) may replace the champion, and why."""
+    tags = read_tags(tags)
     checks = (
         lambda: parity_problem(version, tags),
         lambda: provenance_problem(version, tags),

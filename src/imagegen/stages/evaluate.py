@@ -98,7 +98,10 @@ def report_markdown(title: str, result: dict[str, Any]) -> str:
         ("KID mean", "kid_mean"),
         ("precision", "precision"),
         ("recall", "recall"),
-        ("class coverage", "coverage"),
+        ("FID / real feature variance", "relative_fid"),
+        ("density", "density"),
+        ("coverage (real k-NN balls reached)", "coverage"),
+        ("class coverage", "class_coverage"),
         ("class entropy (1 = uniform)", "class_entropy"),
         ("mean classifier confidence", "mean_confidence"),
     ]
@@ -117,6 +120,16 @@ def report_markdown(title: str, result: dict[str, Any]) -> str:
     for key in ("ssim", "psnr"):
         if key in result:
             lines.append(f"| reconstruction {key.upper()} | {result[key]:.4f} | |")
+    if result.get("prompts"):
+        scales = list(next(iter(result["prompts"].values())))
+        lines += [
+            "",
+            "Share of each prompt's images the classifier assigns to the prompted class, by guidance scale:",
+            "",
+            "| prompt | " + " | ".join(scales) + " |",
+            "|---|" + "---|" * len(scales),
+        ]
+        lines += [f"| {p} | " + " | ".join(f"{s[k]:.3f}" for k in scales) + " |" for p, s in result["prompts"].items()]
     lines += ["", "![samples](grid.png)", ""]
     return "\n".join(lines)
 
@@ -205,6 +218,8 @@ def run_evaluate(
 
     flat = {k: v for k, v in result.items() if isinstance(v, float | int) and np.isfinite(v)}
     flat.update({f"floor.{k}": v for k, v in result["floor"].items() if np.isfinite(v)})
+    for i, scores in enumerate(result.get("prompts", {}).values()):  # per prompt, in class order
+        flat.update({f"prompt_accuracy_{scale}.{i}": v for scale, v in scores.items()})
     with start_run(
         params.tracking,
         run_name=f"evaluate-{model_meta.get('family', 'samples')}",
