@@ -30,7 +30,7 @@ from imagegen.training.families import build_family
 
 if TYPE_CHECKING:
     from imagegen.training.families import Family
-    from imagegen.training.families.spec import FamilySpec
+    from imagegen.training.families.spec import FamilySpec, Requirement
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
@@ -166,7 +166,9 @@ def load_requirements(spec: FamilySpec, section: Any, image_shape: tuple[int, ..
     """The trained models family ``spec`` is built from (``spec.requires``), loaded from the folders its params
     ``section`` names, by requirement key: what :func:`~imagegen.training.families.build_family` takes as
     ``trained``. A missing folder, a model of another family or of other images is a one-line DataError saying
-    how to make the right one."""
+    how to make the right one. So is one whose ``model.json`` records a collapse found by training's checks
+    (:mod:`imagegen.training.collapse`): a family built on it would learn from black, flat or uninformative
+    outputs, so it is refused before any training."""
     trained: dict[str, Family] = {}
     for req in spec.requires:
         path = Path(getattr(section, req.key))
@@ -175,6 +177,7 @@ def load_requirements(spec: FamilySpec, section: Any, image_shape: tuple[int, ..
             raise DataError(
                 f"{where}: no trained {req.label} there (no {MODEL_FILE}); run `imagegen train {req.family}` first"
             )
+        check_not_collapsed(read_model_meta(path), where, req)
         loaded = load_model(path)
         if loaded.name != req.family:
             raise DataError(f"{where}: a {loaded.name} model, expected a {req.label} (`imagegen train {req.family}`)")
@@ -183,3 +186,17 @@ def load_requirements(spec: FamilySpec, section: Any, image_shape: tuple[int, ..
             raise DataError(f"{where}: trained on images {shape}, but this dataset's are {tuple(image_shape)}")
         trained[req.key] = loaded.family
     return trained
+
+
+def check_not_collapsed(meta: dict[str, Any], where: str, req: Requirement) -> None:
+    """Refuse (one-line DataError) a required model whose ``model.json`` records a collapse warning, naming what
+    training found and how to get a usable one."""
+    collapse = meta.get("collapse")
+    if meta.get("family") != req.family or not isinstance(collapse, dict) or not collapse.get("warning"):
+        return  # a model of another family is refused as such by the caller
+    found = "; ".join(" ".join(str(p).split()) for p in collapse.get("problems") or []) or "a collapse warning"
+    raise DataError(
+        f"{where}: {MODEL_FILE} records a collapsed {req.label} ({found}); retrain it (`imagegen train "
+        f"{req.family}`, see its train_{req.family}/metrics.json and sample grids) until training reports no "
+        f"collapse, or point {where.split('=')[0]} at a healthy {req.label}"
+    )

@@ -224,7 +224,18 @@ class DCGANConfig(Section):
 class VAEConfig(Section):
     latent_dim: int = Field(default=16, gt=0)
     base_filters: int = Field(default=32, gt=0)
-    beta: float = Field(default=1.0, ge=0)
+    beta: float = Field(
+        default=0.5,
+        ge=0,
+        description="loss = reconstruction + beta * KL. 0.5 with the Bernoulli term weighs reconstruction against "
+        "the KL as the gaussian term with beta 1 does at mid-grey pixels (use 1.0 with likelihood=gaussian).",
+    )
+    likelihood: Literal["bernoulli", "gaussian"] = Field(
+        default="bernoulli",
+        description="Reconstruction term: bernoulli (pixel brightness, on the decoder's logits; never stuck when "
+        "the output saturates) | gaussian (squared error of the tanh output; can saturate all black on dark "
+        "images).",
+    )
     free_bits: float = Field(
         default=0.1,
         ge=0,

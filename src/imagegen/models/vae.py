@@ -2,10 +2,24 @@
 
 Images are in [-1, 1]. The encoder halves the side with stride-2 convs down to a small seed (see
 :func:`imagegen.models.layers.conv_plan`) and outputs ``[z_mean, z_log_var]``; the decoder mirrors it
-with stride-2 transposed convs and a tanh output. The trainer minimises
-``reconstruction_loss + beta * kl_divergence``. The reconstruction term is the per-image *sum* of
-squared errors (a Gaussian likelihood with fixed variance 1/2, up to a constant), so it is on the
-same per-image scale as the KL sum; averaging over pixels instead would make the KL dominate.
+with stride-2 transposed convs, a conv to the image's channels (``to_image``, its output ``h``) and a tanh.
+The trainer minimises ``reconstruction + beta * kl_divergence``, both summed per image, so they are on the
+same per-image scale.
+
+The reconstruction term is a likelihood of each pixel, chosen by ``vae.likelihood``:
+
+- ``bernoulli`` (default): pixel brightness ``t = (x + 1) / 2`` under a Bernoulli of logit ``2h`` (the
+  decoder's image ``tanh(h)`` is exactly ``2 sigmoid(2h) - 1``, its mean), taken from ``h`` itself
+  (:func:`bernoulli_reconstruction_loss`). The gradient with respect to ``h`` is ``2 (sigmoid(2h) - t)``:
+  it stays large wherever the output is wrong, however saturated the tanh.
+- ``gaussian``: the sum of squared errors of the tanh output (a Gaussian of fixed variance 1/2). Its
+  gradient with respect to ``h`` carries the factor ``1 - tanh(h)^2``, which vanishes once ``h`` is a few
+  units from 0. On dark images (most pixels -1, a few bright strokes) the first steps push every output
+  towards -1; with Adam's early full-size steps ``h`` overshoots deep into the tanh's flat tail, every
+  gradient there is ~0, and the decoder stays black for good (samples all black, the reconstruction
+  stuck at the all-black image's error). Kept to reproduce models trained with it.
+
+Either way the decoder's image is ``tanh(h)``, so a model trained with either decodes the same way.
 
 Against posterior collapse the KL term can be taken with *free bits* (Kingma et al. 2016, "Improved
 variational inference with inverse autoregressive flow"): ``sum_d max(lambda, KL_d)`` with ``KL_d`` the
@@ -62,6 +76,17 @@ def build_decoder(cfg: VAEConfig, image_size: int, channels: int) -> keras.Model
     return keras.Model(z, image, name="vae_decoder")
 
 
+def decoder_logits(decoder: keras.Model) -> keras.Model:
+    """z -> ``h``, the decoder's output before its tanh, float32: a model built from ``decoder``'s own layers,
+    so it has the decoder's variables in the same order (a :class:`~imagegen.training.families.base.Family`
+    view). The Bernoulli likelihood reads its logits from here, not from the saturating tanh output."""
+    h = layers.Activation("linear", dtype="float32", name="logits")(decoder.get_layer("to_image").output)
+    view = keras.Model(decoder.input, h, name="vae_decoder_logits")
+    if [id(v) for v in view.trainable_variables] != [id(v) for v in decoder.trainable_variables]:
+        raise AssertionError("decoder_logits: the view does not hold the decoder's variables in its order")
+    return view
+
+
 def reparameterize(z_mean: Any, z_log_var: Any, eps: Any) -> Any:
     """z = mean + exp(log_var / 2) * eps, with eps ~ N(0, I) drawn by the caller (same shape)."""
     return z_mean + ops.exp(0.5 * z_log_var) * ops.cast(eps, z_mean.dtype)
@@ -71,6 +96,23 @@ def reconstruction_loss(x: Any, x_hat: Any) -> Any:
     """Sum of squared errors over each image's pixels and channels, mean over the batch; scalar."""
     diff = ops.cast(x, "float32") - ops.cast(x_hat, "float32")
     per_image = ops.sum(ops.square(diff), axis=tuple(range(1, len(diff.shape))))
+    return ops.mean(per_image)
+
+
+def bernoulli_reconstruction_loss(x: Any, h: Any) -> Any:
+    """Bernoulli negative log-likelihood of the brightness ``(x + 1) / 2`` under logits ``2h`` (``h``: the
+    decoder's pre-tanh output), less its minimum (the targets' own entropy), summed over each image's pixels
+    and channels and averaged over the batch; scalar, 0 for a perfect reconstruction.
+
+    Written on logits (``softplus(l) - t l``), it is finite for any ``h`` and its gradient is ``2 (sigmoid(2h) - t)``.
+    """
+    t = (ops.cast(x, "float32") + 1.0) / 2.0
+    t = ops.clip(t, 0.0, 1.0)
+    logits = 2.0 * ops.cast(h, "float32")
+    nll = ops.softplus(logits) - t * logits
+    safe = ops.clip(t, 1e-7, 1.0 - 1e-7)
+    entropy = -(t * ops.log(safe) + (1.0 - t) * ops.log(1.0 - safe))  # constant: no gradient reaches h
+    per_image = ops.sum(nll - entropy, axis=tuple(range(1, len(nll.shape))))
     return ops.mean(per_image)
 
 

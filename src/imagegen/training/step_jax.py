@@ -79,10 +79,10 @@ class JaxStepper:
             non_trainable = dict(state["non_trainable"])
 
             def call(name: str, inputs: Any, training: bool = True) -> Any:
+                # a view runs its network's variables through the model that returns the inner tensor
+                name, net = self.family.views[name] if name in self.family.views else (name, nets[name])
                 values = train_sub[name] if name in train_sub else state["trainable"][name]
-                out, non_trainable[name] = nets[name].stateless_call(
-                    values, non_trainable[name], inputs, training=training
-                )
+                out, non_trainable[name] = net.stateless_call(values, non_trainable[name], inputs, training=training)
                 return out
 
             loss, metrics = phase.loss(call, batch)

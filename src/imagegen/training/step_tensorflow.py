@@ -37,7 +37,8 @@ class TensorFlowStepper:
         return [v for name in phase.trains for v in self.family.networks[name].trainable_variables]
 
     def _call(self, name: str, inputs: Any, training: bool = True) -> Any:
-        return self.family.networks[name](inputs, training=training)
+        net = self.family.views[name][1] if name in self.family.views else self.family.networks[name]
+        return net(inputs, training=training)
 
     def _shard_loss(self, phase: Any) -> Any:
         """The phase's loss as one traced function that every equal shard calls: the graph of a shard is

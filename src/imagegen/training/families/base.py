@@ -49,6 +49,11 @@ class Family:
     # the loss of a batch is then the row-weighted mean of its shards' losses, so a CPU step may compute it in
     # row shards side by side (imagegen.training.branches). False for BatchNorm networks or batch-level terms.
     batch_separable: bool = False
+    # Other outputs of a network for the losses: {view name: (network name, model)}, where the model is built
+    # from that network's own layers (so the same variables, in the same order) and returns an inner tensor,
+    # e.g. the VAE decoder's logits before its output activation. ``call(view name, inputs)`` runs it with the
+    # network's weights; a view is never saved, counted or updated on its own.
+    views: dict[str, tuple[str, keras.Model]] = field(default_factory=dict)
 
     def ema_decay_at(self, updates: Any) -> Any:
         """EMA decay with warm-up, min(decay, (1 + n) / (10 + n)) after n updates (as tf.train.ExponentialMovingAverage

@@ -1,5 +1,9 @@
 """VAE family: loss = reconstruction + beta * KL (free bits per latent dimension: ``vae.free_bits``).
 
+The reconstruction is ``vae.likelihood``'s (see :mod:`imagegen.models.vae`): the Bernoulli one reads the decoder's
+pre-tanh logits through the family view ``decoder_logits`` (the decoder's own weights), so it is trained on
+logits while every sampler, the LDM and the export keep calling the decoder for images.
+
 Reported: ``loss``, ``reconstruction`` and ``kl``, the true KL per image (not the free-bits term), which the
 training stage watches for posterior collapse (:mod:`imagegen.training.collapse`). Samples decode z ~ N(0, I).
 
@@ -18,8 +22,10 @@ import numpy as np
 from imagegen.config import DistillConfig, Params, VAEConfig
 from imagegen.models.matching import frozen, mse
 from imagegen.models.vae import (
+    bernoulli_reconstruction_loss,
     build_decoder,
     build_encoder,
+    decoder_logits,
     free_bits_kl,
     kl_per_dim,
     reconstruction_loss,
@@ -39,8 +45,10 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
     def loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         z_mean, z_log_var = call("encoder", batch["images"])
         z = reparameterize(z_mean, z_log_var, batch["eps"])
-        x_hat = call("decoder", z)
-        recon = reconstruction_loss(batch["images"], x_hat)
+        if cfg.likelihood == "bernoulli":
+            recon = bernoulli_reconstruction_loss(batch["images"], call("decoder_logits", z))
+        else:
+            recon = reconstruction_loss(batch["images"], call("decoder", z))
         per_dim = kl_per_dim(z_mean, z_log_var)
         kl = keras.ops.sum(per_dim)
         total = recon + cfg.beta * free_bits_kl(per_dim, cfg.free_bits)
@@ -55,6 +63,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
         phases=[Phase("vae", ("encoder", "decoder"), loss, keras.optimizers.Adam(cfg.learning_rate))],
         noise=noise,
         spec={"vae": cfg.model_dump(mode="json")},
+        views={"decoder_logits": ("decoder", decoder_logits(decoder))},
     )
 
 
