@@ -140,14 +140,18 @@ def test_provenance_a_matching_version_carries_its_digest_and_the_gate_rechecks_
     )
     assert result.exit_code == 0, result.output
     record = json.loads((root / "register.json").read_text())
+    assert "version" not in record  # the store's count of versions is no fact of code, params and data
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    tags = client.get_model_version(record["name"], record["version"]).tags
+    version = client.get_model_version_by_alias(record["name"], record["alias"]).version
+    assert json.loads((root / "register.run.json").read_text())["version"] == version
+    tags = client.get_model_version(record["name"], version).tags
     digest = digest_of(root / "models/vae")
+    assert record["weights_digest"] == digest
     assert tags["weights_digest"] == tags["eval.weights_digest"] == tags["export.weights_digest"] == digest
 
     # A tag edited since registration: the gate names the mismatch at promote, and the champion does not move.
-    client.set_model_version_tag(record["name"], record["version"], "export.weights_digest", "sha256:" + "0" * 64)
+    client.set_model_version_tag(record["name"], version, "export.weights_digest", "sha256:" + "0" * 64)
     promoted = imagegen(root, "promote", record["name"], tracking=True)
     assert promoted.exit_code == 3, promoted.output
     assert "export measured weights sha256:000000000000" in promoted.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -313,12 +314,14 @@ def register_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Register the model in MLflow as a new version with the alias `challenger`."""
-    from imagegen.stages.register import run_register
+    from imagegen.stages.register import run_record, run_register
 
     cfg = _load(params, set_)
     with phase("stage", "work"):
         out = run_register(cfg, model, evaluation, export_dir, out)
+    version = json.loads(run_record(out).read_text())["version"]
     console.print(out.read_text(), soft_wrap=True)
+    console.print(f"registered as version {version}", soft_wrap=True)
 
 
 @app.command("promote")

@@ -1,8 +1,11 @@
 """Stage ``register``: a trained, evaluated (and exported) model -> a new registry version aliased
 ``challenger``.
 
-Its file output, ``<reports_dir>/register_<family>.json``, records the name and version so that DVC
-sees the stage as done and a promotion step knows what was registered.
+Its file output, ``<reports_dir>/register_<family>.json``, records the registered model's name, the alias the
+new version got and the weights digest it carries, so that DVC sees the stage as done and a promotion step
+knows what was registered. Only what code, params and data determine is in it: the version number depends on
+how many versions the MLflow store already holds, so it goes to the untracked sibling
+``register_<family>.run.json`` (and the CLI prints it); the registry itself answers by alias.
 
 Provenance is checked before anything is written: the evaluation and the export must name the
 ``weights_digest`` of the model folder being registered (:mod:`imagegen.provenance`), else one line (exit 2)
@@ -57,7 +60,7 @@ def run_register(
             "versions by dataset: re-run `imagegen train` to write a complete model.json"
         )
     out = Path(out) if out is not None else params.train.reports_dir / f"register_{meta['family']}.json"
-    check_output_file(out, json_with_keys("name", "version", "alias"), "registration record")
+    check_output_file(out, json_with_keys("name", "alias"), "registration record")
     digest = meta[DIGEST_KEY]
     evaluation_metrics = _read_json(Path(evaluation), "evaluation metrics (metrics.json of `imagegen evaluate`)")
     require_same_weights(
@@ -71,5 +74,11 @@ def run_register(
     from imagegen.registry import register
 
     name, version = register(params, Path(model_dir), evaluation_metrics, report, export_dir=export_dir)
-    write_json(out, {"name": name, "version": version, "alias": "challenger"})
+    write_json(out, {"name": name, "alias": "challenger", DIGEST_KEY: digest})
+    write_json(run_record(out), {"name": name, "version": version})
     return out
+
+
+def run_record(out: Path) -> Path:
+    """The untracked sibling of a registration record: ``register_dcgan.json`` -> ``register_dcgan.run.json``."""
+    return out.with_name(f"{out.stem}.run.json")
