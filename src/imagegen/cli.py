@@ -132,7 +132,7 @@ def ingest_cmd(
 @app.command("train")
 @user_errors
 def train_cmd(
-    family: Annotated[str, typer.Argument(help="dcgan | vae | ddpm | ldm")],
+    family: Annotated[str, typer.Argument(help="dcgan | vae | ddpm | ldm | stylegan2")],
     params: ParamsOpt = None,
     set_: SetOpt = None,
     data: Annotated[
@@ -170,6 +170,12 @@ def sample_cmd(
     guidance: Annotated[
         float | None, typer.Option(min=0.0, help="classifier-free guidance scale (default sample.guidance_scale)")
     ] = None,
+    truncation: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, min_open=True, max=1.0, help="truncation of w towards its mean (style-based generators; 1: none)"
+        ),
+    ] = None,
 ) -> None:
     """Generate images from a trained model: a PNG grid and an .npz of uint8 (N,H,W,C).
 
@@ -180,7 +186,8 @@ def sample_cmd(
 
     cfg = _load(params, set_, tracks=False)
     overrides = _sampler_overrides(sampler, steps, eta)
-    overrides.update({k: v for k, v in {"prompt": prompt, "guidance_scale": guidance}.items() if v is not None})
+    given = {"prompt": prompt, "guidance_scale": guidance, "truncation": truncation}
+    overrides.update({k: v for k, v in given.items() if v is not None})
     out_dir = run_sample(model, out, n, seed, params=cfg, **overrides)
     console.print(f"wrote {out_dir / 'grid.png'} and {out_dir / 'samples.npz'}")
 

@@ -228,10 +228,10 @@ class StyleGAN2Config(Section):
     w_dim: int = Field(default=64, gt=0, description="Width of the intermediate latent w (the styles' input).")
     mapping_layers: int = Field(default=2, gt=0, description="Layers of the mapping MLP z -> w.")
     mapping_lr_multiplier: float = Field(default=0.01, gt=0, description="Learning-rate multiplier of the mapping.")
-    base_channels: int = Field(default=32, gt=0, description="Feature maps at full resolution (x2 per halving).")
-    max_channels: int = Field(default=128, gt=0)
+    base_channels: int = Field(default=16, gt=0, description="Feature maps at full resolution (x2 per halving).")
+    max_channels: int = Field(default=64, gt=0)
     conditional: bool = False
-    steps: int = Field(default=2000, gt=0)
+    steps: int = Field(default=1400, gt=0)
     learning_rate: float = Field(default=0.002, gt=0)
     beta_1: float = Field(default=0.0, ge=0, lt=1)
     beta_2: float = Field(default=0.99, ge=0, lt=1)

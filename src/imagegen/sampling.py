@@ -23,6 +23,7 @@ import numpy as np
 
 from imagegen.config import ANCESTRAL_SAMPLER
 from imagegen.profiling import phase
+from imagegen.sampler_settings import SamplerSettings
 
 if TYPE_CHECKING:
     from imagegen.artifact import LoadedModel
@@ -79,7 +80,10 @@ def make_sampler(
     from imagegen.training.families import family_spec
 
     spec = family_spec(family.spec["family"])
-    kwargs = dict(sampling or {}) if spec.diffusion else {}
+    # A diffusion family takes the sampler keywords; the others one SamplerSettings (a style-based generator's
+    # truncation).
+    given = {k: v for k, v in (sampling or {}).items() if k != "truncation"}
+    kwargs = given if spec.diffusion else {"settings": SamplerSettings.resolve(overrides=sampling)}
     if spec.denoiser is not None and kwargs.get("predict") is None:
         from imagegen.training.predict import compiled_predictor
 

@@ -118,13 +118,16 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
         labels = batch["labels"]
         fake = augmented(fakes(call, batch, "d", training=False), batch, "fake")
         real = augmented(ops.cast(batch["images"], "float32"), batch, "real")
-        real_logits, grad = value_and_input_gradient(lambda x: call("discriminator", disc_inputs(x, labels)), real)
         fake_logits = call("discriminator", disc_inputs(fake, labels))
+        if cfg.r1_gamma > 0:
+            real_logits, grad = value_and_input_gradient(lambda x: call("discriminator", disc_inputs(x, labels)), real)
+            penalty = ops.mean(r1_penalty(grad) * ops.cast(batch["r1_weight"], "float32"))
+        else:
+            real_logits, penalty = call("discriminator", disc_inputs(real, labels)), ops.zeros(())
         loss = discriminator_loss(real_logits, fake_logits)
-        penalty = r1_penalty(grad)
-        r1 = ops.mean(ops.cast(batch["r1_weight"], "float32") * penalty) * (cfg.r1_gamma / 2.0)
         real_sign = ops.mean(ops.sign(ops.cast(real_logits, "float32")))
-        return loss + r1, {"d_loss": loss, "r1_penalty": ops.mean(penalty), "real_sign": real_sign}
+        metrics = {"d_loss": loss, "r1_penalty": penalty, "real_sign": real_sign}
+        return loss + penalty * (cfg.r1_gamma / 2.0), metrics
 
     def g_loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         fake = augmented(fakes(call, batch, "g", training=True), batch, "gen")
