@@ -172,9 +172,7 @@ def sample_cmd(
     ] = None,
     truncation: Annotated[
         float | None,
-        typer.Option(
-            min=0.0, min_open=True, max=1.0, help="truncation of w towards its mean (style-based generators; 1: none)"
-        ),
+        typer.Option(min=0.0, max=1.0, help="truncation of w towards its mean, in (0, 1] (style-based generators)"),
     ] = None,
 ) -> None:
     """Generate images from a trained model: a PNG grid and an .npz of uint8 (N,H,W,C).
@@ -184,6 +182,8 @@ def sample_cmd(
     """
     from imagegen.stages.sample import run_sample
 
+    if truncation == 0.0:
+        raise ImagegenError("--truncation 0: expected a value in (0, 1] (1: no truncation)")
     cfg = _load(params, set_, tracks=False)
     overrides = _sampler_overrides(sampler, steps, eta)
     given = {"prompt": prompt, "guidance_scale": guidance, "truncation": truncation}
