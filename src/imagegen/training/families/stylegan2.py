@@ -121,13 +121,16 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
         fake_logits = call("discriminator", disc_inputs(fake, labels))
         if cfg.r1_gamma > 0:
             real_logits, grad = value_and_input_gradient(lambda x: call("discriminator", disc_inputs(x, labels)), real)
-            penalty = ops.mean(r1_penalty(grad) * ops.cast(batch["r1_weight"], "float32"))
+            penalty = r1_penalty(grad)
+            lazy = ops.mean(penalty * ops.cast(batch["r1_weight"], "float32")) * (cfg.r1_gamma / 2.0)
+            penalty = ops.mean(penalty)
         else:
-            real_logits, penalty = call("discriminator", disc_inputs(real, labels)), ops.zeros(())
+            real_logits = call("discriminator", disc_inputs(real, labels))
+            penalty = lazy = ops.zeros(())
         loss = discriminator_loss(real_logits, fake_logits)
         real_sign = ops.mean(ops.sign(ops.cast(real_logits, "float32")))
-        metrics = {"d_loss": loss, "r1_penalty": penalty, "real_sign": real_sign}
-        return loss + penalty * (cfg.r1_gamma / 2.0), metrics
+        # r1_penalty: the batch mean of ||grad D(real)||^2 on every step, whether or not this step applies it
+        return loss + lazy, {"d_loss": loss, "r1_penalty": penalty, "real_sign": real_sign}
 
     def g_loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         fake = augmented(fakes(call, batch, "g", training=True), batch, "gen")
