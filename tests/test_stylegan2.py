@@ -3,6 +3,7 @@ truncation, and training that is deterministic and resumes exactly (ADA's host-s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -279,3 +280,31 @@ def test_training_is_deterministic_and_resume_equals_an_uninterrupted_run(digits
                 np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
     w_avg = keras.ops.convert_to_numpy(straight.family.networks["generator"].w_avg)
     assert np.abs(w_avg).max() > 0  # tracked while training
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_export_takes_z_labels_and_noise_passes_parity_and_holds_builtin_ops_only(
+    digits8: Path, tmp_path: Path, conditional: bool
+) -> None:
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("export runs on the TensorFlow backend")
+    from imagegen.export.tflite import check_builtin_ops
+    from imagegen.stages.export import run_export
+    from tests.test_export import tiny_params, train_tiny
+
+    params = tiny_params(*TINY_SG2, f"stylegan2.conditional={str(conditional).lower()}")
+    model_dir = train_tiny(params, "stylegan2", digits8, tmp_path)
+    out = run_export(params, model_dir, tmp_path / "exports", report_dir=tmp_path / "reports")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(entry["passed"] for entry in metrics["artifacts"].values()), metrics["artifacts"]
+    assert metrics["artifacts"]["float32"]["max_abs_error"] <= 1
+    fn = tf.saved_model.load(str(out / "savedmodel")).signatures["serving_default"]
+    names = sorted(fn.structured_input_signature[1])
+    assert names == (["label", "noise", "z"] if conditional else ["noise", "z"])
+    ops = check_builtin_ops(out / "model_float32.tflite")
+    assert "CONV_2D" in ops and not any(op.startswith("Flex") for op in ops), ops

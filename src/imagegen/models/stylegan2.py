@@ -274,7 +274,8 @@ class StyleGAN2Generator(keras.Model):
 
     Called with a list ``[z, label?, noise?]`` (the serving order: what is exported), or with a dict with the keys
     ``z``, ``label``, ``noise`` and, for training and sampling, ``z_mix`` with ``mix`` (B, num_ws) 0/1 (style mixing:
-    the layers where ``mix`` is 1 take the w of ``z_mix``) and ``truncation`` (B,) (w -> w_avg + t (w - w_avg)). With ``training=True`` the batch mean of w moves ``w_avg`` (decay ``w_avg_beta``).
+    the layers where ``mix`` is 1 take the w of ``z_mix``) and ``truncation`` (B,) (w -> w_avg + t (w - w_avg)).
+    With ``training=True`` the batch mean of w moves ``w_avg`` (decay ``w_avg_beta``).
     """
 
     def __init__(
