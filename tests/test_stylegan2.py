@@ -308,3 +308,28 @@ def test_export_takes_z_labels_and_noise_passes_parity_and_holds_builtin_ops_onl
     assert names == (["label", "noise", "z"] if conditional else ["noise", "z"])
     ops = check_builtin_ops(out / "model_float32.tflite")
     assert "CONV_2D" in ops and not any(op.startswith("Flex") for op in ops), ops
+
+
+def one_step_discriminator(gamma: float, lazy_step: bool) -> list[np.ndarray]:
+    from imagegen.training.steppers import make_stepper
+
+    params = load_params(None, ["tracking.enabled=false", *TINY_SG2, f"stylegan2.r1_gamma={gamma}"])
+    keras.utils.set_random_seed(0)
+    family = build_family("stylegan2", params, (8, 8, 1), 10)
+    family.host_state["steps_drawn"] = 0 if lazy_step else 1  # r1_interval=2: step 0 applies R1, step 1 not
+    stepper = make_stepper(family, jit_compile=False)
+    rng = np.random.default_rng(0)
+    labels = np.zeros(8, np.int32)
+    images = rng.uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
+    stepper.step({"images": images, "labels": labels, **family.noise(rng, labels)})
+    stepper.push()
+    return [keras.ops.convert_to_numpy(w) for w in family.networks["discriminator"].weights]
+
+
+def test_lazy_r1_changes_the_discriminator_update_only_on_the_steps_that_apply_it() -> None:
+    def largest_change(lazy_step: bool) -> float:
+        weak, strong = one_step_discriminator(1e-9, lazy_step), one_step_discriminator(100.0, lazy_step)
+        return max(float(np.abs(a - b).max()) for a, b in zip(weak, strong, strict=True))
+
+    assert largest_change(lazy_step=True) > 1e-3
+    assert largest_change(lazy_step=False) == 0.0

@@ -1,9 +1,9 @@
 """StyleGAN2 family: a discriminator phase then a generator phase per step, with ADA, lazy R1 and style mixing.
 
 Losses: the non-saturating logistic loss; on the discriminator, lazy R1 (``gamma/2 ||grad D(x_real)||^2``) applied
-every ``r1_interval`` steps with weight ``r1_interval`` (the batch carries the per-image weight, ``r1_interval`` or 0,
-so every step runs the same graph; the gradient is computed on every step, only its weight changes). Path-length
-regularisation is not implemented. Style mixing: each fake is drawn from two latents with probability
+every ``r1_interval`` steps with weight ``r1_interval``. The batch carries the per-image weight (``r1_interval`` or
+0), so every step runs the same graph, and a ``cond`` on it computes the input gradient only on the steps that apply
+it. Path-length regularisation is not implemented. Style mixing: each fake is drawn from two latents with probability
 ``style_mixing``, the second taking over from a cutoff layer drawn on the host.
 
 All randomness comes from the host (:func:`build`'s ``noise``): latents, per-pixel noise, mixing masks, the
@@ -119,18 +119,25 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
         fake = augmented(fakes(call, batch, "d", training=False), batch, "fake")
         real = augmented(ops.cast(batch["images"], "float32"), batch, "real")
         fake_logits = call("discriminator", disc_inputs(fake, labels))
-        if cfg.r1_gamma > 0:
-            real_logits, grad = value_and_input_gradient(lambda x: call("discriminator", disc_inputs(x, labels)), real)
-            penalty = r1_penalty(grad)
-            lazy = ops.mean(penalty * ops.cast(batch["r1_weight"], "float32")) * (cfg.r1_gamma / 2.0)
-            penalty = ops.mean(penalty)
+        weight = ops.cast(batch["r1_weight"], "float32")
+
+        def logits_only() -> tuple[Any, Any]:
+            logits = ops.cast(call("discriminator", disc_inputs(real, labels)), "float32")
+            return logits, ops.zeros_like(weight)
+
+        def with_r1() -> tuple[Any, Any]:
+            logits, grad = value_and_input_gradient(lambda x: call("discriminator", disc_inputs(x, labels)), real)
+            return ops.cast(logits, "float32"), r1_penalty(grad)
+
+        if cfg.r1_gamma > 0:  # the gradient is computed only on the steps whose batch weights it
+            real_logits, penalty = ops.cond(ops.max(weight) > 0, with_r1, logits_only)
         else:
-            real_logits = call("discriminator", disc_inputs(real, labels))
-            penalty = lazy = ops.zeros(())
+            real_logits, penalty = logits_only()
         loss = discriminator_loss(real_logits, fake_logits)
-        real_sign = ops.mean(ops.sign(ops.cast(real_logits, "float32")))
-        # r1_penalty: the batch mean of ||grad D(real)||^2 on every step, whether or not this step applies it
-        return loss + lazy, {"d_loss": loss, "r1_penalty": penalty, "real_sign": real_sign}
+        lazy = ops.mean(penalty * weight) * (cfg.r1_gamma / 2.0)
+        real_sign = ops.mean(ops.sign(real_logits))
+        # r1_penalty: the batch mean of ||grad D(real)||^2 on the steps that apply it, 0 on the others
+        return loss + lazy, {"d_loss": loss, "r1_penalty": ops.mean(penalty), "real_sign": real_sign}
 
     def g_loss(call: Caller, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         fake = augmented(fakes(call, batch, "g", training=True), batch, "gen")
