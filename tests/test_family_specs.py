@@ -19,7 +19,7 @@ from imagegen.training.families import FAMILIES, build_family, family_spec
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "imagegen"
 FAMILIES_DIR = SRC / "training" / "families"
-FAMILY_NAME_COMPARISON = re.compile(r"(== |!= |in \(|in \[)[\"'](dcgan|vae|ddpm|ldm)[\"']")
+FAMILY_NAME_COMPARISON = re.compile(r"(== |!= |in \(|in \[)[\"'](dcgan|vae|ddpm|ldm|stylegan2)[\"']")
 # Packages a module may not import, by the package it lives in: each layer imports only the ones below it.
 ABOVE = {
     "training/families": ("imagegen.artifact", "imagegen.distill", "imagegen.stages", "imagegen.sampling",
@@ -100,6 +100,8 @@ def test_only_families_that_need_data_or_trained_models_say_so() -> None:
         ("vae", None, "architecture", None),
         ("ldm", LDMConfig(), "progressive", "needs a diffusion"),
         ("ldm", LDMConfig(), "architecture", "declares no width"),
+        ("stylegan2", None, "progressive", "needs a diffusion"),
+        ("stylegan2", None, "architecture", "declares no width"),
     ],
 )
 def test_each_family_declares_which_distillation_methods_it_takes(name, section, method, refused_because) -> None:

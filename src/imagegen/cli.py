@@ -133,7 +133,7 @@ def ingest_cmd(
 @app.command("train")
 @user_errors
 def train_cmd(
-    family: Annotated[str, typer.Argument(help="dcgan | vae | ddpm | ldm")],
+    family: Annotated[str, typer.Argument(help="dcgan | vae | ddpm | ldm | stylegan2")],
     params: ParamsOpt = None,
     set_: SetOpt = None,
     data: Annotated[
@@ -171,6 +171,10 @@ def sample_cmd(
     guidance: Annotated[
         float | None, typer.Option(min=0.0, help="classifier-free guidance scale (default sample.guidance_scale)")
     ] = None,
+    truncation: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="truncation of w towards its mean, in (0, 1] (style-based generators)"),
+    ] = None,
 ) -> None:
     """Generate images from a trained model: a PNG grid and an .npz of uint8 (N,H,W,C).
 
@@ -179,9 +183,12 @@ def sample_cmd(
     """
     from imagegen.stages.sample import run_sample
 
+    if truncation == 0.0:
+        raise ImagegenError("--truncation 0: expected a value in (0, 1] (1: no truncation)")
     cfg = _load(params, set_, tracks=False)
     overrides = _sampler_overrides(sampler, steps, eta)
-    overrides.update({k: v for k, v in {"prompt": prompt, "guidance_scale": guidance}.items() if v is not None})
+    given = {"prompt": prompt, "guidance_scale": guidance, "truncation": truncation}
+    overrides.update({k: v for k, v in given.items() if v is not None})
     out_dir = run_sample(model, out, n, seed, params=cfg, **overrides)
     console.print(f"wrote {out_dir / 'grid.png'} and {out_dir / 'samples.npz'}")
 

@@ -221,6 +221,34 @@ class DCGANConfig(Section):
     beta_1: float = Field(default=0.5, ge=0, lt=1)
 
 
+class StyleGAN2Config(Section):
+    """StyleGAN2 with adaptive discriminator augmentation (ADA); defaults sized for the 16x16 digits."""
+
+    latent_dim: int = Field(default=64, gt=0)
+    w_dim: int = Field(default=64, gt=0, description="Width of the intermediate latent w (the styles' input).")
+    mapping_layers: int = Field(default=2, gt=0, description="Layers of the mapping MLP z -> w.")
+    mapping_lr_multiplier: float = Field(default=0.01, gt=0, description="Learning-rate multiplier of the mapping.")
+    base_channels: int = Field(default=16, gt=0, description="Feature maps at full resolution (x2 per halving).")
+    max_channels: int = Field(default=64, gt=0)
+    conditional: bool = False
+    steps: int = Field(default=1400, gt=0)
+    learning_rate: float = Field(default=0.002, gt=0)
+    beta_1: float = Field(default=0.0, ge=0, lt=1)
+    beta_2: float = Field(default=0.99, ge=0, lt=1)
+    r1_gamma: float = Field(default=0.01, ge=0, description="R1 weight gamma (penalty gamma/2 ||grad D(real)||^2).")
+    r1_interval: int = Field(default=16, gt=0, description="Lazy R1: applied every this many steps, times this.")
+    style_mixing: float = Field(default=0.9, ge=0, le=1, description="Share of fakes drawn with two mixed w.")
+    ema_decay: float = Field(default=0.995, ge=0, lt=1, description="EMA of the generator (sampled and exported).")
+    w_avg_decay: float = Field(default=0.995, ge=0, lt=1, description="Moving average of w kept for truncation.")
+    mbstd_group: int = Field(default=4, gt=0, description="Images per minibatch standard-deviation group.")
+    augment: bool = Field(default=True, description="Adaptive discriminator augmentation (ADA).")
+    ada_target: float = Field(default=0.6, gt=0, lt=1, description="Target of r_t = E[sign(D(real))].")
+    ada_interval: int = Field(default=4, gt=0, description="Steps between updates of the augmentation probability.")
+    ada_kimg: float = Field(
+        default=20.0, gt=0, description="Thousands of real images over which p may move from 0 to 1."
+    )
+
+
 class VAEConfig(Section):
     latent_dim: int = Field(default=16, gt=0)
     base_filters: int = Field(default=32, gt=0)
@@ -339,6 +367,9 @@ class SampleConfig(Section):
     n: int = Field(default=64, gt=0)
     guidance_scale: float = Field(default=1.0, ge=0)
     clip_x0: bool = Field(default=True, description="Clip each predicted x0 to [-1, 1] (diffusion samplers).")
+    truncation: float = Field(
+        default=1.0, gt=0, le=1, description="Style-based generators: w -> w_avg + t (w - w_avg) (1: no truncation)."
+    )
     max_images: int = Field(
         default=1_000_000,
         gt=0,
@@ -596,6 +627,7 @@ class Params(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     dcgan: DCGANConfig = Field(default_factory=DCGANConfig)
+    stylegan2: StyleGAN2Config = Field(default_factory=StyleGAN2Config)
     vae: VAEConfig = Field(default_factory=VAEConfig)
     ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
     ldm: LDMConfig = Field(default_factory=LDMConfig)

@@ -19,8 +19,9 @@ decoder of the model folder inside the graph: latent / scale_factor, flattened, 
 
 Which of the two a model gets, and its inputs, follow from its family's declaration
 (:class:`~imagegen.training.families.spec.FamilySpec`): ``diffusion``, ``noise_shape`` (``z`` or ``x_T``), the
-first of its ``sampling_networks`` (a decoder family's generator), ``decode_latents`` (a latent diffusion model's
-decoder) and the section's ``conditional`` (a ``label`` input).
+first of its ``sampling_networks`` (a decoder family's generator), ``extra_inputs`` (a style-based generator's
+per-pixel noise, after ``z`` and ``label``), ``decode_latents`` (a latent diffusion model's decoder) and the
+section's ``conditional`` (a ``label`` input).
 """
 
 from __future__ import annotations
@@ -108,6 +109,14 @@ def _decoder_serving(loaded: LoadedModel) -> Serving:
     inputs = [InputSpec("z", declared.noise_shape(spec), "float32")]
     if conditional:
         inputs.append(InputSpec("label", (), "int32"))
+    if declared.extra_inputs is not None:  # e.g. per-pixel noise: the network takes [z, label?, *extras]
+        inputs += [InputSpec(name, shape, "float32") for name, shape in declared.extra_inputs(spec)]
+
+        def fn_all(*tensors: Any) -> dict[str, Any]:
+            return {OUTPUT: to_uint8_images(net(list(tensors), training=False))}
+
+        return Serving(loaded.name, fn_all, inputs, [net], {"network": net.name})
+    if conditional:
 
         def fn(z: Any, label: Any) -> dict[str, Any]:
             return {OUTPUT: to_uint8_images(net([z, label], training=False))}

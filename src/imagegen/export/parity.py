@@ -1,11 +1,11 @@
 """Do the exported artifacts draw what the Keras model draws, how fast, and how big are they?
 
 Every artifact (the SavedModel and each TFLite file) runs once on ``export.parity_n`` fixed inputs: standard
-normal noise from ``numpy.random.default_rng(seed)`` (``z``, or ``x_T`` for DDPM) and, for a conditional
-model, the labels ``arange(n) % num_classes``. Its uint8 images are compared with the Keras model's images for
-the same inputs (:func:`keras_images`; DDPM: ``ddpm.generate(..., sampler="ddim", steps=ddpm_steps, eta=0,
-x_T=noise)``) by the largest absolute difference in uint8 levels and the mean SSIM
-(:func:`imagegen.evaluation.metrics.image_similarity`).
+normal noise from ``numpy.random.default_rng(seed)`` (``z`` and a family's declared extra inputs such as
+per-pixel noise, or ``x_T`` for DDPM) and, for a conditional model, the labels ``arange(n) % num_classes``.
+Its uint8 images are compared with the Keras model's images for the same inputs (:func:`keras_images`; DDPM:
+``ddpm.generate(..., sampler="ddim", steps=ddpm_steps, eta=0, x_T=noise)``) by the largest absolute difference in
+uint8 levels and the mean SSIM (:func:`imagegen.evaluation.metrics.image_similarity`).
 
 Latency: that first call doubles as the warm-up; then ``export.latency_repeats`` calls on the same batch are
 timed and the median divided by the batch size is reported in ms per image. TFLite inputs are resized to the
@@ -89,7 +89,9 @@ def keras_images(
         return to_uint8(images)
     net = family.networks[declared.sampling_networks[0]]
     z = inputs["z"]
-    out = net([z, label] if label is not None else z, training=False)
+    extras = [inputs[name] for name, _ in declared.extra_inputs(family.spec)] if declared.extra_inputs else []
+    args = [z, *([label] if label is not None else []), *extras]
+    out = net(args if len(args) > 1 else z, training=False)
     return to_uint8(np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32))
 
 

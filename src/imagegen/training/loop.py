@@ -108,6 +108,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
     def loop_state(self) -> dict[str, Any]:
         state = {"step": self.step, "noise_rng": self.noise_rng.bit_generator.state, "stream": self.stream.state()}
+        if self.family.host_state:
+            state["family"] = dict(self.family.host_state)
         if self.dataset_hash is not None:
             state["dataset_hash"] = self.dataset_hash
         return state
@@ -157,6 +159,7 @@ class Trainer:
             self.step = int(state["step"])
             self.noise_rng.bit_generator.state = state["noise_rng"]
             self.stream.restore(state["stream"])
+            self.family.host_state.update(state.get("family", {}))
             self.previous_history = [row for row in state["history"] if row["step"] <= self.step]
             self.stepper.pull()
             self.last_checkpoint = candidate
@@ -223,6 +226,8 @@ class Trainer:
                     feed["captions"] = batch.captions
                 with phase("train.first_step" if first else "train.steps", "compile" if first else "work"):
                     metrics = self.stepper.step(feed)
+                    if self.family.adapt is not None:  # host-side state that follows the metrics (ADA)
+                        metrics = {**metrics, **self.family.adapt(metrics)}
                 self.step += 1
                 window_steps += 1
                 progress.advance(task)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from imagegen.training.families.base import Family, Phase
     from imagegen.training.families.spec import FamilySpec
 
-FAMILIES = ("dcgan", "vae", "ddpm", "ldm")
+FAMILIES = ("dcgan", "vae", "ddpm", "ldm", "stylegan2")
 
 
 def family_module(name: str) -> Any:

@@ -54,6 +54,12 @@ class Family:
     # e.g. the VAE decoder's logits before its output activation. ``call(view name, inputs)`` runs it with the
     # network's weights; a view is never saved, counted or updated on its own.
     views: dict[str, tuple[str, keras.Model]] = field(default_factory=dict)
+    # Host-side state the family keeps between steps (ADA's augmentation probability, a lazy regulariser's step
+    # count): JSON values that ``noise`` may read, checkpointed with the loop state so a resume continues exactly.
+    host_state: dict[str, Any] = field(default_factory=dict)
+    # adapt(metrics) -> {name: value}: called by the loop after every step with that step's metrics (device
+    # scalars); it may update ``host_state`` and returns host values to log with the step's metrics.
+    adapt: Callable[[Mapping[str, Any]], dict[str, float]] | None = None
 
     def ema_decay_at(self, updates: Any) -> Any:
         """EMA decay with warm-up, min(decay, (1 + n) / (10 + n)) after n updates (as tf.train.ExponentialMovingAverage

@@ -53,6 +53,10 @@ class FamilySpec:
     noise_shape: Callable[[Mapping[str, Any]], tuple[int, ...]]
     # The networks a sample runs through (parameters and MACs count these; the first is called per step).
     sampling_networks: tuple[str, ...]
+    # Inputs a sample takes after z (and a label), per image: ``extra_inputs(spec) -> ((name, shape), ...)``, float32
+    # standard normal noise drawn on the host (a style-based generator's per-pixel noise). The sampling network
+    # takes ``[z, label?, *extras]``; the export signature and parity inputs follow. None: z (and a label) only.
+    extra_inputs: Callable[[Mapping[str, Any]], tuple[tuple[str, tuple[int, ...]], ...]] | None = None
     # Diffusion: sampled by an iterative sampler (the sampler keywords, an unrolled DDIM export graph).
     diffusion: bool = False
     # (EMA network, raw network) a diffusion sampler predicts noise with.
