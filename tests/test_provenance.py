@@ -144,7 +144,7 @@ def test_provenance_a_matching_version_carries_its_digest_and_the_gate_rechecks_
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias(record["name"], record["alias"]).version
-    assert json.loads((root / "register.run.json").read_text())["version"] == version
+    assert str(json.loads((root / "register.run.json").read_text())["version"]) == str(version)
     tags = client.get_model_version(record["name"], version).tags
     digest = digest_of(root / "models/vae")
     assert record["weights_digest"] == digest

@@ -406,6 +406,7 @@ class EvaluateConfig(Section):
             "ddpm": Path("models/ddpm"),
             "ddpm_student": Path("models/ddpm_student_progressive/final"),
             "ldm": Path("models/ldm"),
+            "stylegan2": Path("models/stylegan2"),
         },
         description="Models evaluated by the pipeline: name -> model folder (dvc.yaml's evaluate foreach).",
     )
