@@ -21,13 +21,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-# Every stage of the real graph, sized to run in seconds each on 2 CPU cores.
+# Every stage of the real graph, sized to run in seconds each on 2 CPU cores. Models of 3 steps are collapsed by
+# construction, so the collapse thresholds are 0: otherwise the LDM would rightly refuse its VAE.
 TINY_PARAMS: dict[str, dict[str, Any]] = {
     "data": {"image_size": 8},
-    "train": {"batch_size": 16, "jit_compile": False, "grid_size": 4, "log_every": 1},
+    "train": {
+        "batch_size": 16,
+        "jit_compile": False,
+        "grid_size": 4,
+        "log_every": 1,
+        "min_sample_diversity": 0.0,
+        "min_sample_contrast": 0.0,
+    },
     "dcgan": {"steps": 3, "base_filters": 4, "latent_dim": 8},
-    "vae": {"steps": 3, "base_filters": 4, "latent_dim": 4},
+    "vae": {"steps": 3, "base_filters": 4, "latent_dim": 4, "min_kl_per_image": 0.0},
     "ddpm": {"steps": 3, "base_channels": 8, "groups": 4},
+    "stylegan2": {"steps": 3, "base_channels": 4, "max_channels": 8, "latent_dim": 8, "w_dim": 8},
     "sample": {"steps": 4, "n": 8},
     "distill": {
         "start_steps": 4,
