@@ -67,6 +67,12 @@ class Family:
         n = keras.ops.cast(updates, "float32")
         return keras.ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
 
+    def labels_for(self, labels: np.ndarray | None, n: int) -> np.ndarray:
+        """int32 class labels for ``n`` conditional samples: ``labels`` as given, else cycling over the classes."""
+        if labels is not None:
+            return np.asarray(labels, dtype=np.int32)
+        return (np.arange(n) % self.spec["num_classes"]).astype(np.int32)
+
     def trainable_count(self) -> int:
         return sum(
             int(np.prod(v.shape)) for n, m in self.networks.items() if n not in self.ema for v in m.trainable_weights

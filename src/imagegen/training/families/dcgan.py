@@ -85,14 +85,8 @@ def generate(
     cfg = DCGANConfig(**family.spec["dcgan"])
     z = rng.standard_normal((n, cfg.latent_dim), dtype=np.float32)
     gen = family.networks["generator"]
-    inputs = [z, _labels_or_cycle(labels, n, family)] if cfg.conditional else z
+    inputs = [z, family.labels_for(labels, n)] if cfg.conditional else z
     return np.asarray(keras.ops.convert_to_numpy(gen(inputs, training=False)), dtype=np.float32)
-
-
-def _labels_or_cycle(labels: np.ndarray | None, n: int, family: Family) -> np.ndarray:
-    if labels is not None:
-        return np.asarray(labels, dtype=np.int32)
-    return (np.arange(n) % family.spec["num_classes"]).astype(np.int32)
 
 
 def noise_shape(spec: Mapping[str, Any]) -> tuple[int, ...]:

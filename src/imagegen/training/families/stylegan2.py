@@ -213,15 +213,9 @@ def generate(
     if truncation != 1.0:
         inputs["truncation"] = np.full((n,), truncation, np.float32)
     if cfg.conditional:
-        inputs["label"] = _labels_or_cycle(labels, n, family)
+        inputs["label"] = family.labels_for(labels, n)
     gen = family.networks["generator_ema"]
     return np.asarray(keras.ops.convert_to_numpy(gen(inputs, training=False)), dtype=np.float32)
-
-
-def _labels_or_cycle(labels: np.ndarray | None, n: int, family: Family) -> np.ndarray:
-    if labels is not None:
-        return np.asarray(labels, dtype=np.int32)
-    return (np.arange(n) % family.spec["num_classes"]).astype(np.int32)
 
 
 def noise_shape(spec: Mapping[str, Any]) -> tuple[int, ...]:
