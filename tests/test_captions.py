@@ -116,6 +116,20 @@ def test_a_bad_captions_csv_stops_ingest_naming_the_row_or_the_image(
     assert result.exit_code == 2 and expected in result.output
 
 
+def test_each_prompt_is_reported_beside_the_classifiers_accuracy_on_real_images_of_its_class() -> None:
+    from imagegen.evaluation.conditional import with_real_ceiling
+
+    result = {"prompts": {"a cat": {"g1": 0.5, "g3": 0.8}, "a dog": {"g1": 0.4, "g3": 0.6}, "a cow": {"g1": 0.0}}}
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    predicted = np.array([0, 0, 0, 1, 0, 1])  # 3 of 4 cats, 1 of 2 dogs; no real cow
+    probs = np.eye(3)[predicted]
+    table = with_real_ceiling(result, probs, labels)
+    assert table["a cat"] == {"g1": 0.5, "g3": 0.8, "real": 0.75}
+    assert table["a dog"]["real"] == 0.5
+    assert np.isnan(table["a cow"]["real"])
+    assert "real" not in result["prompts"]["a cat"]  # the measured shares are left as they were
+
+
 def test_template_captions_for_labelled_data_and_none_by_default(isolated_env, helpers) -> None:
     plain = run_ingest(helpers.make_params("data.image_size=8"), out_dir=Path("plain"))
     assert ProcessedDataset.open(plain).captions is None  # default: format version 1, as before

@@ -101,3 +101,18 @@ def prompt_accuracy(
         out[worst_key(scale)] = min(shares)
     out["prompts"] = table
     return out
+
+
+def with_real_ceiling(
+    result: dict[str, Any], real_probs: np.ndarray, real_labels: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """The per-prompt table of ``result`` with a ``real`` column: the classifier's accuracy on the real test
+    images of the prompted class, the most a prompt's share can be expected to reach (a class the classifier
+    confuses on real images caps its prompt too). Prompts whose class has no real image get NaN."""
+    predicted = real_probs.argmax(1)
+    table = {}
+    for c, (prompt, scores) in enumerate(result["prompts"].items()):
+        of_class = real_labels == c
+        ceiling = float((predicted[of_class] == c).mean()) if of_class.any() else float("nan")
+        table[prompt] = {**scores, "real": ceiling}
+    return table

@@ -124,7 +124,8 @@ def report_markdown(title: str, result: dict[str, Any]) -> str:
         scales = list(next(iter(result["prompts"].values())))
         lines += [
             "",
-            "Share of each prompt's images the classifier assigns to the prompted class, by guidance scale:",
+            "Share of each prompt's images the classifier assigns to the prompted class, by guidance scale "
+            "(real: its accuracy on the real test images of that class, the ceiling):",
             "",
             "| prompt | " + " | ".join(scales) + " |",
             "|---|" + "---|" * len(scales),
@@ -198,7 +199,11 @@ def run_evaluate(
         title = str(samples)
         measured = {"samples_sha256": sha256_file(Path(samples))}
 
-    real_f, real_p, _ = real_features(extractor, dataset, cfg.max_real, params.seed, cfg.batch_size)
+    real_f, real_p, real_labels = real_features(extractor, dataset, cfg.max_real, params.seed, cfg.batch_size)
+    if extra.get("prompts"):
+        from imagegen.evaluation.conditional import with_real_ceiling
+
+        extra["prompts"] = with_real_ceiling(extra, real_p, real_labels)
     fake_f, fake_p = extractor.embed(images, cfg.batch_size)
     result: dict[str, Any] = quality_metrics(real_f, real_p, fake_f, fake_p, cfg, params.seed)
     result["floor"] = real_floor(real_f, real_p, cfg, params.seed)
