@@ -130,6 +130,24 @@ def test_each_prompt_is_reported_beside_the_classifiers_accuracy_on_real_images_
     assert "real" not in result["prompts"]["a cat"]  # the measured shares are left as they were
 
 
+def test_the_caption_summary_is_the_last_real_tokens_features_and_zero_for_the_null_caption() -> None:
+    from imagegen.models.text import LastTokenPool, MaskedMeanPool
+
+    h = np.arange(2 * 4 * 3, dtype="float32").reshape(2, 4, 3)
+    mask = np.array([[1, 1, 1, 0], [0, 0, 0, 0]], dtype="float32")  # captions are padded at the end
+    last = np.asarray(LastTokenPool()([h, mask]))
+    np.testing.assert_array_equal(last, [h[0, 2], np.zeros(3)])
+    mean = np.asarray(MaskedMeanPool()([h, mask]))
+    np.testing.assert_allclose(mean, [h[0, :3].mean(0), np.zeros(3)])
+
+
+def test_a_caption_model_saved_before_the_pooling_key_is_rebuilt_with_mean_pooling() -> None:
+    from imagegen.config import DDPMConfig
+
+    assert DDPMConfig().text_pooling == "mean"  # a model.json without the key: as it was trained
+    assert load_params("params.yaml").ddpm.text_pooling == "last"  # new models: the class word
+
+
 def test_template_captions_for_labelled_data_and_none_by_default(isolated_env, helpers) -> None:
     plain = run_ingest(helpers.make_params("data.image_size=8"), out_dir=Path("plain"))
     assert ProcessedDataset.open(plain).captions is None  # default: format version 1, as before

@@ -300,6 +300,12 @@ class DDPMConfig(Section):
     text_width: int = Field(default=64, gt=0, description="Text encoder width (token embedding).")
     text_layers: int = Field(default=2, ge=0, description="Transformer layers of the text encoder.")
     text_heads: int = Field(default=4, gt=0, description="Attention heads; must divide text_width.")
+    text_pooling: Literal["mean", "last"] = Field(
+        default="mean",
+        description="The caption summary added to the time embedding: 'last' = the encoded last real token "
+        "(the class word of 'a photo of a {class}', which a mean over the shared words dilutes), 'mean' = the "
+        "mean over real tokens (the reading of models saved before this key existed).",
+    )
     text_max_length: int = Field(default=16, gt=0, description="Tokens per caption seen by the text encoder.")
     text_vocabulary: list[str] = Field(
         default_factory=list, description="Filled from the dataset's vocabulary at train time and kept in model.json."

@@ -29,6 +29,9 @@ __all__ = [
     "PAD_ID",
     "UNK",
     "UNK_ID",
+    "LastTokenPool",
+    "MaskedMeanPool",
+    "POOLS",
     "PadMask",
     "TokenPositionEmbedding",
     "Tokenizer",
@@ -163,6 +166,29 @@ class MaskedMeanPool(layers.Layer):
 
     def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
         return (input_shape[0][0], input_shape[0][2])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LastTokenPool(layers.Layer):
+    """``[h (B, L, D), mask (B, L)]`` -> (B, D): the features of the last real token (zeros for the null caption).
+
+    Captions are padded at the end, so the last real token sits at ``sum(mask) - 1``. After the encoder's
+    self-attention it summarises the caption, and for template captions it is the word that tells them apart.
+    """
+
+    def call(self, inputs: list[Any]) -> Any:
+        h, mask = inputs
+        mask = ops.cast(mask, h.dtype)
+        last = ops.sum(mask, axis=1, keepdims=True) - 1.0  # (B, 1); -1 for the null caption: no position
+        positions = ops.cast(ops.expand_dims(ops.arange(h.shape[1]), 0), h.dtype)
+        pick = ops.cast(ops.equal(positions, last), h.dtype) * mask
+        return ops.sum(h * ops.expand_dims(pick, -1), axis=1)
+
+    def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
+        return (input_shape[0][0], input_shape[0][2])
+
+
+POOLS = {"mean": MaskedMeanPool, "last": LastTokenPool}
 
 
 def build_text_encoder(vocab_size: int, max_length: int, width: int, depth: int, heads: int) -> keras.Model:

@@ -23,9 +23,9 @@ a class embedding is added to it in the conditional model. The final conv is zer
 an untrained model predicts eps = 0.
 
 Caption model: the tokens go through the text encoder (a nested model named ``text_encoder``, trained with the
-U-Net and so also averaged into its EMA copy); the mean of its token features over the real tokens is added
-to the time embedding, and cross-attention to the token features follows every block whose side is in
-``cfg.cross_attention_resolutions`` and the middle self-attention.
+U-Net and so also averaged into its EMA copy); a summary of its token features (``cfg.text_pooling``: the last
+real token's, or their mean) is added to the time embedding, and cross-attention to the token features follows
+every block whose side is in ``cfg.cross_attention_resolutions`` and the middle self-attention.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from imagegen.models.layers import (
     SinusoidalEmbedding,
     Upsample,
 )
-from imagegen.models.text import MaskedMeanPool, build_text_encoder
+from imagegen.models.text import POOLS, build_text_encoder
 
 
 def check_image_size(cfg: DDPMConfig, image_size: int) -> None:
@@ -85,7 +85,8 @@ def build_unet(cfg: DDPMConfig, image_size: int, channels: int, num_classes: int
         tokens = keras.Input(shape=(cfg.text_max_length,), dtype="int32", name="tokens")
         inputs.append(tokens)
         text = list(text_encoder(cfg)(tokens))
-        pooled = layers.Dense(temb_dim, name="caption_proj")(MaskedMeanPool(name="caption_pool")(text))
+        pool = POOLS[getattr(cfg, "text_pooling", "mean")](name="caption_pool")
+        pooled = layers.Dense(temb_dim, name="caption_proj")(pool(text))
         temb = layers.Add(name="time_and_caption")([temb, pooled])
 
     def block(h: Any, width: int, side: int, name: str) -> Any:
