@@ -142,10 +142,11 @@ def test_the_caption_summary_is_the_last_real_tokens_features_and_zero_for_the_n
 
 
 def test_a_caption_model_saved_before_the_pooling_key_is_rebuilt_with_mean_pooling() -> None:
-    from imagegen.config import DDPMConfig
+    from imagegen.config import DDPMConfig, saved_without
 
-    assert DDPMConfig().text_pooling == "mean"  # a model.json without the key: as it was trained
-    assert load_params("params.yaml").ddpm.text_pooling == "last"  # new models: the class word
+    assert DDPMConfig().text_pooling == "last"  # new models: the class word
+    assert saved_without(DDPMConfig, {"captions": True})["text_pooling"] == "mean"  # as an old one was trained
+    assert saved_without(DDPMConfig, {"text_pooling": "last"})["text_pooling"] == "last"
 
 
 def test_template_captions_for_labelled_data_and_none_by_default(isolated_env, helpers) -> None:

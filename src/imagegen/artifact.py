@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagegen.config import Params
+from imagegen.config import Params, saved_without
 from imagegen.errors import DataError
 from imagegen.fileio import atomic_dir, write_json
 from imagegen.profiling import phase
@@ -133,8 +133,12 @@ def load_model(path: Path | str) -> LoadedModel:
         spec = meta["spec"]
         name = meta["family"]
         # the family's own section, plus any other params section it records (an LDM: its VAE's)
-        sections = {k: v for k, v in spec.items() if k in Params.model_fields}
-        params = Params.model_validate({**sections, name: spec[name]})
+        sections = {
+            k: saved_without(Params.model_fields[k].annotation, v) if isinstance(v, dict) else v
+            for k, v in spec.items()
+            if k in Params.model_fields
+        }
+        params = Params.model_validate({**sections, name: sections.get(name, spec[name])})
         family = build_family(name, params, tuple(spec["image_shape"]), spec["num_classes"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{meta_path}: 'spec' does not describe a model ({type(exc).__name__}: {exc})") from None

@@ -66,6 +66,22 @@ def _strict_problem(annotation: Any, value: Any) -> str | None:
     return None
 
 
+# A field's value for a model.json written before the field existed, where it differs from today's default
+# (imagegen.artifact.load_model fills it in, so an old model is rebuilt as it was trained).
+SAVED_WITHOUT = "saved_without"
+
+
+def saved_without(section: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` of a saved ``section`` (a pydantic model class; anything else is left alone) with every missing
+    field that declares a ``saved_without`` value set to it."""
+    filled = dict(values)
+    for name, field in getattr(section, "model_fields", {}).items():
+        extra = field.json_schema_extra
+        if name not in filled and isinstance(extra, dict) and SAVED_WITHOUT in extra:
+            filled[name] = extra[SAVED_WITHOUT]
+    return filled
+
+
 class Section(BaseModel):
     """Base of every params section: unknown keys are errors, assignments are re-validated.
 
@@ -301,10 +317,11 @@ class DDPMConfig(Section):
     text_layers: int = Field(default=2, ge=0, description="Transformer layers of the text encoder.")
     text_heads: int = Field(default=4, gt=0, description="Attention heads; must divide text_width.")
     text_pooling: Literal["mean", "last"] = Field(
-        default="mean",
+        default="last",
         description="The caption summary added to the time embedding: 'last' = the encoded last real token "
         "(the class word of 'a photo of a {class}', which a mean over the shared words dilutes), 'mean' = the "
-        "mean over real tokens (the reading of models saved before this key existed).",
+        "mean over real tokens.",
+        json_schema_extra={SAVED_WITHOUT: "mean"},  # how models saved before this key were built
     )
     text_max_length: int = Field(default=16, gt=0, description="Tokens per caption seen by the text encoder.")
     text_vocabulary: list[str] = Field(
