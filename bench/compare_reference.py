@@ -1,4 +1,4 @@
-"""imagegen's DDPM trainer against a PyTorch reference (diffusers' UNet2DModel) on CPU, side by side.
+"""imagegen's DDPM trainer against the best PyTorch reference (diffusers' UNet2DModel) on CPU, in rounds.
 
 The same U-Net in both: imagegen's at base_channels=32, channel_mults=[1,2,2], num_res_blocks=1,
 attention_resolutions=[16], groups=8 is diffusers' UNet2DModel with block_out_channels=(32, 64, 64),
@@ -7,27 +7,25 @@ layers_per_block=1, single-head attention at side 16 (and in the middle block), 
 x_t = q_sample(x_0, t, eps) with host-drawn t and eps, eps-MSE, global grad-norm clip 1.0, Adam (ours) /
 AdamW (reference), then an EMA update of every weight.
 
-Each trainer runs in its own long-lived worker process (ours once with KERAS_BACKEND=tensorflow, once with
-KERAS_BACKEND=jax; the reference with torch), and the configs are measured interleaved, one worker at a time
-(TF, reference, JAX per config), so a changing machine load hits all three alike; the 1-minute load average
-is printed with every row. FLOPs per image: XLA's cost analysis of our jitted JAX train step (the same Keras
-graph as the TF one) and torch.utils.flop_counter.FlopCounterMode over the reference's forward + backward.
-XLA counts every operation (elementwise included), FlopCounterMode only matmuls and convolutions, so the
-"matched" column compares FLOP rates (images/s x FLOPs/image).
+The reference runs in every configuration worth trying on a CPU, each in its own worker process: eager and
+``torch.compile`` (inductor), 1 and 2 threads, channels_last; ours is the TensorFlow trainer the ``imagegen``
+command runs (and, with ``--backends tf jax``, the JAX one). Each cell (image side x batch) is measured in
+``--rounds`` interleaved rounds, one worker at a time, with the rest of the machine's CPU use recorded during
+every measurement (:mod:`interleaved`); the table gives median and min-max per configuration and the ratio of
+medians ours / fastest reference with its range, and says when the figures do not allow a conclusion.
 
-    python bench/compare_reference.py                 # 16x16 and 32x32, batch 64 and 128
-    python bench/compare_reference.py --quick         # smoke run: 16x16, batch 8, a couple of steps
-    python bench/compare_reference.py --out compare.json -S train.jit_compile=false
+    python bench/compare_reference.py                 # 16x16 and 32x32, batch 64 and 128, 5 rounds
+    python bench/compare_reference.py --quick         # smoke run: 16x16, batch 8, eager reference, 2 rounds
+    python bench/compare_reference.py --out reports/bench/compare_reference_xeon.json
 
-Needs the benchmark extra: ``pip install -e ".[bench]"`` with a CPU build of torch.
+Needs the benchmark extra: ``pip install -e ".[bench]"`` with a CPU build of torch, and a C++ compiler for
+``torch.compile``. Run it on an otherwise idle machine: it checks and says so.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,18 @@ from typing import Any
 import numpy as np
 
 from imagegen import startup
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleaved import (  # noqa: E402
+    Worker,
+    describe_state,
+    machine_state,
+    print_summary,
+    run_rounds,
+    serve,
+    settled_state,
+    summarize,
+)
 
 HERE = Path(__file__).resolve().parent
 # imagegen's DDPM U-Net that has exactly diffusers' UNet2DModel(block_out_channels=(32, 64, 64), ...) weights.
@@ -55,7 +65,11 @@ GROUPS = 8
 TIMESTEPS = 1000
 LEARNING_RATE = 2e-3
 EMA_DECAY = 0.995
-WORKERS = {"tf": "tensorflow", "jax": "jax", "ref": "torch"}
+BACKENDS = {"tf": "tensorflow", "jax": "jax"}
+REFERENCE_MODES = ("eager", "eager-cl", "compile", "compile-cl")
+"""eager / torch.compile (inductor), each optionally channels_last (NHWC activations and weights)."""
+DEFAULT_REFERENCES = ["eager:2", "eager:1", "eager-cl:2", "compile:2", "compile:1"]
+TARGET = 1.2
 
 
 # ----------------------------------------------------------------------------------------------- reference
@@ -91,8 +105,8 @@ def ours_parameters(size: int, channels: int = 1) -> int:
     return build_unet(load_params(None, OURS).ddpm, size, channels, 10).count_params()
 
 
-def _reference_step(size: int, batch: int) -> tuple[Callable[[], dict], Callable[[int], float], int]:
-    """(step, flops_per_image(count_batch), parameters) of the torch reference: the same step as ours."""
+def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], None], Callable[[int], float], int]:
+    """(step, flops_per_image(count_batch), parameters) of the torch reference in ``mode``: the same step as ours."""
     import torch
     from diffusers import DDPMScheduler
     from torch.utils.flop_counter import FlopCounterMode
@@ -101,7 +115,11 @@ def _reference_step(size: int, batch: int) -> tuple[Callable[[], dict], Callable
     from imagegen.data.processed import Split
 
     torch.manual_seed(0)
+    channels_last = mode.endswith("-cl")
     model = build_reference(size).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if mode.startswith("compile") else model
     params = [p for p in model.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=LEARNING_RATE)
@@ -109,28 +127,30 @@ def _reference_step(size: int, batch: int) -> tuple[Callable[[], dict], Callable
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(max(batch * 4, 512), size, size, 1), dtype=np.uint8)
     stream = BatchStream(Split(images, rng.integers(0, 10, len(images))), batch, seed=0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
 
-    def loss_of(x0: Any) -> Any:
+    def x0_batch(n: int | None = None) -> Any:
+        x = torch.from_numpy(next(stream).images[:n]).permute(0, 3, 1, 2)
+        return x.contiguous(memory_format=layout)
+
+    def loss_of(fn: Any, x0: Any) -> Any:
         eps = torch.randn_like(x0)
         t = torch.randint(0, TIMESTEPS, (x0.shape[0],))
-        pred = model(sched.add_noise(x0, eps, t), t).sample
-        return torch.nn.functional.mse_loss(pred, eps)
+        return torch.nn.functional.mse_loss(fn(sched.add_noise(x0, eps, t), t).sample, eps)
 
-    def step() -> dict:
-        x0 = torch.from_numpy(next(stream).images).permute(0, 3, 1, 2).contiguous()
-        loss = loss_of(x0)
+    def step() -> None:
+        loss = loss_of(net, x0_batch())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(ema, params, 1.0 - EMA_DECAY)
-        return {"loss": loss.item()}
+        loss.item()  # wait for the step, as ours does
 
     def flops_per_image(n: int) -> float:
-        x0 = torch.from_numpy(next(stream).images[:n]).permute(0, 3, 1, 2).contiguous()
         with FlopCounterMode(display=False) as counter:
-            loss_of(x0).backward()
+            loss_of(model, x0_batch(n)).backward()
         opt.zero_grad(set_to_none=True)
         return counter.get_total_flops() / n
 
@@ -138,50 +158,73 @@ def _reference_step(size: int, batch: int) -> tuple[Callable[[], dict], Callable
 
 
 # ----------------------------------------------------------------------------------------------- workers
-def _timed(step: Callable[[], Mapping[str, Any]], batch: int, seconds: float, min_steps: int, max_steps: int) -> dict:
-    """Warm up (compile) with one step, calibrate with one, then time enough steps to fill ``seconds``."""
-    from train_throughput import time_steps
-
-    warmup_s = time_steps(step, 1)
-    one = time_steps(step, 1)
-    n = int(max(min_steps, min(max_steps, round(seconds / max(one, 1e-6)))))
-    elapsed = time_steps(step, n)
-    return {
-        "images_per_sec": batch * n / elapsed,
-        "ms_per_step": 1000 * elapsed / n,
-        "steps": n,
-        "warmup_s": warmup_s,
-        "load_1min": os.getloadavg()[0],
-    }
+def _steps_for(step: Callable[[], Any], seconds: float, min_steps: int, max_steps: int) -> tuple[int, float]:
+    """(steps filling ``seconds``, warm-up seconds): one step compiles, three more calibrate."""
+    t0 = time.perf_counter()
+    step()
+    warmup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(3):
+        step()
+    per_step = (time.perf_counter() - t0) / 3
+    return int(max(min_steps, min(max_steps, round(seconds / max(per_step, 1e-6))))), warmup
 
 
-def _measure(kind: str, cfg: dict) -> dict:
-    size, batch = cfg["image_size"], cfg["batch_size"]
-    timing = (cfg["seconds"], cfg["min_steps"], cfg["max_steps"])
-    if kind == "ref":
-        import torch
+def _time(step: Callable[[], Any], n: int, batch: int) -> dict:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    elapsed = time.perf_counter() - t0
+    return {"rate": batch * n / elapsed, "seconds": elapsed, "steps": n}
 
-        step, flops_fn, n_params = _reference_step(size, batch)
-        flops = flops_fn(min(batch, 8))
-        return {
-            **_timed(step, batch, *timing),
-            "parameters": n_params,
-            "flops_per_image": flops,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        }
-    import keras
-    from train_throughput import prepare
 
-    from imagegen.training.precision import resolve_jit
+class TrainerWorker:
+    """One configuration's state inside its worker: the step of the cell being measured and its step count."""
 
-    keras.backend.clear_session()
-    p = prepare("ddpm", batch, size, 1, OURS + cfg["overrides"])
-    out = {**_timed(p.step, batch, *timing), "parameters": p.family.trainable_count()}
-    out["jit_compile"] = resolve_jit(p.params.train.jit_compile)
-    if kind == "jax":
-        out["flops_per_image"] = _xla_flops(p.stepper, p.next_batch()) / batch
-    return out
+    def __init__(self, kind: str, mode: str) -> None:
+        self.kind, self.mode = kind, mode
+        self.step: Callable[[], Any] | None = None
+        self.n = 0
+        self.batch = 0
+
+    def handle(self, req: dict) -> dict:
+        if req["op"] == "drop":
+            self.step = None
+            import gc
+
+            gc.collect()
+            return {}
+        if req["op"] == "measure":
+            assert self.step is not None
+            return _time(self.step, self.n, self.batch)
+        size, self.batch = req["image_size"], req["batch_size"]
+        info = self._build(size, self.batch, req["overrides"])
+        self.n, warmup = _steps_for(self.step, req["seconds"], req["min_steps"], req["max_steps"])
+        return {**info, "warmup_s": warmup, **_time(self.step, self.n, self.batch)}
+
+    def _build(self, size: int, batch: int, overrides: list[str]) -> dict:
+        if self.kind == "ref":
+            import torch
+
+            self.step, flops_fn, n_params = reference_step(size, batch, self.mode)
+            return {
+                "parameters": n_params,
+                "flops_per_image": flops_fn(min(batch, 8)),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        import keras
+        from train_throughput import prepare
+
+        from imagegen.training.precision import resolve_jit
+
+        keras.backend.clear_session()
+        p = prepare("ddpm", batch, size, 1, OURS + overrides)
+        self.step = p.step
+        info = {"parameters": p.family.trainable_count(), "jit_compile": resolve_jit(p.params.train.jit_compile)}
+        if self.kind == "jax":
+            info["flops_per_image"] = _xla_flops(p.stepper, p.next_batch()) / batch
+        return info
 
 
 def _xla_flops(stepper: Any, batch: Mapping[str, Any]) -> float:
@@ -195,165 +238,143 @@ def _xla_flops(stepper: Any, batch: Mapping[str, Any]) -> float:
     return float(cost["flops"])
 
 
-def worker(kind: str) -> None:
-    """Answer one JSON line on stdout per JSON config line on stdin (imports once, measures many)."""
-    sys.path.insert(0, str(HERE))
-    if kind != "ref":
-        import keras  # noqa: F401  (the import is the slow part: do it before the first config arrives)
-    else:
+def worker_main(kind: str, mode: str, threads: int) -> None:
+    """Import once (the slow part), then answer prepare / measure / drop requests."""
+    if kind == "ref":
+        import torch
+
+        torch.set_num_threads(threads)
         import diffusers  # noqa: F401
-    print(json.dumps({"ready": kind}), flush=True)
-    for line in sys.stdin:
-        cfg = json.loads(line)
-        try:
-            print(json.dumps(_measure(kind, cfg)), flush=True)
-        except Exception as exc:  # reported to the parent, which stops with the message
-            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+    else:
+        import keras  # noqa: F401
+    serve(TrainerWorker(kind, mode).handle, {"ready": kind})
 
 
-class Worker:
-    def __init__(self, kind: str, log_dir: Path) -> None:
-        env = {**os.environ, "KERAS_BACKEND": WORKERS[kind] if kind != "ref" else "tensorflow"}
+def start_workers(backends: list[str], references: list[str], log_dir: Path) -> dict[str, Worker]:
+    """Ours first (``ours-tf``, ``ours-jax``), then each reference configuration (``ref-compile:2``, ...)."""
+    script = str(Path(__file__).resolve())
+    workers = {}
+    for b in backends:
+        env = {**os.environ, "KERAS_BACKEND": BACKENDS[b]}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         startup.set_tensorflow_defaults(env)  # ours on the kernels the `imagegen` command trains on
-        self.kind = kind
-        self.log = log_dir / f"{kind}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", kind],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log.open("w"),
-            text=True,
-            env=env,
-        )
-
-    def read(self) -> dict:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            tail = self.log.read_text()[-3000:]
-            raise SystemExit(f"compare_reference: the {self.kind} worker died; its log ends:\n{tail}")
-        msg = json.loads(line)
-        if "error" in msg:
-            raise SystemExit(f"compare_reference: the {self.kind} worker failed: {msg['error']}")
-        return msg
-
-    def ask(self, cfg: dict) -> dict:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cfg) + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        workers[f"ours-{b}"] = Worker(f"ours-{b}", [sys.executable, script, "--worker", b], env, log_dir)
+    for ref in references:
+        mode, threads = ref.split(":")
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "KERAS_BACKEND": "tensorflow"}
+        argv = [sys.executable, script, "--worker", "ref", "--mode", mode, "--threads", threads]
+        workers[f"ref-{ref}"] = Worker(f"ref-{mode}-{threads}", argv, env, log_dir)
+    for w in workers.values():
+        w.read()  # ready
+    return workers
 
 
-# ----------------------------------------------------------------------------------------------- table
-def _row(size: int, batch: int, res: dict[str, dict]) -> dict:
-    tf, jx, ref = res.get("tf", {}), res.get("jax", {}), res["ref"]
-    ours_flops = jx.get("flops_per_image")
-    row: dict[str, Any] = {
-        "config": f"{size}x{size}x1 b{batch}",
-        "image_size": size,
-        "batch_size": batch,
-        "parameters_ours": (tf or jx).get("parameters"),
-        "parameters_reference": ref["parameters"],
-        "images_per_sec_tf": tf.get("images_per_sec"),
-        "images_per_sec_jax": jx.get("images_per_sec"),
-        "images_per_sec_reference": ref["images_per_sec"],
-        "gflops_per_image_ours": ours_flops and ours_flops / 1e9,
-        "gflops_per_image_reference": ref["flops_per_image"] / 1e9,
-        "load_1min": [r["load_1min"] for r in res.values()],
-        "raw": res,
-    }
-    for k in ("tf", "jax"):
-        ips = row[f"images_per_sec_{k}"]
-        row[f"ratio_{k}"] = ips and ips / ref["images_per_sec"]
-        row[f"ratio_{k}_matched_flops"] = (
-            ips and ours_flops and (ips * ours_flops) / (ref["images_per_sec"] * ref["flops_per_image"])
-        )
-    return row
+def reference_spec(text: str) -> str:
+    mode, _, threads = text.partition(":")
+    if mode not in REFERENCE_MODES or not threads.isdigit() or int(threads) < 1:
+        raise argparse.ArgumentTypeError(f"expected MODE:THREADS with MODE one of {', '.join(REFERENCE_MODES)}")
+    return text
 
 
-def _fmt(v: Any, spec: str) -> str:
-    """``format(v, spec)``, or a dash of the same width when there is no value (a backend not run)."""
-    return format("-", spec.split(".")[0]) if v is None else format(v, spec)
-
-
-def print_table(rows: list[dict]) -> None:
-    head = (
-        f"{'config':<14}{'params ours/ref':>20}{'img/s TF':>10}{'img/s JAX':>10}{'img/s ref':>10}"
-        f"{'GFLOP/img ours':>15}{'GFLOP/img ref':>14}{'TF/ref':>8}{'JAX/ref':>8}{'TF/ref@FLOPs':>13}  load(1m)"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(
-            f"{r['config']:<14}{r['parameters_ours']:>10,}/{r['parameters_reference']:<9,}"
-            f"{_fmt(r['images_per_sec_tf'], '>10.1f')}{_fmt(r['images_per_sec_jax'], '>10.1f')}"
-            f"{r['images_per_sec_reference']:>10.1f}{_fmt(r['gflops_per_image_ours'], '>15.3f')}"
-            f"{r['gflops_per_image_reference']:>14.3f}{_fmt(r['ratio_tf'], '>8.2f')}{_fmt(r['ratio_jax'], '>8.2f')}"
-            f"{_fmt(r['ratio_tf_matched_flops'], '>13.2f')}  " + " ".join(f"{x:.1f}" for x in r["load_1min"])
-        )
-
-
+# ----------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 16x16, batch 8, a couple of steps")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 16x16, batch 8, eager reference, 2 rounds")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="image sides (default 16 32)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 64 128")
-    ap.add_argument("--backends", nargs="+", default=["tf", "jax"], choices=["tf", "jax"], help="ours on these")
+    ap.add_argument("--backends", nargs="+", default=["tf"], choices=list(BACKENDS), help="ours on these")
+    ap.add_argument(
+        "--references",
+        nargs="+",
+        type=reference_spec,
+        default=None,
+        help=f"reference MODE:THREADS configurations (default {' '.join(DEFAULT_REFERENCES)})",
+    )
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell (default 5)")
     ap.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement (default 4)")
-    ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    ap.add_argument("--out", type=Path, default=None, help="also write the cells as JSON here")
+    ap.add_argument("--wait-idle", type=float, default=None, help="seconds to wait for an idle machine (default 180)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="param override (ours)")
-    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=[*BACKENDS, "ref"], help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=REFERENCE_MODES, default="eager", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker)
+        worker_main(args.worker, args.mode, args.threads)
         return
     sizes = args.sizes or ([16] if args.quick else [16, 32])
     batches = args.batch_sizes or ([8] if args.quick else [64, 128])
-    cfg_timing = {
-        "seconds": args.seconds if args.seconds is not None else (0.0 if args.quick else 4.0),
-        "min_steps": 1 if args.quick else 3,
-        "max_steps": 2 if args.quick else 50,
+    references = args.references or (["eager:2"] if args.quick else DEFAULT_REFERENCES)
+    rounds = args.rounds or (2 if args.quick else 5)
+    request = {
+        "seconds": args.seconds if args.seconds is not None else (0.2 if args.quick else 4.0),
+        "min_steps": 2 if args.quick else 3,
+        "max_steps": 4 if args.quick else 200,
         "overrides": args.overrides,
     }
     t0 = time.perf_counter()
-    print(f"load average at start (1, 5, 15 min): {os.getloadavg()}", flush=True)
+    start = settled_state(args.wait_idle if args.wait_idle is not None else (0 if args.quick else 180))
+    print(describe_state(f"before (after waiting {start['waited_s']:.0f} s for idle)", start), flush=True)
+    cells = []
     with tempfile.TemporaryDirectory(prefix="compare_reference_") as logs:
-        workers = {k: Worker(k, Path(logs)) for k in [*args.backends, "ref"]}
+        workers = start_workers(args.backends, references, Path(logs))
         try:
-            for w in workers.values():
-                w.read()  # ready
-            order = [k for k in ("tf", "ref", "jax") if k in workers]
-            rows = []
             for size in sizes:
                 for batch in batches:
-                    cfg = {"image_size": size, "batch_size": batch, **cfg_timing}
-                    res = {k: workers[k].ask(cfg) for k in order}
-                    rows.append(_row(size, batch, res))
-                    print(f"measured {rows[-1]['config']} (load {os.getloadavg()[0]:.1f})", flush=True)
+                    print(f"{size}x{size} b{batch}: preparing {len(workers)} configurations", flush=True)
+                    res = run_rounds(workers, {"image_size": size, "batch_size": batch, **request}, rounds)
+                    cell = {
+                        "config": f"{size}x{size}x1 b{batch}",
+                        "image_size": size,
+                        "batch_size": batch,
+                        "results": res,
+                    }
+                    for ours in (n for n in workers if n.startswith("ours-")):
+                        refs = [n for n in workers if n.startswith("ref-")]
+                        cell[f"summary_{ours}"] = summarize(res, ours, refs, TARGET)
+                    cells.append(cell)
         finally:
             for w in workers.values():
                 w.close()
-    print()
-    print_table(rows)
-    mismatch = [r["config"] for r in rows if r["parameters_ours"] != r["parameters_reference"]]
-    print(
-        f"\nparameters equal: {not mismatch}{'' if not mismatch else ' (differ at ' + ', '.join(mismatch) + ')'}"
-        f"; load average at end: {os.getloadavg()}; wall {time.perf_counter() - t0:.0f} s"
+    end = machine_state(after_work=True)
+    for cell in cells:
+        res = cell["results"]
+        params = {n: r["prepare"].get("parameters") for n, r in res.items()}
+        flops = {n: r["prepare"].get("flops_per_image") for n, r in res.items()}
+        ref_flops = next((f for n, f in flops.items() if n.startswith("ref-") and f), None)
+        print_summary(
+            f"{cell['config']}  (training images/s; parameters {params}; reference "
+            f"{ref_flops / 1e9 if ref_flops else float('nan'):.3f} GFLOP/image by FlopCounterMode)",
+            [cell[k] for k in cell if k.startswith("summary_")],
+            "images/s",
+        )
+    mismatch = [c["config"] for c in cells if len({r["prepare"]["parameters"] for r in c["results"].values()}) > 1]
+    disturbed = sum(m["disturbed"] for c in cells for r in c["results"].values() for m in r["rounds"])
+    idle_cpu = max(
+        (m["idle_workers_cpu_s"] for c in cells for r in c["results"].values() for m in r["rounds"]), default=0.0
     )
+    print()
+    print(describe_state("after", end))
     print(
-        "ratio = ours / reference images/s; @FLOPs = FLOP rate (images/s x FLOPs/image; XLA counts elementwise "
-        "ops too, FlopCounterMode only matmul/conv). Figures on a loaded machine are only comparable within a row."
+        f"parameters equal: {not mismatch}{'' if not mismatch else ' (differ at ' + ', '.join(mismatch) + ')'}; "
+        f"disturbed measurements: {disturbed}; most CPU the idle workers used during one measurement: "
+        f"{idle_cpu:.2f} s; wall {time.perf_counter() - t0:.0f} s"
     )
     if args.out:
         from imagegen.fileio import write_json
 
-        write_json(args.out, {"rows": rows, "load_end": os.getloadavg(), "argv": sys.argv[1:]})
+        write_json(
+            args.out,
+            {
+                "benchmark": "train_step",
+                "machine_before": start,
+                "machine_after": end,
+                "rounds": rounds,
+                "request": request,
+                "cells": cells,
+                "argv": sys.argv[1:],
+            },
+        )
     if mismatch:
         raise SystemExit(2)
 

@@ -6,7 +6,9 @@
 Reads every ``*.json`` and ``*.csv`` under ``reports/bench/`` and every ``*.json`` under ``reports/profile/``
 (in name order) and writes one section per file: what it measures, the machine as far as the file records it,
 and its figures as a table. The kind of a report is told by its content: ``stages`` (``bench/pipeline_profile.py``),
-``rows`` with ``config`` (``bench/compare_reference.py``), ``rows`` with ``runtime`` (``bench/serving.py``), a CSV
+``cells`` measured in rounds (``bench/compare_reference.py`` and ``bench/compare_sampling.py``), older
+``rows`` with ``config`` (``bench/compare_reference.py`` before it measured in rounds), ``rows`` with
+``runtime`` (``bench/serving.py``), a CSV
 with ``family`` and ``steps`` columns (``bench/steps_curve.py``); anything else gets its top-level values listed.
 ``DESCRIPTIONS`` adds, per file name, what the file's name alone cannot say (the code state and the machine it
 was measured on, where the JSON does not record it). The output depends only on the files read, so
@@ -85,6 +87,8 @@ DESCRIPTIONS: dict[str, str] = {
 SCRIPTS = {
     "profile": "bench/pipeline_profile.py",
     "compare": "bench/compare_reference.py",
+    "train_step": "bench/compare_reference.py",
+    "ddim_sampling": "bench/compare_sampling.py",
     "serving": "bench/serving.py",
     "steps": "bench/steps_curve.py",
     "other": "–",
@@ -100,6 +104,20 @@ KIND_TEXT = {
         "`bench/compare_reference.py`: training images/s of the same U-Net in imagegen (TensorFlow and JAX "
         "backends) and in diffusers on PyTorch, on the same step, interleaved; ratios are ours / reference, "
         "*matched* compares FLOP rates (images/s x FLOPs per image)."
+    ),
+    "train_step": (
+        "`bench/compare_reference.py`: training images/s of the same U-Net in imagegen and in diffusers on PyTorch "
+        "(eager and `torch.compile`, 1 and 2 threads, channels_last), each configuration in its own process, "
+        "measured in interleaved rounds with the rest of the machine's CPU use recorded during each measurement "
+        "(a round is *disturbed* when it exceeded 0.1 cores). Per cell: median and min-max images/s per "
+        "configuration, and ours / the fastest reference as a ratio of medians with the range the extremes allow."
+    ),
+    "ddim_sampling": (
+        "`bench/compare_sampling.py`: DDIM sampling images/s of the same U-Net: imagegen's sampler (TensorFlow "
+        "graph, row shards) and its exported SavedModel against diffusers' `DDIMScheduler` loop on PyTorch "
+        "(eager and `torch.compile`), each configuration in its own process, in interleaved rounds with the "
+        "rest of the machine's CPU use recorded during each measurement. Per cell: median and min-max images/s, "
+        "and each of ours / the fastest reference as a ratio of medians with its range."
     ),
     "serving": (
         "`bench/serving.py`: ms per image and images/s of each model through each runtime on one CPU core, "
@@ -155,6 +173,8 @@ def kind_of(path: Path, data: Any) -> str:
         return "steps" if data and {"family", "steps"} <= set(data[0]) else "other"
     if isinstance(data, dict) and isinstance(data.get("stages"), dict):
         return "profile"
+    if isinstance(data, dict) and data.get("benchmark") in ("train_step", "ddim_sampling"):
+        return data["benchmark"]
     rows = data.get("rows") if isinstance(data, dict) else None
     if isinstance(rows, list) and rows and isinstance(rows[0], dict):
         if "config" in rows[0]:
@@ -177,6 +197,15 @@ def profile_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     rows.append(["**all stages**", *totals])
     lines = table(["stage", *columns], rows)
     lines += ["", f"Wall time of the whole run: {fmt(data.get('wall_s'))} s."]
+    runs = data.get("runs") or []
+    if len(runs) > 1:
+        lines.append(
+            f"{len(runs)} clean-clone runs, one after another: "
+            + ", ".join(f"{fmt(r['wall_s'])} s (rest of the machine {fmt(r.get('other_cores'))} cores)" for r in runs)
+            + f"; median {fmt(data.get('median_wall_s'))} s (the table is the median run)."
+        )
+    elif runs:
+        lines.append(f"The rest of the machine used {fmt(runs[0].get('other_cores'))} cores on average during the run.")
     if data.get("skipped"):
         lines.append(f"Skipped: {fmt(data['skipped'])}.")
     return facts, lines
@@ -241,6 +270,46 @@ def compare_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     return facts, table(header, body)
 
 
+def machine_facts(state: dict[str, Any] | None, when: str) -> str:
+    if not state:
+        return f"machine {when}: not recorded"
+    busy = ", ".join(f"{b['name']} {fmt(b['cores'])} cores" for b in state.get("busy_processes") or []) or "none"
+    return (
+        f"{when}: load average {fmt(state.get('load_average'))}, {fmt(state.get('cores'))} cores, busy processes "
+        f"{busy} ({'idle' if state.get('idle') else 'not idle'})"
+    )
+
+
+def rounds_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    facts = [
+        f"arguments {arguments(data.get('argv') or [])}",
+        f"{fmt(data.get('rounds'))} rounds per cell",
+        machine_facts(data.get("machine_before"), "before"),
+        machine_facts(data.get("machine_after"), "after"),
+    ]
+    lines: list[str] = []
+    for cell in data["cells"]:
+        summaries = {k.removeprefix("summary_"): v for k, v in cell.items() if k.startswith("summary_")}
+        first = next(iter(summaries.values()))
+        body = []
+        for name, c in first["configs"].items():
+            prep = cell["results"][name]["prepare"]
+            warm = (prep.get("build_s") or 0.0) + (prep.get("warmup_s") or 0.0)
+            body.append([name, c["median"], c["min"], c["max"], c["disturbed_rounds"], warm])
+        lines += [f"**{cell['config']}**", ""]
+        lines += table(["configuration", "median", "min", "max", "disturbed rounds", "build + first step s"], body)
+        lines.append("")
+        for ours, s in summaries.items():
+            lo, hi = s["ratio_range"]
+            lines.append(
+                f"- {ours} / {s['best_reference']} (fastest reference): **{fmt(s['ratio'])}** "
+                f"(range {fmt(lo)}-{fmt(hi)}); {s['verdict']}; target {fmt(s['target'])}x "
+                f"{'met' if s['target_met'] else 'not met'}."
+            )
+        lines.append("")
+    return facts, lines
+
+
 def serving_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     threads = data.get("threads") or {}
     facts = [
@@ -271,7 +340,13 @@ def other_section(data: Any) -> tuple[list[str], list[str]]:
     return [], table(["key", "value"], body)
 
 
-RENDER = {"profile": profile_section, "compare": compare_section, "serving": serving_section}
+RENDER = {
+    "profile": profile_section,
+    "compare": compare_section,
+    "train_step": rounds_section,
+    "ddim_sampling": rounds_section,
+    "serving": serving_section,
+}
 
 
 def section(root: Path, path: Path) -> tuple[str, list[str]]:

@@ -5,7 +5,11 @@ and imports, XLA/graph compilation, the work (steps, samples, conversions), I/O 
     python bench/pipeline_profile.py --project /tmp/x --stage train_vae --stage evaluate@vae   # re-run stages
 
 ``--clone`` clones this repository (its committed HEAD) into a new folder and runs one plain ``dvc repro`` there,
-so it takes as long as ``dvc repro`` itself. ``--stage`` runs ``dvc repro --single-item --force STAGE`` for each
+so it takes as long as ``dvc repro`` itself; ``--repeat N`` does that N times, each in a fresh clone
+(``FOLDER/run1`` ...), one after the other, and reports every run's wall time and their median (the stage table
+is the median run's). Before each run the machine is checked for idleness (load average, busy processes), and
+during it the CPU the rest of the machine used is measured (``/proc/stat`` minus this run's process tree).
+``--stage`` runs ``dvc repro --single-item --force STAGE`` for each
 stage given, in an existing project (whose stages upstream are already built). Either way every ``imagegen``
 process writes its phase timings (``IMAGEGEN_PROFILE``, see ``imagegen.profiling``) and this script joins them
 with the stage boundaries it reads from DVC's output. The stage list comes from DVC (``pipelines.dvc_graph``).
@@ -22,7 +26,9 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleaved import _cpu_times, describe_state, machine_state, settled_state  # noqa: E402
+
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 SKIP_LINE = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
 COLUMNS = ("wall", "dvc", "start+imports", "compile", "work", "io", "mlflow", "other")
@@ -133,33 +142,17 @@ def table(rows: dict[str, dict[str, Any]], total_wall: float) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    where = ap.add_mutually_exclusive_group(required=True)
-    where.add_argument("--clone", type=Path, help="new folder: clone this repository there and run `dvc repro`")
-    where.add_argument("--project", type=Path, help="existing project folder (with --stage)")
-    ap.add_argument("--stage", action="append", default=[], help="with --project: re-run this stage (repeatable)")
-    ap.add_argument("--source", default=str(ROOT), help="repository to clone (default: this one)")
-    ap.add_argument("--out", type=Path, help="write the profile as JSON here")
-    args = ap.parse_args(argv)
+def children_cpu() -> float:
+    """CPU seconds of every finished child process tree of this one (dvc and the imagegen processes it ran)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
-    if args.clone is not None:
-        if args.clone.exists() and any(args.clone.iterdir()):
-            ap.error(f"--clone {args.clone}: exists and is not empty; give a new folder")
-        subprocess.run(["git", "clone", "--quiet", args.source, str(args.clone)], check=True)
-        project = args.clone.resolve()
-        commands = [["dvc", "repro"]]
-    else:
-        if not args.stage:
-            ap.error("--project needs at least one --stage NAME")
-        project = args.project.resolve()
-        commands = [["dvc", "repro", "--single-item", "--force", stage] for stage in args.stage]
-    names = stage_names(project)
-    unknown = [s for s in args.stage if s not in names]
-    if unknown:
-        ap.error(f"--stage {unknown}: not in {project / 'dvc.yaml'} ({', '.join(names)})")
 
-    load_before = os.getloadavg()
+def profile_once(commands: list[list[str]], project: Path, names: list[str]) -> dict[str, Any]:
+    """Run ``commands`` in ``project`` with the machine watched: the stage rows and what else ran meanwhile."""
+    before = settled_state()
+    print(describe_state(f"before (after waiting {before['waited_s']:.0f} s for idle)", before), flush=True)
+    busy0, own0, t0 = _cpu_times()[0], children_cpu(), time.perf_counter()
     profile_dir = Path(tempfile.mkdtemp(prefix="imagegen-profile-"))
     total, walls, skipped, status = 0.0, {}, [], 0
     for cmd in commands:
@@ -170,25 +163,85 @@ def main(argv: list[str] | None = None) -> int:
         if status != 0:
             print(f"{' '.join(cmd)} failed (exit {status}); profiling what ran", file=sys.stderr)
             break
+    elapsed = time.perf_counter() - t0
+    other = max(0.0, _cpu_times()[0] - busy0 - (children_cpu() - own0) - time.process_time()) / elapsed
     records = read_records(profile_dir)
     shutil.rmtree(profile_dir, ignore_errors=True)
     rows = {name: split(walls.get(name), records.get(name)) for name in names if name in walls or name in records}
-
-    print()
+    after = machine_state(after_work=True)
     print(table(rows, total))
+    print(f"the rest of the machine used {other:.2f} cores on average during the run")
     if skipped:
         print(f"skipped by DVC (unchanged): {', '.join(sorted(set(skipped)))}")
+    return {
+        "project": str(project),
+        "wall_s": total,
+        "exit_status": status,
+        "other_cores": round(other, 3),
+        "machine_before": before,
+        "machine_after": after,
+        "stages": rows,
+        "skipped": sorted(set(skipped)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--clone", type=Path, help="new folder: clone this repository there and run `dvc repro`")
+    where.add_argument("--project", type=Path, help="existing project folder (with --stage)")
+    ap.add_argument("--repeat", type=int, default=1, help="with --clone: this many fresh clones, one after another")
+    ap.add_argument("--stage", action="append", default=[], help="with --project: re-run this stage (repeatable)")
+    ap.add_argument("--source", default=str(ROOT), help="repository to clone (default: this one)")
+    ap.add_argument("--out", type=Path, help="write the profile as JSON here")
+    args = ap.parse_args(argv)
+
+    if args.clone is not None:
+        if args.clone.exists() and any(args.clone.iterdir()):
+            ap.error(f"--clone {args.clone}: exists and is not empty; give a new folder")
+        commands = [["dvc", "repro"]]
+        projects = [args.clone] if args.repeat == 1 else [args.clone / f"run{i + 1}" for i in range(args.repeat)]
+    else:
+        if not args.stage:
+            ap.error("--project needs at least one --stage NAME")
+        if args.repeat != 1:
+            ap.error("--repeat goes with --clone (each run needs a clean clone)")
+        commands = [["dvc", "repro", "--single-item", "--force", stage] for stage in args.stage]
+        projects = [args.project.resolve()]
+        names = stage_names(projects[0])
+        unknown = [s for s in args.stage if s not in names]
+        if unknown:
+            ap.error(f"--stage {unknown}: not in {projects[0] / 'dvc.yaml'} ({', '.join(names)})")
+
+    load_before = os.getloadavg()
+    runs = []
+    for i, project in enumerate(projects):
+        if args.clone is not None:
+            subprocess.run(["git", "clone", "--quiet", args.source, str(project)], check=True)
+        project = project.resolve()
+        print(f"\nrun {i + 1}/{len(projects)} in {project}", flush=True)
+        runs.append(profile_once(commands, project, stage_names(project)))
+        if runs[-1]["exit_status"] != 0:
+            break
+    walls = [r["wall_s"] for r in runs]
+    median_run = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
+    if len(runs) > 1:
+        print(f"\nwall of each run: {', '.join(f'{w:.1f}' for w in walls)} s; median {statistics.median(walls):.1f} s")
+    status = max(r["exit_status"] for r in runs)
     if args.out is not None:
         report = {
-            "project": str(project),
+            "project": median_run["project"],
             "command": [" ".join(c) for c in commands],
-            "wall_s": total,
+            "wall_s": median_run["wall_s"],
             "exit_status": status,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "cpu_count": os.cpu_count(),
-            "stages": rows,
-            "skipped": sorted(set(skipped)),
+            "stages": median_run["stages"],
+            "skipped": median_run["skipped"],
+            "runs": [{k: v for k, v in r.items() if k != "stages"} for r in runs],
+            "run_walls_s": walls,
+            "median_wall_s": statistics.median(walls),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -43,25 +43,61 @@ def test_our_unet_and_the_diffusers_reference_have_the_same_parameter_count(comp
     assert compare.ours_parameters(size) == expected
 
 
-def test_quick_run_prints_the_comparison_table_and_writes_json(compare, tmp_path) -> None:
+def test_quick_run_prints_medians_and_ranges_and_writes_json(compare, tmp_path) -> None:
     out = tmp_path / "compare.json"
-    # Without XLA (jit_compile=false) the smoke run spends no minutes compiling; FLOPs still come from XLA's
-    # cost analysis of the lowered JAX step.
+    # Without XLA (jit_compile=false) the smoke run spends no minutes compiling.
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "-S", "train.jit_compile=false"],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--out",
+            str(out),
+            "--backends",
+            "tf",
+            "jax",
+            "-S",
+            "train.jit_compile=false",
+        ],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "load average at start" in proc.stdout
-    assert re.search(r"^config\s+params ours/ref\s+img/s TF\s+img/s JAX\s+img/s ref", proc.stdout, re.MULTILINE)
-    assert re.search(r"^16x16x1 b8\s+1,075,361/1,075,361", proc.stdout, re.MULTILINE), proc.stdout
+    before = r"^before \(after waiting \d+ s for idle\): load average \(1, 5, 15 min\)"
+    assert re.search(before, proc.stdout, re.MULTILINE), proc.stdout
+    assert re.search(r"^\s+configuration\s+median\s+min\s+max\s+disturbed rounds", proc.stdout, re.MULTILINE)
+    assert re.search(r"ours-tf / ref-eager:2: \d+\.\d\d \(range \d+\.\d\d-\d+\.\d\d\)", proc.stdout)
     assert "parameters equal: True" in proc.stdout
-    (row,) = json.loads(out.read_text())["rows"]
-    assert row["parameters_ours"] == row["parameters_reference"] == 1_075_361
-    for key in ("images_per_sec_tf", "images_per_sec_jax", "images_per_sec_reference"):
-        assert row[key] > 0
+    data = json.loads(out.read_text())
+    (cell,) = data["cells"]
+    assert {r["prepare"]["parameters"] for r in cell["results"].values()} == {1_075_361}
+    for name in ("ours-tf", "ours-jax", "ref-eager:2"):
+        rounds = cell["results"][name]["rounds"]
+        assert len(rounds) == 2 and all(r["rate"] > 0 for r in rounds)
+        assert all("other_cores" in r and "idle_workers_cpu_s" in r for r in rounds)
+    summary = cell["summary_ours-tf"]
+    assert summary["best_reference"] == "ref-eager:2"
+    median = summary["configs"]["ours-tf"]["median"] / summary["configs"]["ref-eager:2"]["median"]
+    assert summary["ratio"] == pytest.approx(median)
     # Same network, same step: the two FLOP counts agree to within what XLA counts beyond matmuls and convs.
-    assert 0.9 < row["gflops_per_image_ours"] / row["gflops_per_image_reference"] < 1.5
+    flops = {n: r["prepare"]["flops_per_image"] for n, r in cell["results"].items() if n != "ours-tf"}
+    assert 0.9 < flops["ours-jax"] / flops["ref-eager:2"] < 1.5
+
+
+def test_quick_sampling_run_compares_our_sampler_and_savedmodel_with_the_ddim_loop(compare, tmp_path) -> None:
+    out = tmp_path / "sampling.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "compare_sampling.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for ours in ("ours-graph", "ours-savedmodel"):
+        assert re.search(rf"{ours} / ref-eager:2: \d+\.\d\d \(range", proc.stdout), proc.stdout
+    (cell,) = json.loads(out.read_text())["cells"]
+    assert set(cell["results"]) == {"ours-graph", "ours-savedmodel", "ref-eager:2"}
+    assert all(r["rate"] > 0 for res in cell["results"].values() for r in res["rounds"])
