@@ -250,6 +250,14 @@ def worker_main(kind: str, mode: str, threads: int) -> None:
     serve(TrainerWorker(kind, mode).handle, {"ready": kind})
 
 
+def reference_worker(script: str, ref: str, log_dir: Path) -> Worker:
+    """The worker of reference configuration ``MODE:THREADS`` of benchmark ``script`` (torch on that many threads)."""
+    mode, threads = ref.split(":")
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "KERAS_BACKEND": "tensorflow"}
+    argv = [sys.executable, script, "--worker", "ref", "--mode", mode, "--threads", threads]
+    return Worker(f"ref-{mode}-{threads}", argv, env, log_dir)
+
+
 def start_workers(backends: list[str], references: list[str], log_dir: Path) -> dict[str, Worker]:
     """Ours first (``ours-tf``, ``ours-jax``), then each reference configuration (``ref-compile:2``, ...)."""
     script = str(Path(__file__).resolve())
@@ -260,10 +268,7 @@ def start_workers(backends: list[str], references: list[str], log_dir: Path) -> 
         startup.set_tensorflow_defaults(env)  # ours on the kernels the `imagegen` command trains on
         workers[f"ours-{b}"] = Worker(f"ours-{b}", [sys.executable, script, "--worker", b], env, log_dir)
     for ref in references:
-        mode, threads = ref.split(":")
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "KERAS_BACKEND": "tensorflow"}
-        argv = [sys.executable, script, "--worker", "ref", "--mode", mode, "--threads", threads]
-        workers[f"ref-{ref}"] = Worker(f"ref-{mode}-{threads}", argv, env, log_dir)
+        workers[f"ref-{ref}"] = reference_worker(script, ref, log_dir)
     for w in workers.values():
         w.read()  # ready
     return workers

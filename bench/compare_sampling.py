@@ -40,7 +40,7 @@ import numpy as np
 from imagegen import startup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_reference import OURS, REFERENCE_MODES, TIMESTEPS, build_reference, reference_spec  # noqa: E402
+from compare_reference import OURS, REFERENCE_MODES, TIMESTEPS, build_reference, reference_spec, reference_worker  # noqa: E402
 from interleaved import (  # noqa: E402
     Worker,
     describe_state,
@@ -169,10 +169,7 @@ def start_workers(ours: list[str], references: list[str], log_dir: Path) -> dict
         startup.set_tensorflow_defaults(env)  # the kernels the `imagegen` command samples on
         workers[f"ours-{kind}"] = Worker(f"ours-{kind}", [sys.executable, script, "--worker", kind], env, log_dir)
     for ref in references:
-        mode, threads = ref.split(":")
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "KERAS_BACKEND": "tensorflow"}
-        argv = [sys.executable, script, "--worker", "ref", "--mode", mode, "--threads", threads]
-        workers[f"ref-{ref}"] = Worker(f"ref-{mode}-{threads}", argv, env, log_dir)
+        workers[f"ref-{ref}"] = reference_worker(script, ref, log_dir)
     for w in workers.values():
         w.read()  # ready
     return workers
