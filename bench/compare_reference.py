@@ -17,6 +17,9 @@ medians ours / fastest reference with its range, and says when the figures do no
     python bench/compare_reference.py                 # 16x16 and 32x32, batch 64 and 128, 5 rounds
     python bench/compare_reference.py --quick         # smoke run: 16x16, batch 8, eager reference, 2 rounds
     python bench/compare_reference.py --out reports/bench/compare_reference_xeon.json
+    # bfloat16 on both sides (AMX / AVX512-BF16 CPUs): ours mixed_bfloat16, the reference under CPU autocast
+    python bench/compare_reference.py -S train.mixed_precision=bf16 \
+        --references eager:2 compile:2 eager-bf16:2 compile-bf16:2
 
 Needs the benchmark extra: ``pip install -e ".[bench]"`` with a CPU build of torch, and a C++ compiler for
 ``torch.compile``. Run it on an otherwise idle machine: it checks and says so.
@@ -66,8 +69,9 @@ TIMESTEPS = 1000
 LEARNING_RATE = 2e-3
 EMA_DECAY = 0.995
 BACKENDS = {"tf": "tensorflow", "jax": "jax"}
-REFERENCE_MODES = ("eager", "eager-cl", "compile", "compile-cl")
-"""eager / torch.compile (inductor), each optionally channels_last (NHWC activations and weights)."""
+REFERENCE_MODES = ("eager", "eager-cl", "compile", "compile-cl", "eager-bf16", "compile-bf16")
+"""eager / torch.compile (inductor), optionally channels_last (NHWC activations and weights) or bf16 autocast
+(``torch.autocast("cpu", torch.bfloat16)``: the reference's counterpart of ``train.mixed_precision=bf16``)."""
 DEFAULT_REFERENCES = ["eager:2", "eager:1", "eager-cl:2", "compile:2", "compile:1"]
 TARGET = 1.2
 
@@ -105,7 +109,7 @@ def ours_parameters(size: int, channels: int = 1) -> int:
     return build_unet(load_params(None, OURS).ddpm, size, channels, 10).count_params()
 
 
-def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], None], Callable[[int], float], int]:
+def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], float], Callable[[int], float], int]:
     """(step, flops_per_image(count_batch), parameters) of the torch reference in ``mode``: the same step as ours."""
     import torch
     from diffusers import DDPMScheduler
@@ -116,6 +120,7 @@ def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], None]
 
     torch.manual_seed(0)
     channels_last = mode.endswith("-cl")
+    bf16 = mode.endswith("-bf16")
     model = build_reference(size).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -136,9 +141,11 @@ def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], None]
     def loss_of(fn: Any, x0: Any) -> Any:
         eps = torch.randn_like(x0)
         t = torch.randint(0, TIMESTEPS, (x0.shape[0],))
-        return torch.nn.functional.mse_loss(fn(sched.add_noise(x0, eps, t), t).sample, eps)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            predicted = fn(sched.add_noise(x0, eps, t), t).sample
+        return torch.nn.functional.mse_loss(predicted.float(), eps)
 
-    def step() -> None:
+    def step() -> float:
         loss = loss_of(net, x0_batch())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,7 +153,7 @@ def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], None]
         opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(ema, params, 1.0 - EMA_DECAY)
-        loss.item()  # wait for the step, as ours does
+        return loss.item()  # wait for the step, as ours does
 
     def flops_per_image(n: int) -> float:
         with FlopCounterMode(display=False) as counter:

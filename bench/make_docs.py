@@ -76,6 +76,12 @@ DESCRIPTIONS: dict[str, str] = {
         "imagegen's DDPM train step against the PyTorch reference with the TensorFlow step XLA-compiled and "
         "Keras' own GroupNormalization."
     ),
+    "compare_reference_train_bf16_xeon.json": (
+        "bfloat16 on both sides: imagegen's trainer with `train.mixed_precision=bf16` (Keras mixed_bfloat16) "
+        'against the reference in float32 and under `torch.autocast("cpu", torch.bfloat16)`, on an idle Xeon '
+        "with AVX-512 and AMX (a different day from the float32 report: compare ratios within a report, not "
+        "rates across reports)."
+    ),
     "serving_one_core_epyc.json": "Serving speed on one pinned core of an AMD EPYC, default exports.",
     "serving_one_core_xeon.json": "Serving speed on one pinned core of a Xeon with AVX-512 and AMX, default exports.",
     "steps_curve.csv": (

@@ -43,6 +43,15 @@ def test_our_unet_and_the_diffusers_reference_have_the_same_parameter_count(comp
     assert compare.ours_parameters(size) == expected
 
 
+def test_the_bf16_reference_computes_the_same_loss_in_bfloat16(compare) -> None:
+    fp32, _, _ = compare.reference_step(16, 4, "eager")
+    bf16, _, parameters = compare.reference_step(16, 4, "eager-bf16")
+    exact, rounded = fp32(), bf16()
+    assert parameters == 1_075_361
+    # Same seed, batch and noise: the same loss up to bfloat16's 8-bit mantissa, but not bit for bit.
+    assert rounded == pytest.approx(exact, rel=0.05) and rounded != exact
+
+
 def test_quick_run_prints_medians_and_ranges_and_writes_json(compare, tmp_path) -> None:
     out = tmp_path / "compare.json"
     # Without XLA (jit_compile=false) the smoke run spends no minutes compiling.
