@@ -86,7 +86,8 @@ def ours_sampler(kind: str, size: int, n: int, steps: int, overrides: list[str],
 
 
 def reference_sampler(mode: str, size: int, n: int, steps: int) -> Callable[[], Any]:
-    """One DDIM draw of ``n`` images by diffusers' scheduler loop over the reference U-Net in ``mode``."""
+    """One DDIM draw of ``n`` images by diffusers' scheduler loop over the reference U-Net in ``mode``
+    (``-bf16``: the U-Net under CPU autocast, the scheduler in float32)."""
     import torch
     from diffusers import DDIMScheduler
 
@@ -103,9 +104,9 @@ def reference_sampler(mode: str, size: int, n: int, steps: int) -> Callable[[], 
     def draw() -> Any:
         x = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(0))
         x = x.contiguous(memory_format=layout)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.endswith("-bf16")):
             for t in sched.timesteps:
-                eps = net(x, t.expand(n)).sample
+                eps = net(x, t.expand(n)).sample.float()
                 x = sched.step(eps, t, x, eta=0.0).prev_sample
         return x.numpy()
 
