@@ -76,6 +76,11 @@ DESCRIPTIONS: dict[str, str] = {
         "imagegen's DDPM train step against the PyTorch reference with the TensorFlow step XLA-compiled and "
         "Keras' own GroupNormalization."
     ),
+    "pipeline_profile_xeon_three_clean_clones.json": (
+        "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, the "
+        "code of `pipeline_profile_xeon_one_clean_clone.json` on a faster machine of the same kind (stages: the "
+        "median run)."
+    ),
     "compare_reference_train_bf16_xeon.json": (
         "bfloat16 on both sides: imagegen's trainer with `train.mixed_precision=bf16` (Keras mixed_bfloat16) "
         'against the reference in float32 and under `torch.autocast("cpu", torch.bfloat16)`, on an idle Xeon '
