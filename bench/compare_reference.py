@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,32 @@ def ours_parameters(size: int, channels: int = 1) -> int:
     return build_unet(load_params(None, OURS).ddpm, size, channels, 10).count_params()
 
 
+@dataclass
+class ReferenceNetwork:
+    """The reference U-Net in one ``REFERENCE_MODES`` mode: the module, what to call, its layout, its autocast."""
+
+    model: Any  # the torch module (its parameters)
+    net: Any  # what a step calls: the module, or its torch.compile wrapper
+    layout: Any  # torch memory format of inputs: channels_last for ``-cl`` modes
+    bf16: bool  # ``-bf16`` modes: the U-Net runs under CPU autocast
+
+    def autocast(self) -> Any:
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def reference_network(size: int, mode: str, train: bool) -> ReferenceNetwork:
+    """The seeded reference U-Net set up for ``mode`` (the one place a mode's name is read)."""
+    import torch
+
+    torch.manual_seed(0)
+    layout = torch.channels_last if mode.endswith("-cl") else torch.contiguous_format
+    model = build_reference(size).train(train).to(memory_format=layout)
+    net = torch.compile(model) if mode.startswith("compile") else model
+    return ReferenceNetwork(model, net, layout, mode.endswith("-bf16"))
+
+
 def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], float], Callable[[int], float], int]:
     """(step, flops_per_image(count_batch), parameters) of the torch reference in ``mode``: the same step as ours."""
     import torch
@@ -118,35 +145,28 @@ def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], float
     from imagegen.data.loader import BatchStream
     from imagegen.data.processed import Split
 
-    torch.manual_seed(0)
-    channels_last = mode.endswith("-cl")
-    bf16 = mode.endswith("-bf16")
-    model = build_reference(size).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if mode.startswith("compile") else model
-    params = [p for p in model.parameters() if p.requires_grad]
+    reference = reference_network(size, mode, train=True)
+    params = [p for p in reference.model.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=LEARNING_RATE)
     sched = DDPMScheduler(num_train_timesteps=TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(max(batch * 4, 512), size, size, 1), dtype=np.uint8)
     stream = BatchStream(Split(images, rng.integers(0, 10, len(images))), batch, seed=0)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def x0_batch(n: int | None = None) -> Any:
         x = torch.from_numpy(next(stream).images[:n]).permute(0, 3, 1, 2)
-        return x.contiguous(memory_format=layout)
+        return x.contiguous(memory_format=reference.layout)
 
     def loss_of(fn: Any, x0: Any) -> Any:
         eps = torch.randn_like(x0)
         t = torch.randint(0, TIMESTEPS, (x0.shape[0],))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with reference.autocast():
             predicted = fn(sched.add_noise(x0, eps, t), t).sample
         return torch.nn.functional.mse_loss(predicted.float(), eps)
 
     def step() -> float:
-        loss = loss_of(net, x0_batch())
+        loss = loss_of(reference.net, x0_batch())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -157,7 +177,7 @@ def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], float
 
     def flops_per_image(n: int) -> float:
         with FlopCounterMode(display=False) as counter:
-            loss_of(model, x0_batch(n)).backward()
+            loss_of(reference.model, x0_batch(n)).backward()
         opt.zero_grad(set_to_none=True)
         return counter.get_total_flops() / n
 

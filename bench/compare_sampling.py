@@ -40,7 +40,14 @@ import numpy as np
 from imagegen import startup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_reference import OURS, REFERENCE_MODES, TIMESTEPS, build_reference, reference_spec, reference_worker  # noqa: E402
+from compare_reference import (  # noqa: E402
+    OURS,
+    REFERENCE_MODES,
+    TIMESTEPS,
+    reference_network,
+    reference_spec,
+    reference_worker,
+)
 from interleaved import (  # noqa: E402
     Worker,
     describe_state,
@@ -91,11 +98,7 @@ def reference_sampler(mode: str, size: int, n: int, steps: int) -> Callable[[], 
     import torch
     from diffusers import DDIMScheduler
 
-    torch.manual_seed(0)
-    model = build_reference(size).eval()
-    layout = torch.channels_last if mode.endswith("-cl") else torch.contiguous_format
-    model = model.to(memory_format=layout)
-    net = torch.compile(model) if mode.startswith("compile") else model
+    reference = reference_network(size, mode, train=False)
     sched = DDIMScheduler(
         num_train_timesteps=TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=True
     )
@@ -103,10 +106,10 @@ def reference_sampler(mode: str, size: int, n: int, steps: int) -> Callable[[], 
 
     def draw() -> Any:
         x = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(0))
-        x = x.contiguous(memory_format=layout)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.endswith("-bf16")):
+        x = x.contiguous(memory_format=reference.layout)
+        with torch.inference_mode(), reference.autocast():
             for t in sched.timesteps:
-                eps = net(x, t.expand(n)).sample.float()
+                eps = reference.net(x, t.expand(n)).sample.float()
                 x = sched.step(eps, t, x, eta=0.0).prev_sample
         return x.numpy()
 
