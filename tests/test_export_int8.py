@@ -19,7 +19,14 @@ from imagegen.data.loader import BatchStream
 from imagegen.data.processed import ProcessedDataset
 from imagegen.errors import ConfigError, ExportError
 from imagegen.export.graph import InputSpec
-from imagegen.export.tflite import convert, int8_kinds, pick_int8, representative_dataset
+from imagegen.export.tflite import (
+    Conversion,
+    convert,
+    int8_candidates,
+    int8_kinds,
+    pick_int8,
+    representative_dataset,
+)
 from imagegen.stages.export import run_export
 from imagegen.stages.ingest import run_ingest
 from imagegen.training.families import build_family
@@ -182,3 +189,20 @@ def test_fastest_tries_both_int8_kinds_except_full_integer_on_a_diffusion_graph(
     assert kinds == ("dynamic_range",) and "never passed parity" in not_tried["full_integer"]
     assert int8_kinds("full_integer", diffusion=True) == ({}, ("full_integer",))  # asked for by name: converted
     assert int8_kinds("dynamic_range", diffusion=False) == ({}, ("dynamic_range",))
+
+
+def test_of_several_int8_kinds_one_that_fails_to_convert_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    float32 = Conversion(tmp_path / "model_float32.tflite", "float32")
+    dynamic = Conversion(tmp_path / "model_int8.dynamic_range.tflite", "int8", "dynamic_range")
+    full = Conversion(tmp_path / "model_int8.full_integer.tflite", "int8", "full_integer", lambda: iter(()))
+    no_kernel = ExportError("TFLite export (int8 full_integer): op(s) with no TFLite builtin kernel: tf.Erf")
+
+    with pytest.warns(UserWarning, match="int8 full_integer left out: .*tf.Erf"):
+        kept = int8_candidates([float32, dynamic, full], [float32.dest, dynamic.dest, no_kernel])
+    assert kept == {"dynamic_range": dynamic.dest}
+
+    with pytest.raises(ExportError, match="tf.Erf"):  # the only kind asked for: its failure is the export's
+        int8_candidates([float32, full], [float32.dest, no_kernel])
+    with pytest.raises(ExportError, match="no kind of"):
+        int8_candidates([dynamic, full], [ExportError("dynamic failed"), no_kernel])
+    assert int8_candidates([float32], [float32.dest]) == {}  # no int8 asked for

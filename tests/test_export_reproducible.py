@@ -27,10 +27,11 @@ tf = pytest.importorskip("tensorflow")
 EXPORT_PARAMS = ("tracking.enabled=false", "export.parity_n=6", "export.latency_repeats=3", "export.calibration_n=16")
 
 
-def export_in_fresh_process(model_dir: Path, out: Path, cwd: Path) -> Path:
-    """``python -m imagegen export`` of ``model_dir`` into ``out`` in a new process (MLflow off)."""
+def export_in_fresh_process(model_dir: Path, out: Path, cwd: Path, *extra: str) -> Path:
+    """``python -m imagegen export`` of ``model_dir`` into ``out`` in a new process (MLflow off); ``extra``:
+    more ``key=value`` params."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    overrides = [arg for param in EXPORT_PARAMS for arg in ("-S", param)]
+    overrides = [arg for param in (*EXPORT_PARAMS, *extra) for arg in ("-S", param)]
     report = cwd / f"report_{out.name}"
     command = ["export", "--model", str(model_dir), "--out", str(out), "--report", str(report), *overrides]
     done = subprocess.run(
@@ -50,9 +51,11 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 
 def test_two_fresh_exports_of_one_model_write_byte_identical_folders_that_still_serve(tmp_path: Path) -> None:
+    """The second export converts its TFLite files in worker processes (all but the calibrated full-integer
+    int8, which stays in the exporting process): a worker writes the bytes the exporting process would."""
     model_dir = tiny_vae(tmp_path / "model")
-    first = export_in_fresh_process(model_dir, tmp_path / "first", tmp_path)
-    second = export_in_fresh_process(model_dir, tmp_path / "second", tmp_path)
+    first = export_in_fresh_process(model_dir, tmp_path / "first", tmp_path, "export.conversion_workers=0")
+    second = export_in_fresh_process(model_dir, tmp_path / "second", tmp_path, "export.conversion_workers=3")
 
     digests = file_digests(first)
     assert {"savedmodel/saved_model.pb", "savedmodel/fingerprint.pb", "metrics.json"} <= set(digests)

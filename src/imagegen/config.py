@@ -532,6 +532,20 @@ class ExportConfig(Section):
         description="Smallest allowed mean SSIM to the Keras images, per artifact.",
     )
     latency_repeats: int = Field(default=20, gt=0)
+    conversion_workers: Literal["auto"] | int = Field(
+        default="auto",
+        description="Worker processes converting TFLite variants beside the exporting one (each converts one "
+        "variant; a conversion is single-threaded). auto: one per variant beyond the first for a diffusion "
+        "sampler (seconds per conversion) when more than one core is usable, else none (0: none).",
+    )
+
+    @field_validator("conversion_workers", mode="before")
+    @classmethod
+    def _workers_auto_or_count(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError(f"expected 'auto' or a number of processes >= 0, got {value!r}")
+
     ship: dict[str, Path] = Field(
         default_factory=lambda: {
             "dcgan": Path("models/dcgan"),

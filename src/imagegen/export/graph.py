@@ -36,6 +36,7 @@ import keras
 
 from imagegen.artifact import LoadedModel
 from imagegen.errors import ConfigError
+from imagegen.export.signature import OUTPUT, SIGNATURE, InputSpec
 from imagegen.fileio import write_bytes
 from imagegen.models.diffusion import (
     classifier_free_guidance,
@@ -46,9 +47,6 @@ from imagegen.models.diffusion import (
 )
 from imagegen.training.families import family_spec
 
-SIGNATURE = "serving_default"
-OUTPUT = "images"
-
 
 def require_tensorflow() -> None:
     """Export builds TensorFlow graphs: refuse any other Keras backend with a message saying what to do."""
@@ -58,15 +56,6 @@ def require_tensorflow() -> None:
             f"export needs the TensorFlow backend of Keras, but this process runs {backend!r}; "
             "run it with KERAS_BACKEND=tensorflow (weights trained under any backend load there)"
         )
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One named input of the serving signature; ``shape`` excludes the (dynamic) batch dimension."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # numpy / TensorFlow dtype name: "float32" or "int32"
 
 
 @dataclass

@@ -36,14 +36,16 @@ import functools
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from imagegen.errors import ExportError
-from imagegen.export.graph import SIGNATURE, InputSpec, require_tensorflow
+from imagegen.export.signature import SIGNATURE, InputSpec
 from imagegen.fileio import write_bytes
+from imagegen.profiling import phase
 from imagegen.quiet import native_stderr_filtered
 
 VARIANTS = ("float32", "float16", "int8")
@@ -182,8 +184,11 @@ def convert(
 ) -> bytes:
     """Convert the ``serving_default`` signature of a SavedModel to a TFLite flatbuffer (builtin ops only).
 
-    ``int8_kind`` (``int8`` only): ``dynamic_range`` or ``full_integer``; the latter needs ``representative``."""
-    require_tensorflow()
+    ``int8_kind`` (``int8`` only): ``dynamic_range`` or ``full_integer``; the latter needs ``representative``.
+    Reads the SavedModel on disk only (no Keras), so any process with TensorFlow converts it to the same bytes.
+    The converter's conversion metadata (TensorFlow version, options, a model hash) is left out: the export's
+    ``metrics.json`` records what the file is, and writing the metadata costs a Python round trip through the
+    whole flatbuffer on every conversion."""
     import tensorflow as tf
 
     if variant not in VARIANTS:
@@ -199,6 +204,7 @@ def convert(
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if full_integer else tf.lite.OpsSet.TFLITE_BUILTINS
     ]
     converter.allow_custom_ops = False
+    converter.exclude_conversion_metadata = True
     if variant in ("float16", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":
@@ -259,34 +265,84 @@ def model_ops(model: Path | bytes) -> list[str]:
     return [str(d["op_name"]) for d in details()]
 
 
-def write_int8_candidates(
-    saved_model_dir: Path,
-    folder: Path,
-    kinds: Sequence[str],
-    calibration: Mapping[str, np.ndarray],
-    inputs: Sequence[InputSpec],
-) -> dict[str, Path]:
-    """``{kind: folder/model_int8.<kind>.tflite}``, one conversion per int8 kind; ``full_integer`` is calibrated
-    on ``calibration`` (checked against the signature's ``inputs`` by :func:`representative_dataset`).
+@dataclass(frozen=True)
+class Conversion:
+    """One TFLite file to convert from the SavedModel: its destination, variant and int8 kind; ``representative``
+    (full integer int8 only) calibrates it, and keeps it in the exporting process (a generator does not travel to
+    a worker process)."""
 
-    With several kinds, one whose conversion fails (a graph op with no int8 kernel) is left out with a warning
-    naming the error, so ``fastest`` never fails where ``dynamic_range`` alone would succeed."""
+    dest: Path
+    variant: str
+    int8_kind: str = "dynamic_range"
+    representative: Representative | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} {self.int8_kind}" if self.variant == "int8" else self.variant
+
+
+class Workers(Protocol):
+    """What :func:`convert_all` hands conversions to (:class:`imagegen.export.workers.ConversionWorkers`)."""
+
+    def submit(self, saved_model_dir: Path, conversion: Conversion) -> bool:
+        """Start ``conversion`` in a free worker; False when none is free (the caller converts it itself)."""
+        ...
+
+    def results(self) -> list[tuple[Conversion, Path | ExportError]]:
+        """Wait for every submitted conversion: its written file, or the error it failed with."""
+        ...
+
+
+def convert_all(
+    saved_model_dir: Path, conversions: Sequence[Conversion], workers: Workers | None = None
+) -> list[Path | ExportError]:
+    """Convert and write every one of ``conversions`` (:func:`write_tflite`): per conversion, in order, its file
+    or the :class:`ExportError` it failed with (the caller decides which failures are fatal).
+
+    With ``workers``, every conversion a free worker takes runs in that process while this one converts the
+    rest: a conversion is single-threaded, so on several cores the variants of one SavedModel convert at once."""
+    remote = {
+        i
+        for i, c in enumerate(conversions)
+        if c.representative is None and workers is not None and workers.submit(Path(saved_model_dir), c)
+    }
+    out: list[Path | ExportError | None] = [None] * len(conversions)
+    for i, c in enumerate(conversions):
+        if i in remote:
+            continue
+        with phase(f"export.tflite_{c.variant}", "compile"):
+            try:
+                out[i] = write_tflite(
+                    saved_model_dir, c.dest, c.variant, int8_kind=c.int8_kind, representative=c.representative
+                )
+            except ExportError as exc:
+                out[i] = exc
+    if remote and workers is not None:
+        with phase("export.tflite_workers", "compile"):  # what is left of the workers' conversions
+            done = {id(c): result for c, result in workers.results()}
+        for i in remote:
+            out[i] = done[id(conversions[i])]
+    assert all(result is not None for result in out)
+    return out  # type: ignore[return-value]
+
+
+def int8_candidates(conversions: Sequence[Conversion], results: Sequence[Path | ExportError]) -> dict[str, Path]:
+    """``{kind: file}`` of the int8 conversions among ``conversions`` that succeeded.
+
+    With several kinds, one whose conversion failed (a graph op with no int8 kernel) is left out with a warning
+    naming the error, so ``fastest`` never fails where ``dynamic_range`` alone would succeed; a single kind's
+    failure is raised."""
+    tried = [(c, r) for c, r in zip(conversions, results, strict=True) if c.variant == "int8"]
     out: dict[str, Path] = {}
-    for kind in kinds:
-        try:
-            out[kind] = write_tflite(
-                saved_model_dir,
-                Path(folder) / f"model_int8.{kind}.tflite",
-                "int8",
-                int8_kind=kind,
-                representative=representative_dataset(calibration, inputs) if kind == "full_integer" else None,
-            )
-        except ExportError as exc:
-            if len(kinds) == 1:
-                raise
-            warnings.warn(f"int8 {kind} left out: {exc}", stacklevel=2)
-    if not out:
-        raise ExportError(f"TFLite int8: no kind of {list(kinds)} could be converted from {saved_model_dir}")
+    for c, result in tried:
+        if isinstance(result, ExportError):
+            if len(tried) == 1:
+                raise result
+            warnings.warn(f"int8 {c.int8_kind} left out: {result}", stacklevel=2)
+        else:
+            out[c.int8_kind] = result
+    if tried and not out:
+        raise ExportError(f"TFLite int8: no kind of {[c.int8_kind for c, _ in tried]} could be converted")
     return out
 
 

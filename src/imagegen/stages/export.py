@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from imagegen.artifact import load_model, read_model_meta
-from imagegen.config import Params
+from imagegen.config import ExportConfig, Params
 from imagegen.errors import ExportError
 from imagegen.fileio import atomic_dir, write_json, write_text
 from imagegen.outputs import MARKER, check_output, marker_text
 from imagegen.profiling import phase
 from imagegen.provenance import DIGEST_KEY
+from imagegen.startup import usable_cores
 from imagegen.timings import RUN_FILE
 from imagegen.tracking import finite_metrics, start_run
 
@@ -79,6 +80,21 @@ def report_table(report: dict[str, Any], timing: dict[str, Any] | None = None) -
     return "\n".join(lines) + "\n"
 
 
+def conversion_workers(cfg: ExportConfig, diffusion: bool) -> int:
+    """Worker processes for the TFLite conversions (``export.conversion_workers``): ``auto`` gives a diffusion
+    sampler (whose unrolled graph takes seconds per conversion) one per float variant and int8 kind beyond the
+    first when more than one core is usable; a decoder's conversions take a fraction of a second, less than a
+    worker's start."""
+    from imagegen.export.tflite import int8_kinds
+
+    if cfg.conversion_workers != "auto":
+        return int(cfg.conversion_workers)
+    if not diffusion or usable_cores() < 2:
+        return 0
+    int8_count = len(int8_kinds(cfg.int8_quantization, diffusion)[1]) if "int8" in cfg.tflite_variants else 0
+    return max(0, len(set(cfg.tflite_variants) - {"int8"}) + int8_count - 1)
+
+
 def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None) -> Path:
     """Export the model in ``model_dir``; write the folder described above and return its path."""
     meta = read_model_meta(model_dir)  # a missing or unreadable model.json is one line, before TensorFlow starts
@@ -88,61 +104,81 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
     check_output(report_dir, "report", inputs=[model_dir, out_dir], option="--report")
     from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
     from imagegen.export.parity import check_parity, parity_inputs, threshold_failures
-    from imagegen.export.tflite import int8_kinds, keep_int8, write_int8_candidates, write_tflite
+    from imagegen.export.tflite import (
+        Conversion,
+        convert_all,
+        int8_candidates,
+        int8_kinds,
+        keep_int8,
+        representative_dataset,
+    )
+    from imagegen.export.workers import ConversionWorkers
     from imagegen.training.families import is_diffusion
 
     require_tensorflow()
     cfg = params.export
-    loaded = load_model(model_dir)
-    failed = failed_report_path(out_dir)
-    failed.unlink(missing_ok=True)
-    serving = build_serving(
-        loaded,
-        ddpm_steps=cfg.ddpm_steps,
-        clip_x0=params.sample.clip_x0,
-        guidance_scale=params.sample.guidance_scale,
-    )
-    with atomic_dir(out_dir, kind="export") as tmp:
-        with phase("export.savedmodel", "compile"):
-            saved = export_savedmodel(serving, tmp / "savedmodel")
-        artifacts = {"savedmodel": saved}
-        # int8: one file per kind tried (export.int8_quantization), the kept one renamed below
-        int8_candidates: dict[str, Path] = {}
-        not_tried: dict[str, str] = {}
-        for variant in dict.fromkeys(cfg.tflite_variants):
-            if variant == "int8":
-                not_tried, kinds = int8_kinds(cfg.int8_quantization, is_diffusion(loaded.name))
+    diffusion = is_diffusion(meta["family"])
+    # Started first: their TensorFlow import runs beside this process's loading and tracing.
+    with ConversionWorkers(conversion_workers(cfg, diffusion)) as workers:
+        loaded = load_model(model_dir)
+        failed = failed_report_path(out_dir)
+        failed.unlink(missing_ok=True)
+        serving = build_serving(
+            loaded,
+            ddpm_steps=cfg.ddpm_steps,
+            clip_x0=params.sample.clip_x0,
+            guidance_scale=params.sample.guidance_scale,
+        )
+        with atomic_dir(out_dir, kind="export") as tmp:
+            with phase("export.savedmodel", "compile"):
+                saved = export_savedmodel(serving, tmp / "savedmodel")
+            artifacts = {"savedmodel": saved}
+            # int8: one file per kind tried (export.int8_quantization), the kept one renamed below
+            conversions: list[Conversion] = []
+            not_tried: dict[str, str] = {}
+            for variant in dict.fromkeys(cfg.tflite_variants):
+                if variant != "int8":
+                    conversions.append(Conversion(tmp / f"model_{variant}.tflite", variant))
+                    continue
+                not_tried, kinds = int8_kinds(cfg.int8_quantization, diffusion)
                 num_classes = int(loaded.family.spec["num_classes"])
                 calibration = parity_inputs(serving, cfg.calibration_n, params.seed + 1, num_classes)  # not parity's
-                with phase("export.tflite_int8", "compile"):
-                    int8_candidates = write_int8_candidates(saved, tmp, kinds, calibration, serving.inputs)
-            else:
-                with phase(f"export.tflite_{variant}", "compile"):
-                    artifacts[variant] = write_tflite(saved, tmp / f"model_{variant}.tflite", variant)
-        with phase("export.parity_and_latency", "work"):
-            parity = check_parity(
-                loaded,
-                serving,
-                artifacts,
-                cfg,
-                seed=params.seed,
-                clip_x0=params.sample.clip_x0,
-                guidance_scale=params.sample.guidance_scale,
-                int8_candidates=int8_candidates,
-            )
-        report, timing = {**parity.report, DIGEST_KEY: loaded.meta[DIGEST_KEY]}, parity.timings
-        if int8_candidates:
-            keep_int8(int8_candidates, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
-            if not_tried:
-                report["int8_quantization"]["not_tried"] = not_tried
-        write_json(tmp / "metrics.json", report)
-        problems = threshold_failures(report, cfg)
-        if problems:
-            write_json(failed, report)
-            raise ExportError(
-                f"export of {model_dir} failed its parity thresholds: {'; '.join(problems)} "
-                f"(report: {failed}; {out_dir} left unchanged)"
-            )
+                for kind in kinds:
+                    representative = (
+                        representative_dataset(calibration, serving.inputs) if kind == "full_integer" else None
+                    )
+                    conversions.append(Conversion(tmp / f"model_int8.{kind}.tflite", "int8", kind, representative))
+            results = convert_all(saved, conversions, workers)
+            for conversion, result in zip(conversions, results, strict=True):
+                if conversion.variant != "int8":
+                    if isinstance(result, ExportError):
+                        raise result
+                    artifacts[conversion.variant] = result
+            int8_files = int8_candidates(conversions, results)
+            with phase("export.parity_and_latency", "work"):
+                parity = check_parity(
+                    loaded,
+                    serving,
+                    artifacts,
+                    cfg,
+                    seed=params.seed,
+                    clip_x0=params.sample.clip_x0,
+                    guidance_scale=params.sample.guidance_scale,
+                    int8_candidates=int8_files,
+                )
+            report, timing = {**parity.report, DIGEST_KEY: loaded.meta[DIGEST_KEY]}, parity.timings
+            if int8_files:
+                keep_int8(int8_files, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
+                if not_tried:
+                    report["int8_quantization"]["not_tried"] = not_tried
+            write_json(tmp / "metrics.json", report)
+            problems = threshold_failures(report, cfg)
+            if problems:
+                write_json(failed, report)
+                raise ExportError(
+                    f"export of {model_dir} failed its parity thresholds: {'; '.join(problems)} "
+                    f"(report: {failed}; {out_dir} left unchanged)"
+                )
     write_json(report_dir / "metrics.json", report)
     write_json(report_dir / RUN_FILE, timing)
     write_text(report_dir / "report.md", report_table(report))
