@@ -81,6 +81,18 @@ DESCRIPTIONS: dict[str, str] = {
         "code of `pipeline_profile_xeon_one_clean_clone.json` on a faster machine of the same kind (stages: the "
         "median run)."
     ),
+    "pipeline_profile_xeon_three_clean_clones_serial_conversions.json": (
+        "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, each "
+        "export converting its TFLite variants one after another in its own process: the before of "
+        "`pipeline_profile_xeon_three_clean_clones_conversion_workers.json`, on the same machine, a slower one of "
+        "the same kind than `pipeline_profile_xeon_three_clean_clones.json`'s (stages: the median run)."
+    ),
+    "pipeline_profile_xeon_three_clean_clones_conversion_workers.json": (
+        "Three clean-clone `dvc repro` runs one after another on the idle 2-core Xeon of "
+        "`pipeline_profile_xeon_three_clean_clones_serial_conversions.json`, right after it, with the diffusion "
+        "exports converting their TFLite variants side by side in worker processes (`export.conversion_workers: "
+        "auto`) and without the converter's metadata (stages: the median run)."
+    ),
     "compare_reference_train_bf16_xeon.json": (
         "bfloat16 on both sides: imagegen's trainer with `train.mixed_precision=bf16` (Keras mixed_bfloat16) "
         'against the reference in float32 and under `torch.autocast("cpu", torch.bfloat16)`, on an idle Xeon '
