@@ -15,6 +15,8 @@
 * :mod:`imagegen.export.tflite`: SavedModel -> ``float32`` / ``float16`` / dynamic-range ``int8`` TFLite,
   builtin ops only; a graph needing a TF (Flex) or custom op is refused with an
   :class:`imagegen.errors.ExportError` naming the op(s).
+* :mod:`imagegen.export.workers`: worker processes that convert a diffusion export's TFLite variants side by
+  side (a conversion is single-threaded); :mod:`imagegen.export.signature`: the signature's names, without Keras.
 * :mod:`imagegen.export.parity`: runs every artifact on fixed seeded inputs and compares it with the Keras
   model (max abs error in uint8 levels, mean SSIM), measures latency per image and size on disk.
 
