@@ -64,6 +64,13 @@ def test_a_failing_export_stops_the_conversions_still_running(tmp_path: Path) ->
     assert process.returncode is not None
 
 
+def test_a_failing_export_does_not_wait_for_idle_workers_to_start() -> None:
+    with pytest.raises(RuntimeError, match="model"), ConversionWorkers(2) as workers:
+        processes = [worker.process for worker in workers._idle]
+        raise RuntimeError("no model.json in the model folder")
+    assert all(p.returncode is not None and p.returncode != 0 for p in processes)  # killed, not told to exit
+
+
 def test_a_calibrated_conversion_stays_in_the_exporting_process(tmp_path: Path) -> None:
     calibrated = Conversion(tmp_path / "model_int8.full_integer.tflite", "int8", "full_integer", lambda: iter(()))
     with ConversionWorkers(1) as workers:

@@ -85,7 +85,8 @@ class ConversionWorkers:
     """``count`` worker processes, started at once and used at most once each (see the module docstring).
 
     A context manager: on leaving, workers that got no job are told to exit and waited for; when the body raised,
-    workers still converting are killed (their files are in the export's temporary folder, which goes with it)."""
+    every worker still running is killed (a converting one's file is in the export's temporary folder, which goes
+    with it)."""
 
     def __init__(self, count: int) -> None:
         self._idle = [_Worker() for _ in range(max(0, count))]
@@ -97,11 +98,19 @@ class ConversionWorkers:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for worker in self._idle:
+        if exc_type is not None:  # the export is failing: no worker's TensorFlow import is waited for
+            self.stop()
+            return
+        for worker in self._idle:  # nothing for them to do: they exit once told so
             worker.send(None)
             worker.process.wait()
             worker.log.close()
-        for _, worker in self._busy:
+        self.stop()
+
+    def stop(self) -> None:
+        """Kill every worker still running. The export calls it on a failure before its temporary folder goes,
+        so no conversion still running writes into (and so re-creates) that folder."""
+        for worker in [*self._idle, *(worker for _, worker in self._busy)]:
             worker.stop()
         self._idle, self._busy = [], []
 

@@ -28,7 +28,7 @@ Needs the TensorFlow backend of Keras (see :mod:`imagegen.export`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagegen.artifact import load_model, read_model_meta
 from imagegen.config import ExportConfig, Params
@@ -40,6 +40,10 @@ from imagegen.provenance import DIGEST_KEY
 from imagegen.startup import usable_cores
 from imagegen.timings import RUN_FILE
 from imagegen.tracking import finite_metrics, start_run
+
+if TYPE_CHECKING:
+    from imagegen.export.graph import Serving
+    from imagegen.export.tflite import Conversion
 
 
 def failed_report_path(out_dir: Path) -> Path:
@@ -95,6 +99,29 @@ def conversion_workers(cfg: ExportConfig, diffusion: bool) -> int:
     return max(0, len(set(cfg.tflite_variants) - {"int8"}) + int8_count - 1)
 
 
+def tflite_conversions(
+    cfg: ExportConfig, folder: Path, serving: Serving, diffusion: bool, num_classes: int, seed: int
+) -> tuple[list[Conversion], dict[str, str]]:
+    """The TFLite files to convert into ``folder`` (``export.tflite_variants``; int8: one file per kind tried, the
+    kept one renamed later) and the int8 kinds not tried, with why. Full-integer int8 is calibrated on generator
+    inputs drawn with ``seed + 1`` (not the parity inputs)."""
+    from imagegen.export.parity import parity_inputs
+    from imagegen.export.tflite import Conversion, int8_kinds, representative_dataset
+
+    conversions: list[Conversion] = []
+    not_tried: dict[str, str] = {}
+    for variant in dict.fromkeys(cfg.tflite_variants):
+        if variant != "int8":
+            conversions.append(Conversion(folder / f"model_{variant}.tflite", variant))
+            continue
+        not_tried, kinds = int8_kinds(cfg.int8_quantization, diffusion)
+        calibration = parity_inputs(serving, cfg.calibration_n, seed + 1, num_classes)
+        for kind in kinds:
+            representative = representative_dataset(calibration, serving.inputs) if kind == "full_integer" else None
+            conversions.append(Conversion(folder / f"model_int8.{kind}.tflite", "int8", kind, representative))
+    return conversions, not_tried
+
+
 def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None) -> Path:
     """Export the model in ``model_dir``; write the folder described above and return its path."""
     meta = read_model_meta(model_dir)  # a missing or unreadable model.json is one line, before TensorFlow starts
@@ -103,15 +130,8 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
     check_output(out_dir, "export", inputs=[model_dir])
     check_output(report_dir, "report", inputs=[model_dir, out_dir], option="--report")
     from imagegen.export.graph import build_serving, export_savedmodel, require_tensorflow
-    from imagegen.export.parity import check_parity, parity_inputs, threshold_failures
-    from imagegen.export.tflite import (
-        Conversion,
-        convert_all,
-        int8_candidates,
-        int8_kinds,
-        keep_int8,
-        representative_dataset,
-    )
+    from imagegen.export.parity import check_parity, threshold_failures
+    from imagegen.export.tflite import convert_all, int8_candidates, keep_int8
     from imagegen.export.workers import ConversionWorkers
     from imagegen.training.families import is_diffusion
 
@@ -130,55 +150,46 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
             guidance_scale=params.sample.guidance_scale,
         )
         with atomic_dir(out_dir, kind="export") as tmp:
-            with phase("export.savedmodel", "compile"):
-                saved = export_savedmodel(serving, tmp / "savedmodel")
-            artifacts = {"savedmodel": saved}
-            # int8: one file per kind tried (export.int8_quantization), the kept one renamed below
-            conversions: list[Conversion] = []
-            not_tried: dict[str, str] = {}
-            for variant in dict.fromkeys(cfg.tflite_variants):
-                if variant != "int8":
-                    conversions.append(Conversion(tmp / f"model_{variant}.tflite", variant))
-                    continue
-                not_tried, kinds = int8_kinds(cfg.int8_quantization, diffusion)
+            try:
+                with phase("export.savedmodel", "compile"):
+                    saved = export_savedmodel(serving, tmp / "savedmodel")
+                artifacts = {"savedmodel": saved}
                 num_classes = int(loaded.family.spec["num_classes"])
-                calibration = parity_inputs(serving, cfg.calibration_n, params.seed + 1, num_classes)  # not parity's
-                for kind in kinds:
-                    representative = (
-                        representative_dataset(calibration, serving.inputs) if kind == "full_integer" else None
+                conversions, not_tried = tflite_conversions(cfg, tmp, serving, diffusion, num_classes, params.seed)
+                results = convert_all(saved, conversions, workers)
+                for conversion, result in zip(conversions, results, strict=True):
+                    if conversion.variant != "int8":  # a float variant's failure is the export's
+                        if isinstance(result, ExportError):
+                            raise result
+                        artifacts[conversion.variant] = result
+                int8_files = int8_candidates(conversions, results)
+                with phase("export.parity_and_latency", "work"):
+                    parity = check_parity(
+                        loaded,
+                        serving,
+                        artifacts,
+                        cfg,
+                        seed=params.seed,
+                        clip_x0=params.sample.clip_x0,
+                        guidance_scale=params.sample.guidance_scale,
+                        int8_candidates=int8_files,
                     )
-                    conversions.append(Conversion(tmp / f"model_int8.{kind}.tflite", "int8", kind, representative))
-            results = convert_all(saved, conversions, workers)
-            for conversion, result in zip(conversions, results, strict=True):
-                if conversion.variant != "int8":
-                    if isinstance(result, ExportError):
-                        raise result
-                    artifacts[conversion.variant] = result
-            int8_files = int8_candidates(conversions, results)
-            with phase("export.parity_and_latency", "work"):
-                parity = check_parity(
-                    loaded,
-                    serving,
-                    artifacts,
-                    cfg,
-                    seed=params.seed,
-                    clip_x0=params.sample.clip_x0,
-                    guidance_scale=params.sample.guidance_scale,
-                    int8_candidates=int8_files,
-                )
-            report, timing = {**parity.report, DIGEST_KEY: loaded.meta[DIGEST_KEY]}, parity.timings
-            if int8_files:
-                keep_int8(int8_files, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
-                if not_tried:
-                    report["int8_quantization"]["not_tried"] = not_tried
-            write_json(tmp / "metrics.json", report)
-            problems = threshold_failures(report, cfg)
-            if problems:
-                write_json(failed, report)
-                raise ExportError(
-                    f"export of {model_dir} failed its parity thresholds: {'; '.join(problems)} "
-                    f"(report: {failed}; {out_dir} left unchanged)"
-                )
+                report, timing = {**parity.report, DIGEST_KEY: loaded.meta[DIGEST_KEY]}, parity.timings
+                if int8_files:
+                    keep_int8(int8_files, report["int8_quantization"]["kind"], tmp / "model_int8.tflite")
+                    if not_tried:
+                        report["int8_quantization"]["not_tried"] = not_tried
+                write_json(tmp / "metrics.json", report)
+                problems = threshold_failures(report, cfg)
+                if problems:
+                    write_json(failed, report)
+                    raise ExportError(
+                        f"export of {model_dir} failed its parity thresholds: {'; '.join(problems)} "
+                        f"(report: {failed}; {out_dir} left unchanged)"
+                    )
+            except BaseException:
+                workers.stop()  # before the temporary folder they write into is removed
+                raise
     write_json(report_dir / "metrics.json", report)
     write_json(report_dir / RUN_FILE, timing)
     write_text(report_dir / "report.md", report_table(report))
