@@ -301,11 +301,11 @@ def convert_all(
 
     With ``workers``, every conversion a free worker takes runs in that process while this one converts the
     rest: a conversion is single-threaded, so on several cores the variants of one SavedModel convert at once."""
-    remote = {
+    remote = [
         i
         for i, c in enumerate(conversions)
         if c.representative is None and workers is not None and workers.submit(Path(saved_model_dir), c)
-    }
+    ]
     out: list[Path | ExportError | None] = [None] * len(conversions)
     for i, c in enumerate(conversions):
         if i in remote:
@@ -319,9 +319,9 @@ def convert_all(
                 out[i] = exc
     if remote and workers is not None:
         with phase("export.tflite_workers", "compile"):  # what is left of the workers' conversions
-            done = {id(c): result for c, result in workers.results()}
-        for i in remote:
-            out[i] = done[id(conversions[i])]
+            done = workers.results()  # in the order submitted: that of ``remote``
+        for i, (_, result) in zip(remote, done, strict=True):
+            out[i] = result
     assert all(result is not None for result in out)
     return out  # type: ignore[return-value]
 

@@ -84,41 +84,57 @@ def report_table(report: dict[str, Any], timing: dict[str, Any] | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def conversion_workers(cfg: ExportConfig, diffusion: bool) -> int:
-    """Worker processes for the TFLite conversions (``export.conversion_workers``): ``auto`` gives a diffusion
-    sampler (whose unrolled graph takes seconds per conversion) one per float variant and int8 kind beyond the
-    first when more than one core is usable; a decoder's conversions take a fraction of a second, less than a
-    worker's start."""
+def planned_files(cfg: ExportConfig, diffusion: bool) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """``(variant, int8 kind)`` of every TFLite file the export converts (``export.tflite_variants``; int8: one
+    file per kind tried, the kept one renamed later; a float variant's kind is ``""``), and the int8 kinds not
+    tried, with why. Known before any model is loaded, so the workers can be started first."""
     from imagegen.export.tflite import int8_kinds
 
+    files: list[tuple[str, str]] = []
+    not_tried: dict[str, str] = {}
+    for variant in dict.fromkeys(cfg.tflite_variants):
+        if variant != "int8":
+            files.append((variant, ""))
+            continue
+        not_tried, kinds = int8_kinds(cfg.int8_quantization, diffusion)
+        files += [("int8", kind) for kind in kinds]
+    return files, not_tried
+
+
+def conversion_workers(cfg: ExportConfig, diffusion: bool) -> int:
+    """Worker processes for the TFLite conversions (``export.conversion_workers``): ``auto`` gives a diffusion
+    sampler (whose unrolled graph takes seconds per conversion) one per file the exporting process would
+    otherwise convert beside another one, when more than one core is usable: every file but one, or every file
+    but the calibrated full-integer int8 (which stays in-process). A decoder's conversions take a fraction of a
+    second, less than a worker's start."""
     if cfg.conversion_workers != "auto":
         return int(cfg.conversion_workers)
     if not diffusion or usable_cores() < 2:
         return 0
-    int8_count = len(int8_kinds(cfg.int8_quantization, diffusion)[1]) if "int8" in cfg.tflite_variants else 0
-    return max(0, len(set(cfg.tflite_variants) - {"int8"}) + int8_count - 1)
+    files, _ = planned_files(cfg, diffusion)
+    in_process = files.count(("int8", "full_integer"))
+    return max(0, len(files) - in_process - (0 if in_process else 1))
 
 
 def tflite_conversions(
     cfg: ExportConfig, folder: Path, serving: Serving, diffusion: bool, num_classes: int, seed: int
 ) -> tuple[list[Conversion], dict[str, str]]:
-    """The TFLite files to convert into ``folder`` (``export.tflite_variants``; int8: one file per kind tried, the
-    kept one renamed later) and the int8 kinds not tried, with why. Full-integer int8 is calibrated on generator
-    inputs drawn with ``seed + 1`` (not the parity inputs)."""
+    """The :func:`planned_files` as conversions into ``folder``, and the int8 kinds not tried. Full-integer int8 is
+    calibrated on generator inputs drawn with ``seed + 1`` (not the parity inputs)."""
     from imagegen.export.parity import parity_inputs
-    from imagegen.export.tflite import Conversion, int8_kinds, representative_dataset
+    from imagegen.export.tflite import Conversion, representative_dataset
 
+    files, not_tried = planned_files(cfg, diffusion)
     conversions: list[Conversion] = []
-    not_tried: dict[str, str] = {}
-    for variant in dict.fromkeys(cfg.tflite_variants):
+    for variant, kind in files:
         if variant != "int8":
             conversions.append(Conversion(folder / f"model_{variant}.tflite", variant))
             continue
-        not_tried, kinds = int8_kinds(cfg.int8_quantization, diffusion)
-        calibration = parity_inputs(serving, cfg.calibration_n, seed + 1, num_classes)
-        for kind in kinds:
-            representative = representative_dataset(calibration, serving.inputs) if kind == "full_integer" else None
-            conversions.append(Conversion(folder / f"model_int8.{kind}.tflite", "int8", kind, representative))
+        representative = None
+        if kind == "full_integer":
+            calibration = parity_inputs(serving, cfg.calibration_n, seed + 1, num_classes)
+            representative = representative_dataset(calibration, serving.inputs)
+        conversions.append(Conversion(folder / f"model_int8.{kind}.tflite", "int8", kind, representative))
     return conversions, not_tried
 
 
