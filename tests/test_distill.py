@@ -309,7 +309,7 @@ def test_a_reset_optimizer_equals_a_new_one_built_on_the_same_variables() -> Non
     used = keras.optimizers.Adam(0.01, global_clipnorm=1.0)
     used.build(layer.trainable_variables)
     for _ in range(3):
-        used.apply([keras.ops.ones_like(v) for v in layer.trainable_variables], layer.trainable_variables)
+        used.apply([keras.ops.ones(v.shape) for v in layer.trainable_variables], layer.trainable_variables)
     assert int(used.iterations) == 3
     reset_optimizer(used)
     new = keras.optimizers.Adam(0.01, global_clipnorm=1.0)

@@ -33,6 +33,16 @@ def test_training_specifications_hold_on_the_jax_backend() -> None:
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
+def test_progressive_distillation_rounds_hold_on_the_jax_backend() -> None:
+    """A round after the first resets the optimizer and reuses the compiled step on JAX as on TensorFlow."""
+    selected = "reset_optimizer_equals_a_new_one or next_round_reuses_the_compiled_step"
+    proc = run_with_backend(
+        "jax", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_distill.py", "-k", selected]
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "2 passed" in proc.stdout, proc.stdout[-2000:]
+
+
 SAMPLE_SCRIPT = """
 import sys, numpy as np, keras
 from imagegen.sampling import generate_images

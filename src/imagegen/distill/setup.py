@@ -80,7 +80,7 @@ def reset_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
     new variables, so a step function compiled against this one stays valid."""
     for variable in optimizer.variables:
         if variable.name != "learning_rate":
-            variable.assign(keras.ops.zeros_like(variable))
+            variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))  # zeros_like fails on JAX
 
 
 def evaluate_loss(family: Family, feed: Mapping[str, np.ndarray], phase: int = 0) -> dict[str, float]:
