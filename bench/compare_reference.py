@@ -20,6 +20,14 @@ medians ours / fastest reference with its range, and says when the figures do no
     # bfloat16 on both sides (AMX / AVX512-BF16 CPUs): ours mixed_bfloat16, the reference under CPU autocast
     python bench/compare_reference.py -S train.mixed_precision=bf16 \
         --references eager:2 compile:2 eager-bf16:2 compile-bf16:2
+    # on an NVIDIA GPU: ours on JAX (bf16, jit) against the reference on CUDA under bf16 autocast
+    python bench/compare_reference.py --device cuda --backends jax -S train.mixed_precision=bf16 \
+        --references eager-bf16:1 compile-bf16:1 --sizes 32 --batch-sizes 128 512 --wait-idle 10
+
+With ``--device cuda`` the reference's tensors and autocast are on the GPU and ours is the JAX trainer on the
+host's accelerator (``KERAS_BACKEND=jax``); each measurement ends by reading the last step's results back, so
+asynchronous dispatch is timed whole. The FLOPs per image of both sides are recorded (XLA's cost analysis of
+ours on JAX, ``FlopCounterMode`` of the reference).
 
 Needs the benchmark extra: ``pip install -e ".[bench]"`` with a CPU build of torch, and a C++ compiler for
 ``torch.compile``. Run it on an otherwise idle machine: it checks and says so.
@@ -117,26 +125,29 @@ class ReferenceNetwork:
     model: Any  # the torch module (its parameters)
     net: Any  # what a step calls: the module, or its torch.compile wrapper
     layout: Any  # torch memory format of inputs: channels_last for ``-cl`` modes
-    bf16: bool  # ``-bf16`` modes: the U-Net runs under CPU autocast
+    bf16: bool  # ``-bf16`` modes: the U-Net runs under autocast
+    device: str = "cpu"  # torch device type: cpu | cuda
 
     def autocast(self) -> Any:
         import torch
 
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
 
 
-def reference_network(size: int, mode: str, train: bool) -> ReferenceNetwork:
-    """The seeded reference U-Net set up for ``mode`` (the one place a mode's name is read)."""
+def reference_network(size: int, mode: str, train: bool, device: str = "cpu") -> ReferenceNetwork:
+    """The seeded reference U-Net set up for ``mode`` on ``device`` (the one place a mode's name is read)."""
     import torch
 
     torch.manual_seed(0)
     layout = torch.channels_last if mode.endswith("-cl") else torch.contiguous_format
-    model = build_reference(size).train(train).to(memory_format=layout)
+    model = build_reference(size).train(train).to(device=device, memory_format=layout)
     net = torch.compile(model) if mode.startswith("compile") else model
-    return ReferenceNetwork(model, net, layout, mode.endswith("-bf16"))
+    return ReferenceNetwork(model, net, layout, mode.endswith("-bf16"), device)
 
 
-def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], float], Callable[[int], float], int]:
+def reference_step(
+    size: int, batch: int, mode: str, device: str = "cpu"
+) -> tuple[Callable[[], float], Callable[[int], float], int]:
     """(step, flops_per_image(count_batch), parameters) of the torch reference in ``mode``: the same step as ours."""
     import torch
     from diffusers import DDPMScheduler
@@ -145,7 +156,7 @@ def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], float
     from imagegen.data.loader import BatchStream
     from imagegen.data.processed import Split
 
-    reference = reference_network(size, mode, train=True)
+    reference = reference_network(size, mode, train=True, device=device)
     params = [p for p in reference.model.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=LEARNING_RATE)
@@ -155,12 +166,12 @@ def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], float
     stream = BatchStream(Split(images, rng.integers(0, 10, len(images))), batch, seed=0)
 
     def x0_batch(n: int | None = None) -> Any:
-        x = torch.from_numpy(next(stream).images[:n]).permute(0, 3, 1, 2)
+        x = torch.from_numpy(next(stream).images[:n]).permute(0, 3, 1, 2).to(device)
         return x.contiguous(memory_format=reference.layout)
 
     def loss_of(fn: Any, x0: Any) -> Any:
         eps = torch.randn_like(x0)
-        t = torch.randint(0, TIMESTEPS, (x0.shape[0],))
+        t = torch.randint(0, TIMESTEPS, (x0.shape[0],), device=x0.device)
         with reference.autocast():
             predicted = fn(sched.add_noise(x0, eps, t), t).sample
         return torch.nn.functional.mse_loss(predicted.float(), eps)
@@ -188,19 +199,28 @@ def reference_step(size: int, batch: int, mode: str) -> tuple[Callable[[], float
 def _steps_for(step: Callable[[], Any], seconds: float, min_steps: int, max_steps: int) -> tuple[int, float]:
     """(steps filling ``seconds``, warm-up seconds): one step compiles, three more calibrate."""
     t0 = time.perf_counter()
-    step()
+    _wait(step())
     warmup = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(3):
-        step()
+        result = step()
+    _wait(result)
     per_step = (time.perf_counter() - t0) / 3
     return int(max(min_steps, min(max_steps, round(seconds / max(per_step, 1e-6))))), warmup
 
 
+def _wait(result: Any) -> None:
+    """Read a step's results back to the host: an accelerator's asynchronous dispatch is then timed whole."""
+    for value in result.values() if isinstance(result, Mapping) else [result]:
+        np.asarray(value)
+
+
 def _time(step: Callable[[], Any], n: int, batch: int) -> dict:
     t0 = time.perf_counter()
+    result = None
     for _ in range(n):
-        step()
+        result = step()
+    _wait(result)
     elapsed = time.perf_counter() - t0
     return {"rate": batch * n / elapsed, "seconds": elapsed, "steps": n}
 
@@ -208,8 +228,8 @@ def _time(step: Callable[[], Any], n: int, batch: int) -> dict:
 class TrainerWorker:
     """One configuration's state inside its worker: the step of the cell being measured and its step count."""
 
-    def __init__(self, kind: str, mode: str) -> None:
-        self.kind, self.mode = kind, mode
+    def __init__(self, kind: str, mode: str, device: str = "cpu") -> None:
+        self.kind, self.mode, self.device = kind, mode, device
         self.step: Callable[[], Any] | None = None
         self.n = 0
         self.batch = 0
@@ -233,39 +253,48 @@ class TrainerWorker:
         if self.kind == "ref":
             import torch
 
-            self.step, flops_fn, n_params = reference_step(size, batch, self.mode)
+            self.step, flops_fn, n_params = reference_step(size, batch, self.mode, self.device)
             return {
                 "parameters": n_params,
                 "flops_per_image": flops_fn(min(batch, 8)),
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
+                "device": torch.cuda.get_device_name() if self.device == "cuda" else "cpu",
             }
         import keras
         from train_throughput import prepare
 
-        from imagegen.training.precision import resolve_jit
+        from imagegen.training.precision import accelerator, resolve_jit
 
         keras.backend.clear_session()
         p = prepare("ddpm", batch, size, 1, OURS + overrides)
         self.step = p.step
-        info = {"parameters": p.family.trainable_count(), "jit_compile": resolve_jit(p.params.train.jit_compile)}
+        info = {
+            "parameters": p.family.trainable_count(),
+            "jit_compile": resolve_jit(p.params.train.jit_compile),
+            "dtype_policy": p.policy,
+            "device": accelerator(),
+        }
         if self.kind == "jax":
             info["flops_per_image"] = _xla_flops(p.stepper, p.next_batch()) / batch
         return info
 
 
 def _xla_flops(stepper: Any, batch: Mapping[str, Any]) -> float:
-    """FLOPs of one jitted JAX train step by XLA's cost analysis (of the lowered program: no second compile)."""
+    """FLOPs of one jitted JAX train step by XLA's cost analysis (of the lowered program where the backend gives
+    one, else of the compiled program)."""
     import jax
 
     fn = stepper._step_fn if hasattr(stepper._step_fn, "lower") else jax.jit(stepper._step_fn)
-    cost = fn.lower(stepper.state, dict(batch)).cost_analysis()
+    lowered = fn.lower(stepper.state, dict(batch))
+    # The lowered program's analysis needs no compile, but some backends (CUDA) give none before compiling.
+    cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
     if isinstance(cost, list | tuple):
         cost = cost[0]
     return float(cost["flops"])
 
 
-def worker_main(kind: str, mode: str, threads: int) -> None:
+def worker_main(kind: str, mode: str, threads: int, device: str = "cpu") -> None:
     """Import once (the slow part), then answer prepare / measure / drop requests."""
     if kind == "ref":
         import torch
@@ -274,18 +303,18 @@ def worker_main(kind: str, mode: str, threads: int) -> None:
         import diffusers  # noqa: F401
     else:
         import keras  # noqa: F401
-    serve(TrainerWorker(kind, mode).handle, {"ready": kind})
+    serve(TrainerWorker(kind, mode, device).handle, {"ready": kind})
 
 
-def reference_worker(script: str, ref: str, log_dir: Path) -> Worker:
+def reference_worker(script: str, ref: str, log_dir: Path, device: str = "cpu") -> Worker:
     """The worker of reference configuration ``MODE:THREADS`` of benchmark ``script`` (torch on that many threads)."""
     mode, threads = ref.split(":")
     env = {**os.environ, "OMP_NUM_THREADS": threads, "KERAS_BACKEND": "tensorflow"}
-    argv = [sys.executable, script, "--worker", "ref", "--mode", mode, "--threads", threads]
+    argv = [sys.executable, script, "--worker", "ref", "--mode", mode, "--threads", threads, "--device", device]
     return Worker(f"ref-{mode}-{threads}", argv, env, log_dir)
 
 
-def start_workers(backends: list[str], references: list[str], log_dir: Path) -> dict[str, Worker]:
+def start_workers(backends: list[str], references: list[str], log_dir: Path, device: str = "cpu") -> dict[str, Worker]:
     """Ours first (``ours-tf``, ``ours-jax``), then each reference configuration (``ref-compile:2``, ...)."""
     script = str(Path(__file__).resolve())
     workers = {}
@@ -293,9 +322,10 @@ def start_workers(backends: list[str], references: list[str], log_dir: Path) -> 
         env = {**os.environ, "KERAS_BACKEND": BACKENDS[b]}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         startup.set_tensorflow_defaults(env)  # ours on the kernels the `imagegen` command trains on
-        workers[f"ours-{b}"] = Worker(f"ours-{b}", [sys.executable, script, "--worker", b], env, log_dir)
+        argv = [sys.executable, script, "--worker", b, "--device", device]
+        workers[f"ours-{b}"] = Worker(f"ours-{b}", argv, env, log_dir)
     for ref in references:
-        workers[f"ref-{ref}"] = reference_worker(script, ref, log_dir)
+        workers[f"ref-{ref}"] = reference_worker(script, ref, log_dir, device)
     for w in workers.values():
         w.read()  # ready
     return workers
@@ -306,6 +336,48 @@ def reference_spec(text: str) -> str:
     if mode not in REFERENCE_MODES or not threads.isdigit() or int(threads) < 1:
         raise argparse.ArgumentTypeError(f"expected MODE:THREADS with MODE one of {', '.join(REFERENCE_MODES)}")
     return text
+
+
+def print_cell(cell: Mapping[str, Any]) -> None:
+    """One cell's table: images/s per configuration, parameters and FLOPs per image of both sides, the ratio."""
+    res = cell["results"]
+    params = {n: r["prepare"].get("parameters") for n, r in res.items()}
+    flops = {n: r["prepare"].get("flops_per_image") for n, r in res.items()}
+    ref_flops = next((f for n, f in flops.items() if n.startswith("ref-") and f), None)
+    ours_flops = next((f for n, f in flops.items() if n.startswith("ours-") and f), None)
+    xla = f"; ours {ours_flops / 1e9:.3f} GFLOP/image by XLA's cost analysis" if ours_flops else ""
+    print_summary(
+        f"{cell['config']}  (training images/s; parameters {params}; reference "
+        f"{ref_flops / 1e9 if ref_flops else float('nan'):.3f} GFLOP/image by FlopCounterMode{xla})",
+        [cell[k] for k in cell if k.startswith("summary_")],
+        "images/s",
+    )
+    configs = next((cell[k]["configs"] for k in cell if k.startswith("summary_")), {})
+    achieved = [f"{n} {configs[n]['median'] * flops[n] / 1e12:.2f}" for n in configs if flops.get(n) and n in configs]
+    if achieved:  # the FLOP rate each side sustains: images/s x its own FLOPs per image
+        print(f"  achieved TFLOP/s (median images/s x FLOPs/image): {', '.join(achieved)}")
+
+
+def write_report(
+    out: Path, cells: list, start: Mapping, end: Mapping | None, rounds: int, request: Mapping, device: str
+) -> None:
+    """The JSON report; ``machine_after`` is null (and ``complete`` false) while cells are still to come."""
+    from imagegen.fileio import write_json
+
+    write_json(
+        out,
+        {
+            "benchmark": "train_step",
+            "machine_before": start,
+            "machine_after": end,
+            "complete": end is not None,
+            "rounds": rounds,
+            "request": request,
+            "cells": cells,
+            "argv": sys.argv[1:],
+            "device": device,
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -327,12 +399,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the cells as JSON here")
     ap.add_argument("--wait-idle", type=float, default=None, help="seconds to wait for an idle machine (default 180)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="param override (ours)")
+    ap.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: both sides on the GPU (ours: --backends jax)"
+    )
     ap.add_argument("--worker", choices=[*BACKENDS, "ref"], help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=REFERENCE_MODES, default="eager", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker_main(args.worker, args.mode, args.threads)
+        worker_main(args.worker, args.mode, args.threads, args.device)
         return
     sizes = args.sizes or ([16] if args.quick else [16, 32])
     batches = args.batch_sizes or ([8] if args.quick else [64, 128])
@@ -349,7 +424,7 @@ def main() -> None:
     print(describe_state(f"before (after waiting {start['waited_s']:.0f} s for idle)", start), flush=True)
     cells = []
     with tempfile.TemporaryDirectory(prefix="compare_reference_") as logs:
-        workers = start_workers(args.backends, references, Path(logs))
+        workers = start_workers(args.backends, references, Path(logs), args.device)
         try:
             for size in sizes:
                 for batch in batches:
@@ -365,21 +440,13 @@ def main() -> None:
                         refs = [n for n in workers if n.startswith("ref-")]
                         cell[f"summary_{ours}"] = summarize(res, ours, refs, TARGET)
                     cells.append(cell)
+                    print_cell(cell)  # as each cell ends: a run stopped early keeps what it measured
+                    if args.out:
+                        write_report(args.out, cells, start, None, rounds, request, args.device)
         finally:
             for w in workers.values():
                 w.close()
     end = machine_state(after_work=True)
-    for cell in cells:
-        res = cell["results"]
-        params = {n: r["prepare"].get("parameters") for n, r in res.items()}
-        flops = {n: r["prepare"].get("flops_per_image") for n, r in res.items()}
-        ref_flops = next((f for n, f in flops.items() if n.startswith("ref-") and f), None)
-        print_summary(
-            f"{cell['config']}  (training images/s; parameters {params}; reference "
-            f"{ref_flops / 1e9 if ref_flops else float('nan'):.3f} GFLOP/image by FlopCounterMode)",
-            [cell[k] for k in cell if k.startswith("summary_")],
-            "images/s",
-        )
     mismatch = [c["config"] for c in cells if len({r["prepare"]["parameters"] for r in c["results"].values()}) > 1]
     disturbed = sum(m["disturbed"] for c in cells for r in c["results"].values() for m in r["rounds"])
     idle_cpu = max(
@@ -393,20 +460,7 @@ def main() -> None:
         f"{idle_cpu:.2f} s; wall {time.perf_counter() - t0:.0f} s"
     )
     if args.out:
-        from imagegen.fileio import write_json
-
-        write_json(
-            args.out,
-            {
-                "benchmark": "train_step",
-                "machine_before": start,
-                "machine_after": end,
-                "rounds": rounds,
-                "request": request,
-                "cells": cells,
-                "argv": sys.argv[1:],
-            },
-        )
+        write_report(args.out, cells, start, end, rounds, request, args.device)
     if mismatch:
         raise SystemExit(2)
 
