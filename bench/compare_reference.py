@@ -310,7 +310,8 @@ def reference_worker(script: str, ref: str, log_dir: Path, device: str = "cpu") 
     """The worker of reference configuration ``MODE:THREADS`` of benchmark ``script`` (torch on that many threads)."""
     mode, threads = ref.split(":")
     env = {**os.environ, "OMP_NUM_THREADS": threads, "KERAS_BACKEND": "tensorflow"}
-    argv = [sys.executable, script, "--worker", "ref", "--mode", mode, "--threads", threads, "--device", device]
+    argv = [sys.executable, script, "--worker", "ref", "--mode", mode, "--threads", threads]
+    argv += ["--device", device] if device != "cpu" else []  # bench/compare_sampling.py's workers run on the CPU
     return Worker(f"ref-{mode}-{threads}", argv, env, log_dir)
 
 
