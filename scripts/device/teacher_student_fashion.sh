@@ -2,9 +2,11 @@
 # The teacher-student run on one NVIDIA GPU, ON THE GPU HOST, from the root of the copied checkout (with .whl/
 # and .devdata/ from scripts/device/prepare.sh beside it; no network needed):
 #   OUT=/path/for/results bash scripts/device/teacher_student_fashion.sh
-# On an H200 the first four phases took 600 s with TRAIN_MINUTES=3 and DISTILL_SECONDS=80 (teacher 211 s,
+# On an H200, train, distill and sample took 598 s with TRAIN_MINUTES=3 and DISTILL_SECONDS=80 (teacher 211 s,
 # distillation 223 s, the three 10,000-image draws 152 s): where one call may last 10 minutes, run them in one
 # call and the benchmark in a second, e.g. PHASES="train distill sample" then PHASES="speed compare".
+# DISTILL_SECONDS counts training steps only: the command adds about three minutes of per-round measurements
+# and compilation there.
 # Models, reports and grids go to outputs/teacher_student/ (git-ignored, kept between calls on the same host).
 # JAX backend, bf16, Fashion-MNIST at 32x32, one phase each (PHASES, default all five, in this order):
 #   1. train: ingest, then train the DDPM teacher for TRAIN_MINUTES (default 3);
