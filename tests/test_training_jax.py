@@ -24,23 +24,24 @@ def run_with_backend(backend: str, args: list[str], timeout: int = 900) -> subpr
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def pytest_on_jax(test_file: str, selected: str) -> str:
+    """The ``-k selected`` specifications of ``test_file`` run under ``KERAS_BACKEND=jax``; their output."""
+    proc = run_with_backend("jax", ["-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, "-k", selected])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
 def test_training_specifications_hold_on_the_jax_backend() -> None:
     selected = "resume_continues or planted_nan or loss_falls or same_images_for_the_same_seed or xla_compiled_steps"
-    proc = run_with_backend(
-        "jax", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_training.py", "-k", selected]
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert " passed" in proc.stdout and "failed" not in proc.stdout
+    out = pytest_on_jax("tests/test_training.py", selected)
+    assert " passed" in out and "failed" not in out
 
 
 def test_progressive_distillation_rounds_hold_on_the_jax_backend() -> None:
     """A round after the first resets the optimizer and reuses the compiled step on JAX as on TensorFlow."""
     selected = "reset_optimizer_equals_a_new_one or next_round_reuses_the_compiled_step"
-    proc = run_with_backend(
-        "jax", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_distill.py", "-k", selected]
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "2 passed" in proc.stdout, proc.stdout[-2000:]
+    out = pytest_on_jax("tests/test_distill.py", selected)
+    assert "2 passed" in out, out[-2000:]
 
 
 SAMPLE_SCRIPT = """

@@ -35,19 +35,10 @@ RUN=outputs/teacher_student
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 LOG="$OUT/run.log"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
-    exit 1
-fi
-export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
+source scripts/device/fashion_ddpm.sh
 IMAGEGEN=(python3 -m imagegen)
-COMMON=(-S tracking.enabled=false -S data.name=fashion_mnist -S data.image_size=32 -S data.path=.devdata/fashion_mnist
-        -S data.download=false -S ddpm.base_channels=64 -S "ddpm.channel_mults=[1,2,2]" -S ddpm.num_res_blocks=2
-        -S "ddpm.attention_resolutions=[16]" -S ddpm.learning_rate=0.0002 -S ddpm.ema_decay=0.9995 -S ddpm.steps=200000
-        -S train.batch_size=128 -S train.log_every=100 -S train.checkpoint_every=2000 -S train.sample_every=100000
-        -S train.mixed_precision=bf16 -S sample.steps=100 -S "train.models_dir=$RUN/models"
-        -S "train.reports_dir=$RUN/reports" ${EXTRA_PARAMS:-})
+COMMON=("${FASHION_DDPM[@]}" -S train.sample_every=100000 -S train.mixed_precision=bf16
+        -S "train.models_dir=$RUN/models" -S "train.reports_dir=$RUN/reports" ${EXTRA_PARAMS:-})
 phase() { [[ "$PHASES" == *" $1 "* ]]; }
 
 run() {  # run NAME CMD...: the command's output into the log, with its exit status and seconds

@@ -11,14 +11,9 @@
 #   model/                                            the trained model folder (loads under any Keras backend)
 set -euo pipefail
 MINUTES=${1:-8.5}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=$PWD/src:/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+source scripts/device/fashion_ddpm.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-COMMON=(-S tracking.enabled=false -S data.name=fashion_mnist -S data.image_size=32 -S data.path=.devdata/fashion_mnist
-        -S data.download=false -S ddpm.base_channels=64 -S "ddpm.channel_mults=[1,2,2]" -S ddpm.num_res_blocks=2
-        -S "ddpm.attention_resolutions=[16]" -S ddpm.learning_rate=0.0002 -S ddpm.ema_decay=0.9995 -S ddpm.steps=200000
-        -S train.batch_size=128 -S train.log_every=100 -S train.checkpoint_every=2000 -S train.sample_every=5000
-        -S sample.steps=100)
+COMMON=("${FASHION_DDPM[@]}" -S train.sample_every=5000)
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -m imagegen ingest "${COMMON[@]}" | tee "$OUT/ingest.txt"
 python3 bench/train_throughput.py --family ddpm --batch-sizes 128 512 --image-size 32 --steps 50 --warmup 3 \
