@@ -96,6 +96,28 @@ def _load(params: Path | None, overrides: list[str] | None, *, tracks: bool = Tr
     return cfg
 
 
+def _request_cpu_math(cfg: Params, family: str | None) -> None:
+    """``train.cpu_math`` for this process, which trains ``family`` (None: unknown, float32 unless asked for bf16),
+    before its first convolution (:func:`imagegen.training.precision.request_cpu_math`)."""
+    from imagegen.training.families import FAMILIES, family_spec
+    from imagegen.training.precision import request_cpu_math, resolve_cpu_math
+
+    setting = cfg.train.cpu_math
+    if family in FAMILIES:
+        request_cpu_math(resolve_cpu_math(setting, family_spec(family)))
+    elif setting == "bf16":
+        request_cpu_math(setting)
+
+
+def _model_family(folder: Path) -> str | None:
+    """The family a model folder's model.json names, or None (the stage reports a missing or broken one)."""
+    try:
+        family = json.loads((folder / "model.json").read_text()).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return family if isinstance(family, str) else None
+
+
 def _sampler_overrides(sampler: str | None, steps: int | None, eta: float | None) -> dict[str, Any]:
     """The sampler flags the user actually gave (None = not given; see imagegen.sampler_settings)."""
     if sampler is not None and sampler not in ("ddim", "ddpm"):
@@ -148,6 +170,7 @@ def train_cmd(
 
     if family not in FAMILIES:
         raise ImagegenError(f"family {family!r}: expected one of {', '.join(FAMILIES)}")
+    _request_cpu_math(cfg, family)
     from imagegen.stages.train import run_train
 
     with phase("stage", "work"):
@@ -274,6 +297,7 @@ def distill_cmd(
 ) -> None:
     """Distil a teacher into a student: fewer sampling steps (progressive) or a narrower network (architecture)."""
     cfg = _load(params, set_)
+    _request_cpu_math(cfg, _model_family(teacher))
     from imagegen.stages.distill import run_distill
 
     with phase("stage", "work"):

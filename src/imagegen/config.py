@@ -184,6 +184,12 @@ class TrainConfig(Section):
     mixed_precision: Literal["auto", "off", "bf16"] = Field(
         default="auto", description="auto: bf16 on a GPU that supports it, float32 on CPU."
     )
+    cpu_math: Literal["auto", "float32", "bf16"] = Field(
+        default="auto",
+        description="Float32 convolutions on a CPU (TensorFlow, oneDNN): bf16 computes them in bfloat16 on CPUs "
+        "with AMX or AVX512_BF16 (float32 in and out, as TF32 on GPUs); float32 keeps full precision; auto: the "
+        "family's own choice (FamilySpec.cpu_bf16_math). Applies to `imagegen train` and `imagegen distill`.",
+    )
     jit_compile: Literal["auto"] | bool = Field(
         default="auto",
         description="XLA-compile the train step. auto: on with JAX (which runs op by op without it) and on a GPU; "

@@ -39,7 +39,7 @@ from imagegen.sampling import resolve_settings
 from imagegen.tracking import finite_metrics
 from imagegen.training.families import family_spec
 from imagegen.training.loop import Trainer, TrainResult
-from imagegen.training.precision import accelerator, dtype_policy
+from imagegen.training.precision import accelerator, cpu_math_in_effect, dtype_policy
 from imagegen.training.steppers import Stepper
 
 OpenRun = Callable[[str, dict[str, Any]], AbstractContextManager[Any]]
@@ -171,6 +171,7 @@ def student_meta(
             "backend": keras.backend.backend(),
             "device": accelerator(),
             "dtype_policy": job.policy,
+            "cpu_math": cpu_math_in_effect(),  # what `imagegen distill` asked for (train.cpu_math), if the CPU has it
         },
         "stopped_early": stopped_early,
     }

@@ -48,7 +48,7 @@ from imagegen.training.collapse import KLWatch, sample_health, sample_problems
 from imagegen.training.distributed import follower_outputs, initialize_multihost, is_writer
 from imagegen.training.families import build_family, family_spec
 from imagegen.training.loop import Trainer
-from imagegen.training.precision import accelerator, dtype_policy, resolve_jit, resolve_policy
+from imagegen.training.precision import accelerator, cpu_math_in_effect, dtype_policy, resolve_jit, resolve_policy
 from imagegen.training.seeding import seed_everything
 
 __all__ = ["history_csv", "run_train", "seed_everything"]
@@ -146,6 +146,7 @@ def run_train(
     seed_everything(params.seed)
     policy = resolve_policy(cfg.mixed_precision)
     jit = resolve_jit(cfg.jit_compile)
+    cpu_math = cpu_math_in_effect()  # what `imagegen train` asked for (train.cpu_math), if the CPU has it
     with dtype_policy(policy), phase("model.build", "work"):
         trained = load_requirements(spec, family_cfg, dataset.image_shape)
         family = build_family(
@@ -178,6 +179,7 @@ def run_train(
             "keras.backend": keras.backend.backend(),
             "device": accelerator(),
             "dtype_policy": policy,
+            "cpu_math": cpu_math,
             "jit_compile": str(jit).lower(),
         },
     ) as run:
@@ -210,6 +212,7 @@ def run_train(
                 "backend": keras.backend.backend(),
                 "device": accelerator(),
                 "dtype_policy": policy,
+                "cpu_math": cpu_math,
                 "jit_compile": jit,
             },
             "stopped_early": trainer.stopped_early,

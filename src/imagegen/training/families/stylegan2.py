@@ -238,4 +238,5 @@ SPEC = FamilySpec(
     noise_shape=noise_shape,
     sampling_networks=("generator_ema",),
     extra_inputs=extra_inputs,
+    cpu_bf16_math=True,  # the modulated convolutions: a faster step in bfloat16 on AMX
 )
