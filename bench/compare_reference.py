@@ -80,8 +80,9 @@ EMA_DECAY = 0.995
 BACKENDS = {"tf": "tensorflow", "jax": "jax"}
 REFERENCE_MODES = ("eager", "eager-cl", "compile", "compile-cl", "eager-bf16", "compile-bf16")
 """eager / torch.compile (inductor), optionally channels_last (NHWC activations and weights) or bf16 autocast
-(``torch.autocast("cpu", torch.bfloat16)``: the reference's counterpart of ``train.mixed_precision=bf16``)."""
-DEFAULT_REFERENCES = ["eager:2", "eager:1", "eager-cl:2", "compile:2", "compile:1"]
+(``torch.autocast("cpu", torch.bfloat16)``: the reference's counterpart of ``train.mixed_precision=bf16`` and of
+``train.cpu_math=bf16``, which the DDPM trains with by default on CPUs with AMX or AVX512_BF16)."""
+DEFAULT_REFERENCES = ["eager:2", "eager:1", "eager-cl:2", "compile:2", "compile:1", "eager-bf16:2", "compile-bf16:2"]
 TARGET = 1.2
 
 
@@ -273,6 +274,7 @@ class TrainerWorker:
             "parameters": p.family.trainable_count(),
             "jit_compile": resolve_jit(p.params.train.jit_compile),
             "dtype_policy": p.policy,
+            "cpu_math": p.cpu_math,
             "device": accelerator(),
         }
         if self.kind == "jax":

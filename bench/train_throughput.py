@@ -26,8 +26,15 @@ import numpy as np  # noqa: E402
 from imagegen.config import load_params  # noqa: E402
 from imagegen.data.loader import BatchStream  # noqa: E402
 from imagegen.data.processed import Split  # noqa: E402
-from imagegen.training.families import FAMILIES, build_family  # noqa: E402
-from imagegen.training.precision import accelerator, dtype_policy, resolve_jit, resolve_policy  # noqa: E402
+from imagegen.training.families import FAMILIES, build_family, family_spec  # noqa: E402
+from imagegen.training.precision import (  # noqa: E402
+    accelerator,
+    cpu_math_in_effect,
+    dtype_policy,
+    resolve_cpu_math,
+    resolve_jit,
+    resolve_policy,
+)
 from imagegen.training.steppers import make_stepper  # noqa: E402
 
 
@@ -40,6 +47,7 @@ class Prepared:
     params: Any
     policy: str
     next_batch: Callable[[], dict]
+    cpu_math: str  # the convolutions' math in this process (train.cpu_math, as the CPU and the order allow)
 
     def step(self) -> dict:
         return self.stepper.step(self.next_batch())
@@ -47,6 +55,9 @@ class Prepared:
 
 def prepare(family_name: str, batch: int, size: int, channels: int, overrides: list[str]) -> Prepared:
     params = load_params(None, overrides)
+    # As `imagegen train` does; oneDNN reads it at this process's first convolution, so the first family prepared
+    # decides for the process (cpu_math in each result says what ran: measure one family per process to compare).
+    startup.request_cpu_math(resolve_cpu_math(params.train.cpu_math, family_spec(family_name)))
     keras.utils.set_random_seed(0)
     policy = resolve_policy(params.train.mixed_precision)
     with dtype_policy(policy):
@@ -60,7 +71,7 @@ def prepare(family_name: str, batch: int, size: int, channels: int, overrides: l
         b = next(stream)
         return {"images": b.images, "labels": b.labels, **family.noise(rng, b.labels)}
 
-    return Prepared(family, stepper, params, policy, next_batch)
+    return Prepared(family, stepper, params, policy, next_batch, cpu_math_in_effect())
 
 
 def time_steps(step: Callable[[], Mapping[str, Any]], n: int) -> float:
@@ -85,6 +96,7 @@ def measure(
         "backend": keras.backend.backend(),
         "device": accelerator(),
         "dtype_policy": p.policy,
+        "cpu_math": p.cpu_math,
         "jit_compile": resolve_jit(p.params.train.jit_compile),
         "batch_size": batch,
         "image_size": size,

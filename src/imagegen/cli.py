@@ -98,9 +98,10 @@ def _load(params: Path | None, overrides: list[str] | None, *, tracks: bool = Tr
 
 def _request_cpu_math(cfg: Params, family: str | None) -> None:
     """``train.cpu_math`` for this process, which trains ``family`` (None: unknown, float32 unless asked for bf16),
-    before its first convolution (:func:`imagegen.training.precision.request_cpu_math`)."""
+    before its first convolution (:func:`imagegen.startup.request_cpu_math`)."""
+    from imagegen.startup import request_cpu_math
     from imagegen.training.families import FAMILIES, family_spec
-    from imagegen.training.precision import request_cpu_math, resolve_cpu_math
+    from imagegen.training.precision import resolve_cpu_math
 
     setting = cfg.train.cpu_math
     if family in FAMILIES:

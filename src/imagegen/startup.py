@@ -51,6 +51,9 @@ _IMPORT_MACHINERY = ("importlib", "_frozen_importlib", __name__)
 TENSORFLOW_DEFAULTS = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 """Environment variables TensorFlow reads once, at import; set where the environment does not set them."""
 INTRAOP_THREADS_ENV = "TF_NUM_INTRAOP_THREADS"
+CPU_MATH_ENV = "TF_SET_ONEDNN_FPMATH_MODE"
+"""TensorFlow's switch for oneDNN's float32 math mode (``BF16``: float32 convolutions computed in bfloat16).
+oneDNN reads it once, when the process creates its first convolution; later changes do nothing."""
 MAX_BRANCHES = 4
 """At most this many row shards per batch: beyond it shards get too small for the convolutions to pay."""
 
@@ -79,6 +82,24 @@ def set_tensorflow_defaults(environ: MutableMapping[str, str] | None = None) -> 
     added = {k: v for k, v in tensorflow_defaults().items() if k not in env}
     env.update(added)
     return added
+
+
+def request_cpu_math(mode: str, environ: MutableMapping[str, str] | None = None) -> bool:
+    """Ask oneDNN to compute float32 convolutions in bfloat16 (``mode == "bf16"``); whether this call asked.
+
+    Like TF32 on a GPU, tensors stay float32 and only the products inside a convolution are rounded to bfloat16
+    (8 bits of mantissa); on CPUs with AMX the convolutions then run on its tile units, several times faster on
+    the U-Net's 3x3 convolutions. It is a process-wide setting that oneDNN reads once, so only a process that
+    runs one stage may call this (the ``imagegen train`` and ``imagegen distill`` commands), before TensorFlow's
+    first convolution; a ``TF_SET_ONEDNN_FPMATH_MODE`` the environment already sets is the user's choice and kept.
+    ``float32`` asks nothing: it is oneDNN's default. CPUs without bfloat16 instructions ignore the request
+    (:func:`imagegen.training.precision.cpu_math_in_effect` tells).
+    """
+    env = os.environ if environ is None else environ
+    if mode != "bf16" or CPU_MATH_ENV in env:
+        return False
+    env[CPU_MATH_ENV] = "BF16"
+    return True
 
 
 def keras_backend(environ: Mapping[str, str] | None = None) -> str:

@@ -4,15 +4,10 @@ convolutions on a CPU that has them, and XLA."""
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any
 
 import keras
-
-CPU_MATH_ENV = "TF_SET_ONEDNN_FPMATH_MODE"
-"""TensorFlow's switch for oneDNN's float32 math mode (``BF16``: float32 convolutions computed in bfloat16).
-oneDNN reads it once, when the process creates its first convolution; later changes do nothing."""
 
 
 def accelerator() -> str:
@@ -67,28 +62,10 @@ def resolve_jit(setting: str | bool, backend: str | None = None) -> bool:
 
 def resolve_cpu_math(setting: str, spec: Any) -> str:
     """``train.cpu_math``: ``auto`` -> ``bf16`` where the family declares it (``spec.cpu_bf16_math``), else
-    ``float32``; ``float32`` and ``bf16`` as given."""
+    ``float32``; ``float32`` and ``bf16`` as given. :func:`imagegen.startup.request_cpu_math` asks for it."""
     if setting == "auto":
         return "bf16" if spec.cpu_bf16_math else "float32"
     return setting
-
-
-def request_cpu_math(mode: str, environ: MutableMapping[str, str] | None = None) -> bool:
-    """Ask oneDNN to compute float32 convolutions in bfloat16 (``mode == "bf16"``); whether this call asked.
-
-    Like TF32 on a GPU, tensors stay float32 and only the products inside a convolution are rounded to bfloat16
-    (8 bits of mantissa); on CPUs with AMX the convolutions then run on its tile units, several times faster on
-    the U-Net's 3x3 convolutions. It is a process-wide setting that oneDNN reads once, so only a process that
-    runs one stage may call this (the ``imagegen train`` and ``imagegen distill`` commands), before TensorFlow's
-    first convolution; a ``TF_SET_ONEDNN_FPMATH_MODE`` the environment already sets is the user's choice and kept.
-    ``float32`` asks nothing: it is oneDNN's default. CPUs without bfloat16 instructions ignore the request
-    (:func:`cpu_math_in_effect` tells).
-    """
-    env = os.environ if environ is None else environ
-    if mode != "bf16" or CPU_MATH_ENV in env:
-        return False
-    env[CPU_MATH_ENV] = "BF16"
-    return True
 
 
 def cpu_math_in_effect() -> str:

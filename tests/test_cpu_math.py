@@ -1,0 +1,97 @@
+"""``train.cpu_math``: the train and distill commands let oneDNN compute float32 convolutions in bfloat16 where
+the family declares that it pays and the CPU has bfloat16 instructions, and every model says which math it was
+trained with, as measured in the process that trained it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from imagegen.provenance import DIGEST_KEY
+from imagegen.startup import CPU_MATH_ENV, request_cpu_math
+from imagegen.training.families import FAMILIES, family_spec
+from imagegen.training.precision import resolve_cpu_math
+
+TINY_DDPM = [
+    "tracking.enabled=false",
+    "data.image_size=8",
+    "ddpm.base_channels=8",
+    "ddpm.groups=4",
+    "ddpm.steps=3",
+    "train.batch_size=8",
+    "train.grid_size=4",
+    "dcgan.steps=3",
+    "dcgan.base_filters=8",
+    "distill.start_steps=4",
+    "distill.target_steps=2",
+    "distill.steps_per_round=2",
+]
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether /proc/cpuinfo lists bfloat16 instructions oneDNN computes with (AMX or AVX512_BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags))
+
+
+BF16_OR_FLOAT32 = "bf16" if cpu_has_bfloat16() else "float32"  # what a request for bf16 gets on this CPU
+
+
+def imagegen(cwd: Path, *args: str, env_extra: dict[str, str] | None = None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != CPU_MATH_ENV}
+    env.update(env_extra or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "imagegen", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def trained_with(model: Path) -> dict:
+    return json.loads((model / "model.json").read_text())["trained_with"]
+
+
+def sets(*overrides: str) -> list[str]:
+    return [arg for item in (*TINY_DDPM, *overrides) for arg in ("-S", item)]
+
+
+def test_auto_is_each_familys_own_declaration_and_an_explicit_setting_wins() -> None:
+    chosen = {name: resolve_cpu_math("auto", family_spec(name)) for name in FAMILIES}
+    assert chosen == {"dcgan": "float32", "vae": "float32", "ddpm": "bf16", "ldm": "float32", "stylegan2": "bf16"}
+    for name in FAMILIES:
+        assert resolve_cpu_math("float32", family_spec(name)) == "float32"
+        assert resolve_cpu_math("bf16", family_spec(name)) == "bf16"
+
+
+def test_a_request_sets_onednns_switch_but_keeps_the_users_own() -> None:
+    env: dict[str, str] = {}
+    assert request_cpu_math("float32", env) is False and env == {}  # oneDNN's default: nothing to ask
+    assert request_cpu_math("bf16", env) is True and env == {CPU_MATH_ENV: "BF16"}
+    mine = {CPU_MATH_ENV: "STRICT"}
+    assert request_cpu_math("bf16", mine) is False and mine == {CPU_MATH_ENV: "STRICT"}
+
+
+def test_the_train_and_distill_commands_train_with_the_math_the_setting_asks_for(tmp_path: Path) -> None:
+    imagegen(tmp_path, "ingest", *sets())
+    imagegen(tmp_path, "train", "ddpm", *sets(), "--out", "ddpm")
+    imagegen(tmp_path, "train", "ddpm", *sets("train.cpu_math=float32"), "--out", "ddpm_float32")
+    imagegen(tmp_path, "train", "dcgan", *sets(), "--out", "dcgan")
+    imagegen(tmp_path, "distill", "--teacher", "ddpm", "--method", "progressive", *sets(), "--out", "student")
+
+    assert trained_with(tmp_path / "ddpm")["cpu_math"] == BF16_OR_FLOAT32  # DDPM declares bf16
+    assert trained_with(tmp_path / "ddpm_float32")["cpu_math"] == "float32"
+    assert trained_with(tmp_path / "dcgan")["cpu_math"] == "float32"  # DCGAN declares float32
+    assert trained_with(tmp_path / "student" / "final")["cpu_math"] == BF16_OR_FLOAT32  # the teacher's family decides
+    # What the models say is what their weights saw: the same seed trains other weights in the other math.
+    bf16_digest, float32_digest = (
+        json.loads((tmp_path / name / "model.json").read_text())[DIGEST_KEY] for name in ("ddpm", "ddpm_float32")
+    )
+    assert (bf16_digest != float32_digest) == (BF16_OR_FLOAT32 == "bf16")
+    # The user's own oneDNN setting is kept: STRICT in the environment trains a DDPM in float32.
+    imagegen(tmp_path, "train", "ddpm", *sets(), "--out", "ddpm_strict", env_extra={CPU_MATH_ENV: "STRICT"})
+    assert trained_with(tmp_path / "ddpm_strict")["cpu_math"] == "float32"
