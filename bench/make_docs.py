@@ -93,6 +93,13 @@ DESCRIPTIONS: dict[str, str] = {
         "exports converting their TFLite variants side by side in worker processes (`export.conversion_workers: "
         "auto`) and without the converter's metadata (stages: the median run)."
     ),
+    "pipeline_profile_xeon_three_clean_clones_bf16_convolutions.json": (
+        "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, with "
+        "the DDPM, its progressive student and StyleGAN2 training with bfloat16 convolutions (`train.cpu_math: "
+        "auto`), on a machine of the kind of `pipeline_profile_xeon_three_clean_clones_conversion_workers.json`'s, "
+        "where the stages the change leaves alone (the DCGAN, VAE, LDM and feature training, the DCGAN and VAE "
+        "exports) took 4% longer in total than there (stages: the median run)."
+    ),
     "compare_reference_train_bf16_xeon.json": (
         "bfloat16 on both sides: imagegen's trainer with `train.mixed_precision=bf16` (Keras mixed_bfloat16) "
         'against the reference in float32 and under `torch.autocast("cpu", torch.bfloat16)`, on an idle Xeon '
