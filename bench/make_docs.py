@@ -100,6 +100,12 @@ DESCRIPTIONS: dict[str, str] = {
         "where the stages the change leaves alone (the DCGAN, VAE, LDM and feature training, the DCGAN and VAE "
         "exports) took 4% longer in total than there (stages: the median run)."
     ),
+    "compare_reference_train_cpu_math_xeon.json": (
+        "imagegen's trainer as `imagegen train ddpm` runs it on a CPU with AMX (`train.cpu_math: auto`: oneDNN "
+        "computes the float32 convolutions in bfloat16, tensors stay float32) against the reference in float32 "
+        'and under `torch.autocast("cpu", torch.bfloat16)`, eager and compiled, on an idle Xeon with AVX-512 and '
+        "AMX (the 1-thread and channels_last references, never the fastest in the float32 report, left out)."
+    ),
     "compare_reference_train_bf16_xeon.json": (
         "bfloat16 on both sides: imagegen's trainer with `train.mixed_precision=bf16` (Keras mixed_bfloat16) "
         'against the reference in float32 and under `torch.autocast("cpu", torch.bfloat16)`, on an idle Xeon '
