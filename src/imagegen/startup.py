@@ -88,10 +88,11 @@ def request_cpu_math(mode: str, environ: MutableMapping[str, str] | None = None)
     """Ask oneDNN to compute float32 convolutions in bfloat16 (``mode == "bf16"``); whether this call asked.
 
     Like TF32 on a GPU, tensors stay float32 and only the products inside a convolution are rounded to bfloat16
-    (8 bits of mantissa); on CPUs with AMX the convolutions then run on its tile units, several times faster on
-    the U-Net's 3x3 convolutions. It is a process-wide setting that oneDNN reads once, so only a process that
-    runs one stage may call this (the ``imagegen train`` and ``imagegen distill`` commands), before TensorFlow's
-    first convolution; a ``TF_SET_ONEDNN_FPMATH_MODE`` the environment already sets is the user's choice and kept.
+    (8 bits of mantissa); on CPUs with AMX the convolutions then run on its tile units (a stack of 64-channel 3x3
+    convolutions about twice as fast; whole train steps gain less, see ``FamilySpec.cpu_bf16_math``). It is a
+    process-wide setting that oneDNN reads once, so only a process that runs one stage may call this (the
+    ``imagegen train`` and ``imagegen distill`` commands), before TensorFlow's first convolution; a
+    ``TF_SET_ONEDNN_FPMATH_MODE`` the environment already sets is the user's choice and kept.
     ``float32`` asks nothing: it is oneDNN's default. CPUs without bfloat16 instructions ignore the request
     (:func:`imagegen.training.precision.cpu_math_in_effect` tells).
     """
