@@ -55,9 +55,10 @@ class Prepared:
 
 def prepare(family_name: str, batch: int, size: int, channels: int, overrides: list[str]) -> Prepared:
     params = load_params(None, overrides)
-    # As `imagegen train` does; oneDNN reads it at this process's first convolution, so the first family prepared
-    # decides for the process (cpu_math in each result says what ran: measure one family per process to compare).
-    startup.request_cpu_math(resolve_cpu_math(params.train.cpu_math, family_spec(family_name)))
+    # As `imagegen train` does; oneDNN reads it at this process's first convolution (the probe's, here), so the
+    # first family prepared decides for the process (cpu_math in each result says what ran: one family per process).
+    with startup.cpu_math_requested(resolve_cpu_math(params.train.cpu_math, family_spec(family_name))):
+        cpu_math = cpu_math_in_effect()
     keras.utils.set_random_seed(0)
     policy = resolve_policy(params.train.mixed_precision)
     with dtype_policy(policy):
@@ -71,7 +72,7 @@ def prepare(family_name: str, batch: int, size: int, channels: int, overrides: l
         b = next(stream)
         return {"images": b.images, "labels": b.labels, **family.noise(rng, b.labels)}
 
-    return Prepared(family, stepper, params, policy, next_batch, cpu_math_in_effect())
+    return Prepared(family, stepper, params, policy, next_batch, cpu_math)
 
 
 def time_steps(step: Callable[[], Mapping[str, Any]], n: int) -> float:

@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from imagegen.cli import app
 from imagegen.provenance import DIGEST_KEY
-from imagegen.startup import CPU_MATH_ENV, request_cpu_math
+from imagegen.startup import CPU_MATH_ENV, cpu_math_requested
 from imagegen.training.families import FAMILIES, family_spec
 from imagegen.training.precision import resolve_cpu_math
 
@@ -68,12 +71,26 @@ def test_auto_is_each_familys_own_declaration_and_an_explicit_setting_wins() -> 
         assert resolve_cpu_math("bf16", family_spec(name)) == "bf16"
 
 
-def test_a_request_sets_onednns_switch_but_keeps_the_users_own() -> None:
+def test_a_request_holds_within_its_block_and_keeps_the_users_own_setting() -> None:
     env: dict[str, str] = {}
-    assert request_cpu_math("float32", env) is False and env == {}  # oneDNN's default: nothing to ask
-    assert request_cpu_math("bf16", env) is True and env == {CPU_MATH_ENV: "BF16"}
+    with cpu_math_requested("float32", env) as asked:  # oneDNN's default: nothing to ask
+        assert asked is False and env == {}
+    with cpu_math_requested("bf16", env) as asked:
+        assert asked is True and env == {CPU_MATH_ENV: "BF16"}
+    assert env == {}  # the processes started afterwards compute in float32
     mine = {CPU_MATH_ENV: "STRICT"}
-    assert request_cpu_math("bf16", mine) is False and mine == {CPU_MATH_ENV: "STRICT"}
+    with cpu_math_requested("bf16", mine) as asked:
+        assert asked is False and mine == {CPU_MATH_ENV: "STRICT"}
+    assert mine == {CPU_MATH_ENV: "STRICT"}
+
+
+def test_the_train_command_leaves_no_onednn_setting_to_the_processes_its_caller_starts(tmp_path: Path) -> None:
+    """In-process callers (a notebook, a test) later start `dvc repro` or an export: they must not inherit bf16."""
+    assert CPU_MATH_ENV not in os.environ
+    missing = tmp_path / "no-dataset"  # the stage fails inside the request: the switch goes all the same
+    result = CliRunner().invoke(app, ["train", "ddpm", "--data", str(missing), "--out", str(tmp_path / "m"), *sets()])
+    assert result.exit_code == 2 and str(missing) in result.output
+    assert CPU_MATH_ENV not in os.environ
 
 
 def test_the_train_and_distill_commands_train_with_the_math_the_setting_asks_for(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Every command takes ``--params/-p`` (default ``params.yaml``) and ``-S key=value
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import gc
 import json
@@ -96,18 +97,15 @@ def _load(params: Path | None, overrides: list[str] | None, *, tracks: bool = Tr
     return cfg
 
 
-def _request_cpu_math(cfg: Params, family: str | None) -> None:
-    """``train.cpu_math`` for this process, which trains ``family`` (None: unknown, float32 unless asked for bf16),
-    before its first convolution (:func:`imagegen.startup.request_cpu_math`)."""
-    from imagegen.startup import request_cpu_math
+def _cpu_math(cfg: Params, family: str | None) -> contextlib.AbstractContextManager[bool]:
+    """``train.cpu_math`` for a stage that trains ``family`` (None: unknown, float32 unless asked for bf16):
+    :func:`imagegen.startup.cpu_math_requested` around the stage."""
+    from imagegen.startup import cpu_math_requested
     from imagegen.training.families import FAMILIES, family_spec
     from imagegen.training.precision import resolve_cpu_math
 
     setting = cfg.train.cpu_math
-    if family in FAMILIES:
-        request_cpu_math(resolve_cpu_math(setting, family_spec(family)))
-    elif setting == "bf16":
-        request_cpu_math(setting)
+    return cpu_math_requested(resolve_cpu_math(setting, family_spec(family)) if family in FAMILIES else setting)
 
 
 def _model_family(folder: Path) -> str | None:
@@ -171,10 +169,9 @@ def train_cmd(
 
     if family not in FAMILIES:
         raise ImagegenError(f"family {family!r}: expected one of {', '.join(FAMILIES)}")
-    _request_cpu_math(cfg, family)
     from imagegen.stages.train import run_train
 
-    with phase("stage", "work"):
+    with _cpu_math(cfg, family), phase("stage", "work"):
         out_dir = run_train(cfg, family, data_dir=data, out_dir=out, resume=resume)
     console.print(f"trained [bold]{family}[/] -> {out_dir}")
 
@@ -298,10 +295,9 @@ def distill_cmd(
 ) -> None:
     """Distil a teacher into a student: fewer sampling steps (progressive) or a narrower network (architecture)."""
     cfg = _load(params, set_)
-    _request_cpu_math(cfg, _model_family(teacher))
     from imagegen.stages.distill import run_distill
 
-    with phase("stage", "work"):
+    with _cpu_math(cfg, _model_family(teacher)), phase("stage", "work"):
         student = run_distill(cfg, teacher, method, out_dir=out, data_dir=data, resume=resume)
     console.print(f"distilled [bold]{teacher}[/] ({method}) -> {student}")
 

@@ -32,11 +32,12 @@ the backend itself.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import json
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -84,23 +85,30 @@ def set_tensorflow_defaults(environ: MutableMapping[str, str] | None = None) -> 
     return added
 
 
-def request_cpu_math(mode: str, environ: MutableMapping[str, str] | None = None) -> bool:
-    """Ask oneDNN to compute float32 convolutions in bfloat16 (``mode == "bf16"``); whether this call asked.
+@contextlib.contextmanager
+def cpu_math_requested(mode: str, environ: MutableMapping[str, str] | None = None) -> Iterator[bool]:
+    """Within the block, oneDNN is asked to compute float32 convolutions in bfloat16 (``mode == "bf16"``);
+    yields whether this call asked.
 
     Like TF32 on a GPU, tensors stay float32 and only the products inside a convolution are rounded to bfloat16
     (8 bits of mantissa); on CPUs with AMX the convolutions then run on its tile units (a stack of 64-channel 3x3
-    convolutions about twice as fast; whole train steps gain less, see ``FamilySpec.cpu_bf16_math``). It is a
-    process-wide setting that oneDNN reads once, so only a process that runs one stage may call this (the
-    ``imagegen train`` and ``imagegen distill`` commands), before TensorFlow's first convolution; a
-    ``TF_SET_ONEDNN_FPMATH_MODE`` the environment already sets is the user's choice and kept.
-    ``float32`` asks nothing: it is oneDNN's default. CPUs without bfloat16 instructions ignore the request
-    (:func:`imagegen.training.precision.cpu_math_in_effect` tells).
+    convolutions about twice as fast; whole train steps gain less, see ``FamilySpec.cpu_bf16_math``). oneDNN
+    reads the switch once per process, at its first convolution, so the block must hold that convolution (the
+    ``imagegen train`` and ``imagegen distill`` commands wrap their stage in it) and a later block changes
+    nothing. On leaving, the switch is removed again: the processes the caller starts afterwards (``dvc repro``
+    from a test, an export) compute in float32 as before. A ``TF_SET_ONEDNN_FPMATH_MODE`` the environment already
+    sets is the user's choice and kept. ``float32`` asks nothing: it is oneDNN's default. CPUs without bfloat16
+    instructions ignore the request (:func:`imagegen.training.precision.cpu_math_in_effect` tells).
     """
     env = os.environ if environ is None else environ
-    if mode != "bf16" or CPU_MATH_ENV in env:
-        return False
-    env[CPU_MATH_ENV] = "BF16"
-    return True
+    asked = mode == "bf16" and CPU_MATH_ENV not in env
+    if asked:
+        env[CPU_MATH_ENV] = "BF16"
+    try:
+        yield asked
+    finally:
+        if asked:
+            env.pop(CPU_MATH_ENV, None)
 
 
 def keras_backend(environ: Mapping[str, str] | None = None) -> str:

@@ -62,7 +62,7 @@ def resolve_jit(setting: str | bool, backend: str | None = None) -> bool:
 
 def resolve_cpu_math(setting: str, spec: Any) -> str:
     """``train.cpu_math``: ``auto`` -> ``bf16`` where the family declares it (``spec.cpu_bf16_math``), else
-    ``float32``; ``float32`` and ``bf16`` as given. :func:`imagegen.startup.request_cpu_math` asks for it."""
+    ``float32``; ``float32`` and ``bf16`` as given. :func:`imagegen.startup.cpu_math_requested` asks for it."""
     if setting == "auto":
         return "bf16" if spec.cpu_bf16_math else "float32"
     return setting
