@@ -104,7 +104,8 @@ DESCRIPTIONS: dict[str, str] = {
         "imagegen's trainer as `imagegen train ddpm` runs it on a CPU with AMX (`train.cpu_math: auto`: oneDNN "
         "computes the float32 convolutions in bfloat16, tensors stay float32) against the reference in float32 "
         'and under `torch.autocast("cpu", torch.bfloat16)`, eager and compiled, on an idle Xeon with AVX-512 and '
-        "AMX (the 1-thread and channels_last references, never the fastest in the float32 report, left out)."
+        "AMX (left out: the 1-thread references, never the fastest, and channels_last, the fastest float32 "
+        "reference at 32x32 in `compare_reference_train_xeon.json` but 6% above eager there, far below bfloat16)."
     ),
     "compare_reference_train_bf16_xeon.json": (
         "bfloat16 on both sides: imagegen's trainer with `train.mixed_precision=bf16` (Keras mixed_bfloat16) "
