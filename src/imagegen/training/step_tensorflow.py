@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import types
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -31,6 +33,7 @@ class TensorFlowStepper:
         self._shard_fns: dict[str, Any] = {}
         for phase in family.phases:
             phase.optimizer.build(self._phase_vars(phase))
+            use_fused_adam(phase.optimizer)
         self._step_fn = tf.function(self._step, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
 
     def _phase_vars(self, phase: Any) -> list[Any]:
@@ -82,3 +85,55 @@ class TensorFlowStepper:
 
     def push(self) -> None:
         """Variables are the state on this backend: nothing to write."""
+
+
+def use_fused_adam(optimizer: Any) -> bool:
+    """Have a plain Keras ``Adam`` update each variable with TensorFlow's fused Adam kernel; whether it does.
+
+    Why: Keras writes Adam's update as about twenty-five small TensorFlow ops per variable (casts, the bias
+    correction, the two moments, the step), and TensorFlow's executor spends a few microseconds on each; a
+    U-Net of a hundred-odd variables then spends a quarter of its CPU train step's ops on the update (the LDM's).
+    ``ResourceApplyAdam`` is one op per variable computing the same update (Kingma & Ba with Keras' bias
+    correction, ``lr sqrt(1 - beta_2^t) / (1 - beta_1^t)``, epsilon outside the square root): the LDM's step
+    about 9% faster, StyleGAN2's 3% (``docs/design.md``). The kernel forms ``1 - beta`` in float32 where Keras
+    rounds it from Python's float64, so the weights agree with Keras' update to float32 rounding, not bit for bit.
+
+    Only the per-variable update changes: clipping, weight decay, the update count and EMA stay Keras' own
+    (``Optimizer.apply`` calls this hook, ``_backend_update_step``, for the update alone). Other optimizers, AMSGrad
+    and variables that are not float32 keep Keras' update.
+    """
+    if type(optimizer) is not keras.optimizers.Adam or optimizer.amsgrad:
+        return False
+    optimizer._backend_update_step = types.MethodType(_fused_adam_update, optimizer)
+    return True
+
+
+def _fused_adam_update(
+    optimizer: keras.optimizers.Adam, grads: Sequence[Any], variables: Sequence[Any], learning_rate: Any
+) -> None:
+    """Keras' ``_backend_update_step`` for :func:`use_fused_adam`: the step's scalars once, then one kernel per
+    variable."""
+    f32 = tf.float32
+    step = tf.cast(optimizer.iterations + 1, f32)
+    beta_1, beta_2 = tf.cast(optimizer.beta_1, f32), tf.cast(optimizer.beta_2, f32)
+    scalars = {
+        "lr": tf.cast(learning_rate, f32),
+        "beta1": beta_1,
+        "beta2": beta_2,
+        "beta1_power": tf.pow(beta_1, step),
+        "beta2_power": tf.pow(beta_2, step),
+        "epsilon": tf.cast(optimizer.epsilon, f32),
+    }
+    for grad, variable in zip(grads, variables, strict=True):
+        if variable.dtype != "float32":
+            optimizer.update_step(grad, variable, learning_rate)
+            continue
+        index = optimizer._get_variable_index(variable)
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        tf.raw_ops.ResourceApplyAdam(
+            var=value.handle,
+            m=optimizer._momentums[index].value.handle,
+            v=optimizer._velocities[index].value.handle,
+            grad=tf.cast(grad, f32),
+            **scalars,
+        )
