@@ -115,6 +115,16 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "serving_one_core_epyc.json": "Serving speed on one pinned core of an AMD EPYC, default exports.",
     "serving_one_core_xeon.json": "Serving speed on one pinned core of a Xeon with AVX-512 and AMX, default exports.",
+    "steps_curve_stylegan2.csv": (
+        "The same for StyleGAN2 (default settings, digits): FID still falls from 1,200 to 1,400 steps (the default) "
+        "and gains 4% more by 1,800. Its ms_per_step column is not an idle-machine figure."
+    ),
+    "step_profile_ddpm_16x16_b64_xeon.json": (
+        "imagegen with bfloat16 convolutions (`train.cpu_math`, the DDPM's default on this CPU) and the fused Adam "
+        "update against diffusers in float32 and under bfloat16 autocast, 2 threads each, on an idle Xeon with "
+        "AVX-512 and AMX."
+    ),
+    "step_profile_ddpm_32x32_b64_xeon.json": "The same at 32x32, on the same machine a minute later.",
     "steps_curve.csv": (
         "Sample quality of the default models on the default dataset (digits) against training length: one run "
         "per family, continued with `--resume` to each milestone and evaluated there."
@@ -128,6 +138,7 @@ SCRIPTS = {
     "ddim_sampling": "bench/compare_sampling.py",
     "serving": "bench/serving.py",
     "steps": "bench/steps_curve.py",
+    "step_profile": "bench/step_profile.py",
     "other": "–",
 }
 
@@ -161,6 +172,13 @@ KIND_TEXT = {
         "one TensorFlow and one TFLite thread."
     ),
     "steps": "`bench/steps_curve.py`: evaluation metrics at each training-step milestone, with the real-vs-real floor.",
+    "step_profile": (
+        "`bench/step_profile.py`: where one DDPM train step of the benchmark U-Net spends its time, from each "
+        "framework's own profiler: wall ms per step (timed without the profiler), kernel ms per step by category "
+        "with its share, and ops per step. TensorFlow's kernel time is summed over its executor threads, which run "
+        "ops side by side; PyTorch eager's is the calling thread's: compare shares and wall times, not raw kernel "
+        "milliseconds across the two."
+    ),
     "other": "Top-level values of the report.",
 }
 
@@ -212,6 +230,8 @@ def kind_of(path: Path, data: Any) -> str:
         return "profile"
     if isinstance(data, dict) and data.get("benchmark") in ("train_step", "ddim_sampling"):
         return data["benchmark"]
+    if isinstance(data, dict) and data.get("benchmark") == "train_step_profile":
+        return "step_profile"
     rows = data.get("rows") if isinstance(data, dict) else None
     if isinstance(rows, list) and rows and isinstance(rows[0], dict):
         if "config" in rows[0]:
@@ -363,6 +383,34 @@ def serving_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     return facts, lines
 
 
+def step_profile_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    results = data["results"]
+    facts = [
+        f"{fmt(data.get('size'))}x{fmt(data.get('size'))}, batch {fmt(data.get('batch'))}, "
+        f"{fmt(data.get('steps'))} traced steps",
+        f"{fmt(data.get('cpu_count'))} cores",
+        f"load average before {fmt(data.get('load_average_before'))}, after {fmt(data.get('load_average_after'))}",
+    ]
+    header = ["", *(r["side"] for r in results)]
+    body: list[list[Any]] = [
+        ["framework", *(r.get("framework") for r in results)],
+        ["math", *(r.get("cpu_math", "autocast bf16" if "bf16" in r["side"] else "float32") for r in results)],
+        ["wall ms/step", *(r["wall_ms_per_step"] for r in results)],
+        ["kernel ms/step", *(r["kernel_ms_per_step"] for r in results)],
+        ["ops/step", *(r["ops_per_step"] for r in results)],
+    ]
+    categories = list(results[0]["categories"])
+    for c in categories:
+        cells = [r["categories"][c] for r in results]
+        body.append([c, *(f"{fmt(x['ms_per_step'])} ({100 * x['share']:.0f}%)" for x in cells)])
+    lines = table(header, body)
+    for r in results:
+        if r.get("thread_busy_ms_per_step"):
+            busy = ", ".join(f"{fmt(v)}" for v in r["thread_busy_ms_per_step"].values())
+            lines += ["", f"{r['side']}: executor threads busy {busy} ms per step of {fmt(r['wall_ms_per_step'])}."]
+    return facts, lines
+
+
 def csv_section(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     if not rows:
         return [], ["(no rows)"]
@@ -383,6 +431,7 @@ RENDER = {
     "train_step": rounds_section,
     "ddim_sampling": rounds_section,
     "serving": serving_section,
+    "step_profile": step_profile_section,
 }
 
 

@@ -39,7 +39,7 @@ def imagegen(project: Path, *args: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--project", type=Path, required=True, help="project folder (params.yaml, data, models/features)")
-    ap.add_argument("--family", required=True, choices=["dcgan", "vae", "ddpm", "ldm"])
+    ap.add_argument("--family", required=True, choices=["dcgan", "vae", "ddpm", "ldm", "stylegan2"])
     ap.add_argument("--steps", type=int, nargs="+", required=True, help="milestones, ascending")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="param override")
     ap.add_argument("--out", type=Path, help="write the rows as CSV here")
