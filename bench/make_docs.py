@@ -93,6 +93,12 @@ DESCRIPTIONS: dict[str, str] = {
         "exports converting their TFLite variants side by side in worker processes (`export.conversion_workers: "
         "auto`) and without the converter's metadata (stages: the median run)."
     ),
+    "pipeline_profile_xeon_three_clean_clones_fused_adam.json": (
+        "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, with "
+        "the TensorFlow train steps updating through TensorFlow's fused Adam kernel, on a machine of the kind of "
+        "`pipeline_profile_xeon_three_clean_clones_bf16_convolutions.json`'s (a day later), where the DCGAN and VAE "
+        "training, which the change leaves as they were, took 3% and 7% longer than there (stages: the median run)."
+    ),
     "pipeline_profile_xeon_three_clean_clones_bf16_convolutions.json": (
         "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, with "
         "the DDPM, its progressive student and StyleGAN2 training with bfloat16 convolutions (`train.cpu_math: "
