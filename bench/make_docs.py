@@ -113,6 +113,11 @@ DESCRIPTIONS: dict[str, str] = {
         "AMX (left out: the 1-thread references, never the fastest, and channels_last, the fastest float32 "
         "reference at 32x32 in `compare_reference_train_xeon.json` but 6% above eager there, far below bfloat16)."
     ),
+    "compare_reference_train_fused_adam_xeon.json": (
+        "imagegen with bfloat16 convolutions and the fused Adam update against the float32 and bfloat16-autocast "
+        "references, 2 threads each, on an idle Xeon with AVX-512 and AMX, a day after "
+        "`compare_reference_train_cpu_math_xeon.json` (the references ran faster that day too: compare ratios)."
+    ),
     "compare_reference_train_bf16_xeon.json": (
         "bfloat16 on both sides: imagegen's trainer with `train.mixed_precision=bf16` (Keras mixed_bfloat16) "
         'against the reference in float32 and under `torch.autocast("cpu", torch.bfloat16)`, on an idle Xeon '
