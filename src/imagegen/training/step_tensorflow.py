@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -25,11 +27,22 @@ class TensorFlowStepper:
 
     local_rows = None  # single process: the stream reads every row
 
-    def __init__(self, family: Family, jit_compile: bool = True, branches: int | None = None) -> None:
+    def __init__(
+        self,
+        family: Family,
+        jit_compile: bool = True,
+        branches: int | None = None,
+        bf16_filter_gradients: bool | None = None,
+    ) -> None:
         self.family = family
         if branches is None:
             branches = cpu_branches() if family.batch_separable and not jit_compile else 1
         self.branches = branches
+        if bf16_filter_gradients is None:  # with the rest of the convolutions' math: train.cpu_math
+            from imagegen.training.precision import cpu_math_in_effect
+
+            bf16_filter_gradients = not jit_compile and cpu_math_in_effect() == "bf16"
+        self.bf16_filter_gradients = bf16_filter_gradients
         self._shard_fns: dict[str, Any] = {}
         for phase in family.phases:
             phase.optimizer.build(self._phase_vars(phase))
@@ -55,6 +68,11 @@ class TensorFlowStepper:
         return self._shard_fns[phase.name]
 
     def _step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        # Runs while the step is traced: the graph's convolutions are built here.
+        with bf16_filter_gradients(self.bf16_filter_gradients):
+            return self._traced_step(batch)
+
+    def _traced_step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
         # Static while batches keep one size, as training's do (a relaxed retrace sees None: no split).
         rows = next((v.shape[0] for v in batch.values() if len(v.shape)), None)
@@ -137,3 +155,95 @@ def _fused_adam_update(
             grad=tf.cast(grad, f32),
             **scalars,
         )
+
+
+@contextlib.contextmanager
+def bf16_filter_gradients(enabled: bool = True) -> Iterator[None]:
+    """Within the block, the 2-D convolutions Keras builds on TensorFlow compute their kernel's gradient in bfloat16.
+
+    Why: with oneDNN's bfloat16 math mode (``train.cpu_math``, :func:`imagegen.startup.cpu_math_requested`)
+    TensorFlow 2.20 computes a convolution and its input gradient in bfloat16 but its kernel gradient
+    (``Conv2DBackpropFilter``) in float32: the largest kernel of a U-Net's CPU train step. Given bfloat16
+    operands the same kernel runs on AMX tiles, several times faster (``docs/design.md``). The operands are
+    rounded to bfloat16 as the math mode rounds the other convolutions' and the products summed in float32;
+    the sum is then rounded to bfloat16 (8 bits of mantissa) before it becomes the float32 gradient, as under
+    PyTorch's bfloat16 autocast, whose convolutions return bfloat16 weight gradients too. The forward and the
+    input gradient are unchanged, and so are second-order gradients' other terms (StyleGAN2's R1 penalty).
+
+    Keras calls its backend's ``conv`` for every convolution (``Conv2D`` layers and ``keras.ops.conv``), so the
+    block routes that one function, while the step is traced, through :func:`_conv_with_bf16_filter_gradient`;
+    convolutions it does not cover (not 2-D, channels first, grouped, dilated, not float32) keep TensorFlow's.
+    """
+    if not enabled:
+        yield
+        return
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    original = tf_nn.conv
+    tf_nn.conv = functools.partial(_conv_with_bf16_filter_gradient, original)
+    try:
+        yield
+    finally:
+        tf_nn.conv = original
+
+
+def _conv_with_bf16_filter_gradient(
+    original: Any,
+    inputs: Any,
+    kernel: Any,
+    strides: Any = 1,
+    padding: str = "valid",
+    data_format: str | None = None,
+    dilation_rate: Any = 1,
+) -> Any:
+    """Keras' TensorFlow ``conv`` (``original``) with the kernel's gradient from bfloat16 operands."""
+    args = (strides, padding, data_format, dilation_rate)
+    data_format = data_format or keras.config.image_data_format()
+    rank4 = len(inputs.shape) == 4 and len(kernel.shape) == 4
+    if (
+        not rank4
+        or data_format != "channels_last"
+        or inputs.shape[-1] != kernel.shape[-2]
+        or _pair(dilation_rate) != (1, 1)
+        or inputs.dtype != tf.float32
+        or kernel.dtype != tf.float32
+        or not _pays_in_bf16(kernel.shape)
+    ):
+        return original(inputs, kernel, *args)
+    rows, cols = _pair(strides)
+    attrs = {"strides": [1, rows, cols, 1], "padding": padding.upper(), "data_format": "NHWC"}
+
+    @tf.custom_gradient
+    def conv(x: tf.Tensor, k: tf.Tensor) -> Any:
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=k, out_backprop=dy, **attrs)
+            bf16 = tf.bfloat16
+            dk = tf.raw_ops.Conv2DBackpropFilter(
+                input=tf.cast(x, bf16), filter_sizes=tf.shape(k), out_backprop=tf.cast(dy, bf16), **attrs
+            )
+            return dx, tf.cast(dk, k.dtype)
+
+        return original(x, k, *args), grad
+
+    return conv(tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel))
+
+
+MIN_BF16_CHANNELS = 32
+"""Kernels with fewer input or output channels than this keep the float32 gradient (see :func:`_pays_in_bf16`)."""
+
+
+def _pays_in_bf16(kernel_shape: Any) -> bool:
+    """Whether a kernel's gradient is faster from bfloat16 operands once the casts are paid for: a spatial
+    kernel (not 1x1) with at least :data:`MIN_BF16_CHANNELS` channels in and out. AMX multiplies bfloat16 tiles
+    of 32 along the reduced axis, so narrower layers gain little, and a 1x1 kernel's gradient is cheap either way;
+    measured per shape, single-threaded, on a Xeon with AMX (``docs/design.md``)."""
+    rows, cols, channels_in, channels_out = (int(d) for d in kernel_shape)
+    return rows * cols > 1 and min(channels_in, channels_out) >= MIN_BF16_CHANNELS
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    """A Keras stride or dilation (an int or a pair) as a pair."""
+    if isinstance(value, int):
+        return value, value
+    first, second = tuple(value)
+    return int(first), int(second)
