@@ -118,6 +118,15 @@ DESCRIPTIONS: dict[str, str] = {
         "references, 2 threads each, on an idle Xeon with AVX-512 and AMX, a day after "
         "`compare_reference_train_cpu_math_xeon.json` (the references ran faster that day too: compare ratios)."
     ),
+    "compare_reference_train_bf16_kernel_gradients_xeon.json": (
+        "imagegen with bfloat16 convolutions, the fused Adam update and the convolutions' kernel gradients from "
+        "bfloat16 operands against the float32 and bfloat16-autocast references, 2 threads each, on an idle Xeon "
+        "with AVX-512 and AMX (another day from `compare_reference_train_fused_adam_xeon.json`: compare ratios)."
+    ),
+    "step_profile_ddpm_32x32_b64_bf16_kernel_gradients_xeon.json": (
+        "`step_profile_ddpm_32x32_b64_xeon.json` again with the kernel gradients from bfloat16 operands: the filter "
+        "gradient kernels run on bfloat16 tensors, with the casts to bfloat16 beside them."
+    ),
     "compare_reference_train_bf16_xeon.json": (
         "bfloat16 on both sides: imagegen's trainer with `train.mixed_precision=bf16` (Keras mixed_bfloat16) "
         'against the reference in float32 and under `torch.autocast("cpu", torch.bfloat16)`, on an idle Xeon '
