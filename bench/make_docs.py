@@ -93,6 +93,13 @@ DESCRIPTIONS: dict[str, str] = {
         "exports converting their TFLite variants side by side in worker processes (`export.conversion_workers: "
         "auto`) and without the converter's metadata (stages: the median run)."
     ),
+    "pipeline_profile_xeon_three_clean_clones_bf16_kernel_gradients.json": (
+        "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, with "
+        "the convolutions' kernel gradients from bfloat16 operands (the DDPM, its student and StyleGAN2), on a "
+        "faster machine of the kind of `pipeline_profile_xeon_three_clean_clones_fused_adam.json`'s: the DCGAN, VAE "
+        "and LDM training, which the change leaves as they were, took 8%, 13% and 6% less than there (stages: the "
+        "median run), so most of the difference is the machine's."
+    ),
     "pipeline_profile_xeon_three_clean_clones_fused_adam.json": (
         "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, with "
         "the TensorFlow train steps updating through TensorFlow's fused Adam kernel, on a machine of the kind of "
