@@ -172,7 +172,8 @@ def bf16_filter_gradients(enabled: bool = True) -> Iterator[None]:
 
     Keras calls its backend's ``conv`` for every convolution (``Conv2D`` layers and ``keras.ops.conv``), so the
     block routes that one function, while the step is traced, through :func:`_conv_with_bf16_filter_gradient`;
-    convolutions it does not cover (not 2-D, channels first, grouped, dilated, not float32) keep TensorFlow's.
+    convolutions it does not cover (not 2-D, channels first, grouped, dilated, not float32) and those where
+    bfloat16 does not pay (:func:`_pays_in_bf16`: narrow layers, 1x1 kernels) keep TensorFlow's.
     """
     if not enabled:
         yield
