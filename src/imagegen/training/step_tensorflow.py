@@ -32,17 +32,17 @@ class TensorFlowStepper:
         family: Family,
         jit_compile: bool = True,
         branches: int | None = None,
-        bf16_filter_gradients: bool | None = None,
+        bf16_convolutions: bool | None = None,
     ) -> None:
         self.family = family
         if branches is None:
             branches = cpu_branches() if family.batch_separable and not jit_compile else 1
         self.branches = branches
-        if bf16_filter_gradients is None:  # with the rest of the convolutions' math: train.cpu_math
+        if bf16_convolutions is None:  # with the rest of the convolutions' math: train.cpu_math
             from imagegen.training.precision import cpu_math_in_effect
 
-            bf16_filter_gradients = not jit_compile and cpu_math_in_effect() == "bf16"
-        self.bf16_filter_gradients = bf16_filter_gradients
+            bf16_convolutions = not jit_compile and cpu_math_in_effect() == "bf16"
+        self.bf16_convolutions = bf16_convolutions
         self._shard_fns: dict[str, Any] = {}
         for phase in family.phases:
             phase.optimizer.build(self._phase_vars(phase))
@@ -69,7 +69,7 @@ class TensorFlowStepper:
 
     def _step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         # Runs while the step is traced: the graph's convolutions are built here.
-        with bf16_filter_gradients(self.bf16_filter_gradients):
+        with bf16_convolutions(self.bf16_convolutions):
             return self._traced_step(batch)
 
     def _traced_step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,37 +158,67 @@ def _fused_adam_update(
 
 
 @contextlib.contextmanager
-def bf16_filter_gradients(enabled: bool = True) -> Iterator[None]:
-    """Within the block, the 2-D convolutions Keras builds on TensorFlow compute their kernel's gradient in bfloat16.
+def bf16_convolutions(enabled: bool = True) -> Iterator[None]:
+    """Within the block, the 2-D convolutions Keras builds on TensorFlow compute in bfloat16 where oneDNN's
+    bfloat16 math mode leaves them in float32.
 
-    Why: with oneDNN's bfloat16 math mode (``train.cpu_math``, :func:`imagegen.startup.cpu_math_requested`)
-    TensorFlow 2.20 computes a convolution and its input gradient in bfloat16 but its kernel gradient
-    (``Conv2DBackpropFilter``) in float32: the largest kernel of a U-Net's CPU train step. Given bfloat16
-    operands the same kernel runs on AMX tiles, several times faster (``docs/design.md``). The operands are
-    rounded to bfloat16 as the math mode rounds the other convolutions' and the products summed in float32;
-    the sum is then rounded to bfloat16 (8 bits of mantissa) before it becomes the float32 gradient, as under
-    PyTorch's bfloat16 autocast, whose convolutions return bfloat16 weight gradients too. The forward and the
-    input gradient are unchanged, and so are second-order gradients' other terms (StyleGAN2's R1 penalty).
+    Why: with the math mode on (``train.cpu_math``, :func:`imagegen.startup.cpu_math_requested`) TensorFlow 2.20
+    computes a stride-1 convolution and its input gradient in bfloat16, but the kernel gradient of every
+    convolution (``Conv2DBackpropFilter``), strided convolutions and transposed convolutions
+    (``Conv2DBackpropInput``) stay float32 whatever the mode: the kernel gradients were the largest kernels of a
+    U-Net's CPU train step, the transposed and strided convolutions most of a DCGAN's or a VAE's. Given bfloat16
+    operands the same kernels run on AMX tiles, about twice as fast (``docs/design.md``). The block computes each
+    of those from operands rounded to bfloat16 (as the math mode rounds the others'), products summed in float32;
+    unlike the math mode's float32 result, the sum is then rounded to bfloat16 before it becomes float32 again,
+    as under PyTorch's bfloat16 autocast, whose convolutions return bfloat16 outputs and weight gradients too.
+    What the math mode already covers (a stride-1 convolution and its input gradient) stays TensorFlow's; the
+    gradients of the rounded ops are the ops' own, so second-order gradients (StyleGAN2's R1 penalty) flow.
 
-    Keras calls its backend's ``conv`` for every convolution (``Conv2D`` layers and ``keras.ops.conv``), so the
-    block routes that one function, while the step is traced, through :func:`_conv_with_bf16_filter_gradient`;
-    convolutions it does not cover (not 2-D, channels first, grouped, dilated, not float32) and those where
-    bfloat16 does not pay (:func:`_pays_in_bf16`: narrow layers, 1x1 kernels) keep TensorFlow's.
+    Keras calls its backend's ``conv`` and ``conv_transpose`` for every convolution (``Conv2D`` and
+    ``Conv2DTranspose`` layers, ``keras.ops.conv``), so the block routes those two functions while the step is
+    traced (:func:`_conv_in_bf16`, :func:`_conv_transpose_in_bf16`); convolutions it does not cover (not 2-D,
+    channels first, grouped, dilated, with output padding, not float32) and those where bfloat16 does not pay
+    (:func:`_pays_in_bf16`: narrow layers, 1x1 kernels) keep TensorFlow's.
     """
     if not enabled:
         yield
         return
     from keras.src.backend.tensorflow import nn as tf_nn
 
-    original = tf_nn.conv
-    tf_nn.conv = functools.partial(_conv_with_bf16_filter_gradient, original)
+    conv, conv_transpose = tf_nn.conv, tf_nn.conv_transpose
+    tf_nn.conv = functools.partial(_conv_in_bf16, conv)
+    tf_nn.conv_transpose = functools.partial(_conv_transpose_in_bf16, conv_transpose)
     try:
         yield
     finally:
-        tf_nn.conv = original
+        tf_nn.conv, tf_nn.conv_transpose = conv, conv_transpose
 
 
-def _conv_with_bf16_filter_gradient(
+def _covered(inputs: Any, kernel: Any, data_format: str | None, dilation_rate: Any, channels_in: Any) -> bool:
+    """Whether a Keras convolution is one :func:`bf16_convolutions` computes: 2-D, channels last, float32,
+    undilated, ungrouped (``channels_in``: the kernel's input-channel count) and wide enough to pay."""
+    return (
+        len(inputs.shape) == 4
+        and len(kernel.shape) == 4
+        and (data_format or keras.config.image_data_format()) == "channels_last"
+        and inputs.shape[-1] == channels_in
+        and _pair(dilation_rate) == (1, 1)
+        and inputs.dtype == tf.float32
+        and kernel.dtype == tf.float32
+        and _pays_in_bf16(kernel.shape)
+    )
+
+
+def _in_bf16(op: Any, attrs: dict[str, Any], *, bf16: bool = True, **tensors: Any) -> tf.Tensor:
+    """``op`` (with ``attrs``) on the float32 ``tensors`` rounded to bfloat16 (float32 again after), or as they
+    are; int32 tensors (shapes) pass as they are."""
+    if not bf16:
+        return op(**tensors, **attrs)
+    rounded = {k: v if v.dtype == tf.int32 else tf.cast(v, tf.bfloat16) for k, v in tensors.items()}
+    return tf.cast(op(**rounded, **attrs), tf.float32)
+
+
+def _conv_in_bf16(
     original: Any,
     inputs: Any,
     kernel: Any,
@@ -197,47 +227,75 @@ def _conv_with_bf16_filter_gradient(
     data_format: str | None = None,
     dilation_rate: Any = 1,
 ) -> Any:
-    """Keras' TensorFlow ``conv`` (``original``) with the kernel's gradient from bfloat16 operands."""
-    args = (strides, padding, data_format, dilation_rate)
-    data_format = data_format or keras.config.image_data_format()
-    rank4 = len(inputs.shape) == 4 and len(kernel.shape) == 4
-    if (
-        not rank4
-        or data_format != "channels_last"
-        or inputs.shape[-1] != kernel.shape[-2]
-        or _pair(dilation_rate) != (1, 1)
-        or inputs.dtype != tf.float32
-        or kernel.dtype != tf.float32
-        or not _pays_in_bf16(kernel.shape)
-    ):
-        return original(inputs, kernel, *args)
+    """Keras' TensorFlow ``conv`` (``original``) with its kernel gradient, and for a strided convolution also its
+    forward and input gradient, from bfloat16 operands."""
+    if not _covered(inputs, kernel, data_format, dilation_rate, kernel.shape[-2]):
+        return original(inputs, kernel, strides, padding, data_format, dilation_rate)
     rows, cols = _pair(strides)
     attrs = {"strides": [1, rows, cols, 1], "padding": padding.upper(), "data_format": "NHWC"}
+    strided = (rows, cols) != (1, 1)  # the math mode computes stride 1 (forward and input gradient) itself
 
     @tf.custom_gradient
     def conv(x: tf.Tensor, k: tf.Tensor) -> Any:
         def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=k, out_backprop=dy, **attrs)
-            bf16 = tf.bfloat16
-            dk = tf.raw_ops.Conv2DBackpropFilter(
-                input=tf.cast(x, bf16), filter_sizes=tf.shape(k), out_backprop=tf.cast(dy, bf16), **attrs
-            )
-            return dx, tf.cast(dk, k.dtype)
+            backprop_input = tf.raw_ops.Conv2DBackpropInput
+            dx = _in_bf16(backprop_input, attrs, bf16=strided, input_sizes=tf.shape(x), filter=k, out_backprop=dy)
+            dk = _in_bf16(tf.raw_ops.Conv2DBackpropFilter, attrs, input=x, filter_sizes=tf.shape(k), out_backprop=dy)
+            return dx, dk
 
-        return original(x, k, *args), grad
+        if not strided:
+            return original(x, k, strides, padding, data_format, dilation_rate), grad
+        return _in_bf16(tf.raw_ops.Conv2D, attrs, input=x, filter=k), grad
 
     return conv(tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel))
 
 
+def _conv_transpose_in_bf16(
+    original: Any,
+    inputs: Any,
+    kernel: Any,
+    strides: Any = 1,
+    padding: str = "valid",
+    output_padding: Any = None,
+    data_format: str | None = None,
+    dilation_rate: Any = 1,
+) -> Any:
+    """Keras' TensorFlow ``conv_transpose`` (``original``) with its forward and both gradients from bfloat16
+    operands: the forward is a convolution's input gradient, the input gradient a convolution."""
+    if output_padding is not None or not _covered(inputs, kernel, data_format, dilation_rate, kernel.shape[-1]):
+        return original(inputs, kernel, strides, padding, output_padding, data_format, dilation_rate)
+    from keras.src.backend.common.backend_utils import compute_conv_transpose_output_shape
+
+    rows, cols = _pair(strides)
+    attrs = {"strides": [1, rows, cols, 1], "padding": padding.upper(), "data_format": "NHWC"}
+    x = tf.convert_to_tensor(inputs)
+    shape = [tf.shape(x)[i] if d is None else d for i, d in enumerate(x.shape)]
+    out_shape = compute_conv_transpose_output_shape(
+        shape, kernel.shape[:-2], kernel.shape[-2], strides, padding, None, "channels_last", dilation_rate
+    )
+
+    @tf.custom_gradient
+    def conv_transpose(x: tf.Tensor, k: tf.Tensor) -> Any:
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            dx = _in_bf16(tf.raw_ops.Conv2D, attrs, input=dy, filter=k)
+            dk = _in_bf16(tf.raw_ops.Conv2DBackpropFilter, attrs, input=dy, filter_sizes=tf.shape(k), out_backprop=x)
+            return dx, dk
+
+        sizes = tf.convert_to_tensor(out_shape, tf.int32)
+        return _in_bf16(tf.raw_ops.Conv2DBackpropInput, attrs, input_sizes=sizes, filter=k, out_backprop=x), grad
+
+    return conv_transpose(x, tf.convert_to_tensor(kernel))
+
+
 MIN_BF16_CHANNELS = 32
-"""Kernels with fewer input or output channels than this keep the float32 gradient (see :func:`_pays_in_bf16`)."""
+"""Kernels with fewer input or output channels than this keep float32 (see :func:`_pays_in_bf16`)."""
 
 
 def _pays_in_bf16(kernel_shape: Any) -> bool:
-    """Whether a kernel's gradient is faster from bfloat16 operands once the casts are paid for: a spatial
-    kernel (not 1x1) with at least :data:`MIN_BF16_CHANNELS` channels in and out. AMX multiplies bfloat16 tiles
-    of 32 along the reduced axis, so narrower layers gain little, and a 1x1 kernel's gradient is cheap either way;
-    measured per shape, single-threaded, on a Xeon with AMX (``docs/design.md``)."""
+    """Whether a convolution is faster from bfloat16 operands once the casts are paid for: a spatial kernel (not
+    1x1) with at least :data:`MIN_BF16_CHANNELS` channels in and out. AMX multiplies bfloat16 tiles of 32 along
+    the reduced axis, so narrower layers gain little, and a 1x1 kernel's gradient is cheap either way; measured per
+    shape, single-threaded, on a Xeon with AMX (``docs/design.md``)."""
     rows, cols, channels_in, channels_out = (int(d) for d in kernel_shape)
     return rows * cols > 1 and min(channels_in, channels_out) >= MIN_BF16_CHANNELS
 

@@ -147,6 +147,7 @@ SPEC = FamilySpec(
     generate=generate,
     noise_shape=noise_shape,
     sampling_networks=("generator",),
+    cpu_bf16_math=True,  # the 4x4 transposed and strided convolutions: a faster step in bfloat16 on AMX
     width_key="base_filters",
     student_trains=("generator",),
     architecture_student=architecture_student,

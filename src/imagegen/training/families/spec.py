@@ -63,9 +63,10 @@ class FamilySpec:
     denoiser: tuple[str, str] | None = None
     # Every loss is a batch mean of per-image terms, no batch statistics (see Family.batch_separable).
     batch_separable: bool = False
-    # Train with oneDNN computing float32 convolutions in bfloat16 on a CPU that has it (``train.cpu_math: auto``):
-    # True where it measured faster (bench/train_throughput.py with TF_SET_ONEDNN_FPMATH_MODE=BF16), False where the
-    # shapes are too small for the bfloat16 kernels to pay (a 4x4 latent grid, the 16-32 channel GAN/VAE stacks).
+    # Train with float32 convolutions computed in bfloat16 on a CPU that has it (``train.cpu_math: auto``; oneDNN's
+    # math mode and imagegen.training.step_tensorflow.bf16_convolutions): True where it measured faster
+    # (bench/train_throughput.py with train.cpu_math=bf16 and float32), False where the shapes are too small for the
+    # bfloat16 kernels to pay (the LDM's U-Net on a 4x4 latent grid).
     cpu_bf16_math: bool = False
     needs_dataset: bool = False  # build takes the processed training data (vocabulary, latent scale)
     requires: tuple[Requirement, ...] = ()

@@ -120,6 +120,7 @@ SPEC = FamilySpec(
     sampling_networks=("decoder",),
     reconstruct=reconstruct,
     watches_kl=True,
+    cpu_bf16_math=True,  # the transposed and strided convolutions: a faster step in bfloat16 on AMX
     width_key="base_filters",
     student_trains=("encoder", "decoder"),
     architecture_student=architecture_student,
