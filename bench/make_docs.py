@@ -93,6 +93,14 @@ DESCRIPTIONS: dict[str, str] = {
         "exports converting their TFLite variants side by side in worker processes (`export.conversion_workers: "
         "auto`) and without the converter's metadata (stages: the median run)."
     ),
+    "pipeline_profile_xeon_three_clean_clones_bf16_strided_convolutions.json": (
+        "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, with the "
+        "DCGAN and the VAE training with bfloat16 convolutions, strided and transposed ones computed from bfloat16 "
+        "operands, on a slower machine of the kind of "
+        "`pipeline_profile_xeon_three_clean_clones_bf16_kernel_gradients.json`'s: the DDPM, StyleGAN2 and "
+        "distillation stages, which the change leaves as they were, took 4%, 4% and 3% longer than there, while "
+        "the DCGAN and VAE training took 11% and 20% less (stages: the median run)."
+    ),
     "pipeline_profile_xeon_three_clean_clones_bf16_kernel_gradients.json": (
         "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, with "
         "the convolutions' kernel gradients from bfloat16 operands (the DDPM, its student and StyleGAN2), on a "
