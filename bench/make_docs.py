@@ -138,6 +138,11 @@ DESCRIPTIONS: dict[str, str] = {
         "bfloat16 operands against the float32 and bfloat16-autocast references, 2 threads each, on an idle Xeon "
         "with AVX-512 and AMX (another day from `compare_reference_train_fused_adam_xeon.json`: compare ratios)."
     ),
+    "compare_reference_train_bf16_strided_convolutions_xeon.json": (
+        "`compare_reference_train_bf16_kernel_gradients_xeon.json` again with strided and transposed convolutions "
+        "from bfloat16 operands too (the benchmark U-Net's downsampling layers), the same day as "
+        "`pipeline_profile_xeon_three_clean_clones_bf16_strided_convolutions.json`: ours within its noise of there."
+    ),
     "step_profile_ddpm_32x32_b64_bf16_kernel_gradients_xeon.json": (
         "`step_profile_ddpm_32x32_b64_xeon.json` again with the kernel gradients from bfloat16 operands: the filter "
         "gradient kernels run on bfloat16 tensors, with the casts to bfloat16 beside them."
