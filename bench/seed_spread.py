@@ -39,9 +39,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="seed_spread_") as tmp:
         for seed in args.seeds:
             for i, setting in enumerate(settings):
-                overrides = [f"seed={seed}", "tracking.enabled=false", *setting.split()]
+                run = Path(tmp) / f"run_{seed}_{i}"
+                model, report = run / "model", run / "evaluation"
+                # The train command writes its report and checkpoints under train.reports_dir and
+                # train.checkpoints_dir, the project's own by default: both go to this run's folder.
+                private = [f"train.reports_dir={run / 'reports'}", f"train.checkpoints_dir={run / 'checkpoints'}"]
+                overrides = [f"seed={seed}", "tracking.enabled=false", *private, *setting.split()]
                 sets = [arg for item in overrides for arg in ("-S", item)]
-                model, report = Path(tmp) / f"model_{seed}_{i}", Path(tmp) / f"evaluation_{seed}_{i}"
                 train_s = imagegen(args.project, "train", args.family, *sets, "--out", str(model))
                 off = ("-S", "tracking.enabled=false")
                 imagegen(args.project, "evaluate", "--model", str(model), *off, "--out", str(report))
