@@ -200,7 +200,16 @@ def test_yaml_1_1_boolean_words_stay_strings_and_booleans_are_true_or_false(isol
 
 
 @pytest.mark.parametrize(
-    "key", ["train.batch_size", "train.grid_size", "evaluate.batch_size", "distill.batch_size", "distill.speed_n"]
+    "key",
+    [
+        "train.batch_size",
+        "vae.batch_size",
+        "ldm.batch_size",
+        "train.grid_size",
+        "evaluate.batch_size",
+        "distill.batch_size",
+        "distill.speed_n",
+    ],
 )
 def test_absurd_batch_size_is_refused_at_load_naming_the_key_and_the_cap(isolated_env, key: str) -> None:
     assert_refused(
@@ -210,7 +219,8 @@ def test_absurd_batch_size_is_refused_at_load_naming_the_key_and_the_cap(isolate
     )
 
 
-def test_batch_size_larger_than_the_training_split_is_refused_before_training(isolated_env, helpers) -> None:
+@pytest.mark.parametrize("key", ["train.batch_size", "vae.batch_size"])
+def test_batch_size_larger_than_the_training_split_is_refused_before_training(isolated_env, helpers, key: str) -> None:
     images = helpers.write_image_folder(isolated_env.root / "images", {"red": (255, 0, 0), "blue": (0, 0, 255)})
     params = load_params(None, ["tracking.enabled=false", "data.name=folder", f"data.path={images}"])
     data = run_ingest(params, isolated_env.root / "processed")
@@ -218,8 +228,8 @@ def test_batch_size_larger_than_the_training_split_is_refused_before_training(is
 
     assert_refused(
         isolated_env.root,
-        train_args(isolated_env.root, "-S", "train.batch_size=64", data=data),
-        ["train.batch_size = 64", str(data), f"{train_count} images"],
+        train_args(isolated_env.root, "-S", f"{key}=64", data=data),
+        [f"{key} = 64", str(data), f"{train_count} images"],
     )
 
 

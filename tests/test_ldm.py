@@ -47,6 +47,7 @@ def tiny(root: Path) -> list[str]:
         "ldm.groups=4",
         "ldm.timesteps=50",
         "ldm.steps=3",
+        "ldm.batch_size=null",  # train.batch_size
         "sample.steps=2",
         "export.ddpm_steps=2",
         "export.parity_n=4",

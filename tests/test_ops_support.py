@@ -36,6 +36,7 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     "dcgan": {"steps": 3, "base_filters": 4, "latent_dim": 8},
     "vae": {"steps": 3, "base_filters": 4, "latent_dim": 4, "min_kl_per_image": 0.0},
     "ddpm": {"steps": 3, "base_channels": 8, "groups": 4},
+    "ldm": {"steps": 3},
     "stylegan2": {"steps": 3, "base_channels": 4, "max_channels": 8, "latent_dim": 8, "w_dim": 8},
     "sample": {"steps": 4, "n": 8},
     "distill": {

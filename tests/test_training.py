@@ -244,6 +244,22 @@ def test_run_train_writes_model_metrics_log_and_samples(digits, tmp_path) -> Non
     assert json.loads((report / "run.json").read_text())["images_per_sec"] > 0
 
 
+@pytest.mark.parametrize(("family_batch", "trained_batch"), [(None, 32), (8, 8)])
+def test_a_family_trains_on_its_own_batch_size_else_on_train_batch_size(
+    digits, tmp_path, family_batch: int | None, trained_batch: int
+) -> None:
+    import h5py
+
+    from imagegen.stages.train import run_train
+
+    given = [] if family_batch is None else [f"vae.batch_size={family_batch}"]
+    params = params_for(tmp_path, "vae.steps=2", f"train.reports_dir={tmp_path / 'reports'}", *given)
+    run_train(params, "vae", data_dir=digits, out_dir=tmp_path / "vae", show_progress=False)
+    ((_, checkpoint),) = list_checkpoints(tmp_path / "ckpt" / "vae")
+    with h5py.File(checkpoint) as f:
+        assert json.loads(f.attrs["state"])["stream"]["batch_size"] == trained_batch
+
+
 def test_a_time_budget_stops_with_a_checkpoint_that_resume_continues(digits, tmp_path) -> None:
     params = params_for(tmp_path, "train.max_minutes=1e-6", "train.log_every=3")
     trainer = make_trainer(params, "vae", digits, tmp_path / "ckpt")

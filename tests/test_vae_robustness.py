@@ -177,7 +177,7 @@ def test_train_ldm_refuses_a_collapsed_vae_in_one_line_before_training(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no ./params.yaml: the defaults plus these overrides
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    sets = overrides(tmp_path, f"ldm.vae={black_vae}", "ldm.steps=2")
+    sets = overrides(tmp_path, f"ldm.vae={black_vae}", "ldm.steps=2", "ldm.batch_size=null")
     args = ["train", "ldm", "--data", str(dark_data), *(a for s in sets for a in ("-S", s))]
     result = CliRunner().invoke(app, args)
     message = result.stderr.strip()

@@ -12,9 +12,9 @@ import functools
 import gc
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from rich.markup import escape
 from imagegen.config import Params, dump_params, load_params
 from imagegen.errors import ImagegenError
 from imagegen.profiling import phase
+
+if TYPE_CHECKING:
+    from imagegen.tracking.process import TrackingProcess
 
 app = typer.Typer(
     name="imagegen",
@@ -97,6 +100,22 @@ def _load(params: Path | None, overrides: list[str] | None, *, tracks: bool = Tr
     return cfg
 
 
+@contextlib.contextmanager
+def _tracking_process(cfg: Params) -> Iterator[TrackingProcess | None]:
+    """The stage's MLflow client, started in a child process now, before the stage imports TensorFlow, so that
+    mlflow's import overlaps TensorFlow's on another core (:mod:`imagegen.tracking.process`); None when tracking
+    is off. Call after :func:`_load`, which has checked the store."""
+    if not cfg.tracking.enabled:
+        yield None
+        return
+    from imagegen.quiet import verbose_in_effect
+    from imagegen.tracking import resolve_tracking_uri
+    from imagegen.tracking.process import TrackingProcess
+
+    with TrackingProcess(cfg.tracking, resolve_tracking_uri(cfg.tracking), verbose=verbose_in_effect()) as process:
+        yield process
+
+
 def _cpu_math(cfg: Params, family: str | None) -> contextlib.AbstractContextManager[bool]:
     """``train.cpu_math`` for a stage that trains ``family`` (None: unknown, float32 unless asked for bf16):
     :func:`imagegen.startup.cpu_math_requested` around the stage."""
@@ -140,10 +159,11 @@ def ingest_cmd(
 ) -> None:
     """Fetch, verify and convert a dataset into the processed format."""
     cfg = _load(params, set_)
-    from imagegen.stages.ingest import run_ingest
+    with _tracking_process(cfg) as tracking:
+        from imagegen.stages.ingest import run_ingest
 
-    with phase("stage", "work"):
-        out_dir = run_ingest(cfg, out)
+        with phase("stage", "work"):
+            out_dir = run_ingest(cfg, out, tracking=tracking)
     from imagegen.data.processed import ProcessedDataset
 
     manifest = ProcessedDataset.open(out_dir).manifest
@@ -169,10 +189,11 @@ def train_cmd(
 
     if family not in FAMILIES:
         raise ImagegenError(f"family {family!r}: expected one of {', '.join(FAMILIES)}")
-    from imagegen.stages.train import run_train
+    with _tracking_process(cfg) as tracking:
+        from imagegen.stages.train import run_train
 
-    with _cpu_math(cfg, family), phase("stage", "work"):
-        out_dir = run_train(cfg, family, data_dir=data, out_dir=out, resume=resume)
+        with _cpu_math(cfg, family), phase("stage", "work"):
+            out_dir = run_train(cfg, family, data_dir=data, out_dir=out, resume=resume, tracking=tracking)
     console.print(f"trained [bold]{family}[/] -> {out_dir}")
 
 
@@ -224,10 +245,11 @@ def train_features_cmd(
 ) -> None:
     """Train the evaluation feature extractor (a small CNN classifier) on the real training split."""
     cfg = _load(params, set_)
-    from imagegen.stages.train_features import run_train_features
+    with _tracking_process(cfg) as tracking:
+        from imagegen.stages.train_features import run_train_features
 
-    with phase("stage", "work"):
-        out_dir = run_train_features(cfg, data_dir=data, out_dir=out, verbose=2)
+        with phase("stage", "work"):
+            out_dir = run_train_features(cfg, data_dir=data, out_dir=out, verbose=2, tracking=tracking)
     import json
 
     scores = json.loads((out_dir / "model.json").read_text())["scores"]
@@ -253,18 +275,20 @@ def evaluate_cmd(
     """FID, KID, precision/recall, density/coverage and class coverage of generated images, beside the real-vs-real
     floor."""
     cfg = _load(params, set_)
-    from imagegen.stages.evaluate import run_evaluate
+    with _tracking_process(cfg) as tracking:
+        from imagegen.stages.evaluate import run_evaluate
 
-    with phase("stage", "work"):
-        out_dir = run_evaluate(
-            cfg,
-            out,
-            model_dir=model,
-            samples=samples,
-            data_dir=data,
-            features_dir=features,
-            sampler=_sampler_overrides(sampler, steps, eta),
-        )
+        with phase("stage", "work"):
+            out_dir = run_evaluate(
+                cfg,
+                out,
+                model_dir=model,
+                samples=samples,
+                data_dir=data,
+                features_dir=features,
+                sampler=_sampler_overrides(sampler, steps, eta),
+                tracking=tracking,
+            )
     sys.stdout.write((out_dir / "report.md").read_text())
 
 
@@ -295,10 +319,11 @@ def distill_cmd(
 ) -> None:
     """Distil a teacher into a student: fewer sampling steps (progressive) or a narrower network (architecture)."""
     cfg = _load(params, set_)
-    from imagegen.stages.distill import run_distill
+    with _tracking_process(cfg) as tracking:
+        from imagegen.stages.distill import run_distill
 
-    with _cpu_math(cfg, _model_family(teacher)), phase("stage", "work"):
-        student = run_distill(cfg, teacher, method, out_dir=out, data_dir=data, resume=resume)
+        with _cpu_math(cfg, _model_family(teacher)), phase("stage", "work"):
+            student = run_distill(cfg, teacher, method, out_dir=out, data_dir=data, resume=resume, tracking=tracking)
     console.print(f"distilled [bold]{teacher}[/] ({method}) -> {student}")
 
 
@@ -315,12 +340,14 @@ def export_cmd(
 ) -> None:
     """SavedModel + TFLite (float32/float16/int8), each checked for parity with Keras and timed."""
     cfg = _load(params, set_)
-    from imagegen.stages.export import report_dir_for, report_table, run_export
-    from imagegen.timings import RUN_FILE
+    with _tracking_process(cfg) as tracking:
+        from imagegen.stages.export import report_dir_for, report_table, run_export
 
-    with phase("stage", "work"):
-        out_dir = run_export(cfg, model, out, report)
+        with phase("stage", "work"):
+            out_dir = run_export(cfg, model, out, report, tracking=tracking)
     import json
+
+    from imagegen.timings import RUN_FILE
 
     timing = json.loads((report_dir_for(cfg, out_dir, report) / RUN_FILE).read_text())
     sys.stdout.write(report_table(json.loads((out_dir / "metrics.json").read_text()), timing))

@@ -80,6 +80,11 @@ def verbose_requested(flag: bool = False) -> bool:
     return flag or env not in ("", "0", "false", "no", "off")
 
 
+def verbose_in_effect() -> bool:
+    """Whether this process keeps third-party logs (``--verbose`` given to :func:`configure`, or the environment)."""
+    return verbose_requested(_state["verbose"])
+
+
 def configure(verbose: bool, emit: Callable[[str], None]) -> None:
     """Silence third-party start-up noise unless ``verbose``; route imagegen's own warnings to ``emit``."""
     _state["verbose"] = verbose

@@ -43,7 +43,7 @@ from imagegen.images import save_png
 from imagegen.outputs import check_output
 from imagegen.provenance import DIGEST_KEY
 from imagegen.timings import RUN_FILE, split_measured
-from imagegen.tracking import finite_metrics, start_run
+from imagegen.tracking import TrackingProcess, finite_metrics, start_run
 from imagegen.training.precision import accelerator, resolve_policy
 from imagegen.training.seeding import seed_everything
 
@@ -89,6 +89,7 @@ def run_distill(
     data_dir: Path | None = None,
     show_progress: bool = True,
     resume: bool = False,
+    tracking: TrackingProcess | None = None,
 ) -> Path:
     """Distil the teacher in ``teacher_dir`` with ``method``; returns the final student's folder.
 
@@ -97,7 +98,7 @@ def run_distill(
     """
     teacher_dir = Path(teacher_dir)
     if method == knowledge.METHOD:
-        return run_knowledge(params, teacher_dir, out_dir=out_dir, data_dir=data_dir)
+        return run_knowledge(params, teacher_dir, out_dir=out_dir, data_dir=data_dir, tracking=tracking)
     teacher_meta = read_teacher_meta(teacher_dir)
     family_name = teacher_meta.get("family")
     section = (teacher_meta.get("spec") or {}).get(family_name) if isinstance(family_name, str) else None
@@ -138,6 +139,7 @@ def run_distill(
 
     with start_run(
         params.tracking,
+        process=tracking,
         run_name=f"distill-{family_name}-{method}",
         stage="distill",
         dataset_hash=dataset.content_hash,
@@ -148,6 +150,7 @@ def run_distill(
         def open_child_run(name: str, tags: dict[str, Any]) -> Any:
             return start_run(
                 params.tracking,
+                process=tracking,
                 run_name=name,
                 stage="distill",
                 dataset_hash=dataset.content_hash,
@@ -185,7 +188,13 @@ def run_distill(
     return outcome.final
 
 
-def run_knowledge(params: Params, teacher_dir: Path, out_dir: Path | None = None, data_dir: Path | None = None) -> Path:
+def run_knowledge(
+    params: Params,
+    teacher_dir: Path,
+    out_dir: Path | None = None,
+    data_dir: Path | None = None,
+    tracking: TrackingProcess | None = None,
+) -> Path:
     """Distil the feature classifier in ``teacher_dir`` into a narrower one; returns the student's folder."""
     teacher = knowledge.load_teacher(teacher_dir)
     dataset = ProcessedDataset.open(Path(data_dir) if data_dir is not None else params.data.output_dir)
@@ -202,6 +211,7 @@ def run_knowledge(params: Params, teacher_dir: Path, out_dir: Path | None = None
     tags = {"teacher.path": str(teacher_dir.resolve()), "distill.method": knowledge.METHOD, "device": accelerator()}
     with start_run(
         params.tracking,
+        process=tracking,
         run_name="distill-features-knowledge",
         stage="distill",
         dataset_hash=dataset.content_hash,

@@ -27,7 +27,7 @@ from imagegen.fileio import sha256_file, write_json, write_text
 from imagegen.images import save_grid
 from imagegen.outputs import MARKER, check_output, marker_text
 from imagegen.provenance import DIGEST_KEY
-from imagegen.tracking import start_run
+from imagegen.tracking import TrackingProcess, start_run
 
 
 def load_samples_npz(path: Path) -> np.ndarray:
@@ -144,6 +144,7 @@ def run_evaluate(
     features_dir: Path | None = None,
     show_progress: bool = True,
     sampler: dict[str, Any] | None = None,
+    tracking: TrackingProcess | None = None,
 ) -> Path:
     """Evaluate ``model_dir`` (sampling ``evaluate.n_samples`` images) or the images in ``samples``.
 
@@ -227,6 +228,7 @@ def run_evaluate(
         flat.update({f"prompt_accuracy_{scale}.{i}": v for scale, v in scores.items()})
     with start_run(
         params.tracking,
+        process=tracking,
         run_name=f"evaluate-{model_meta.get('family', 'samples')}",
         stage="evaluate",
         dataset_hash=dataset.content_hash,

@@ -39,7 +39,7 @@ from imagegen.profiling import phase
 from imagegen.provenance import DIGEST_KEY
 from imagegen.startup import usable_cores
 from imagegen.timings import RUN_FILE
-from imagegen.tracking import finite_metrics, start_run
+from imagegen.tracking import TrackingProcess, finite_metrics, start_run
 
 if TYPE_CHECKING:
     from imagegen.export.graph import Serving
@@ -138,7 +138,13 @@ def tflite_conversions(
     return conversions, not_tried
 
 
-def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, report_dir: Path | None = None) -> Path:
+def run_export(
+    params: Params,
+    model_dir: Path,
+    out_dir: Path | None = None,
+    report_dir: Path | None = None,
+    tracking: TrackingProcess | None = None,
+) -> Path:
     """Export the model in ``model_dir``; write the folder described above and return its path."""
     meta = read_model_meta(model_dir)  # a missing or unreadable model.json is one line, before TensorFlow starts
     out_dir = Path(out_dir) if out_dir is not None else params.export.export_dir / meta["family"]
@@ -213,6 +219,7 @@ def run_export(params: Params, model_dir: Path, out_dir: Path | None = None, rep
     dataset = loaded.meta.get("dataset") or {}
     with start_run(
         params.tracking,
+        process=tracking,
         run_name=f"export-{loaded.name}",
         stage="export",
         dataset_hash=dataset.get("content_hash"),

@@ -14,7 +14,7 @@ from imagegen.data.processed import Dataset, streamed, write_processed
 from imagegen.data.sources import get_source
 from imagegen.data.transform import resize, to_channels
 from imagegen.outputs import check_output
-from imagegen.tracking import start_run
+from imagegen.tracking import TrackingProcess, start_run
 
 
 def shape_dataset(ds: Dataset, image_size: int, channels: int | None, progress: Progress) -> Dataset:
@@ -35,7 +35,7 @@ def shape_dataset(ds: Dataset, image_size: int, channels: int | None, progress: 
     return Dataset(ds.name, splits, ds.class_names, ds.source, ds.files, ds.captions)
 
 
-def run_ingest(params: Params, out_dir: Path | None = None) -> Path:
+def run_ingest(params: Params, out_dir: Path | None = None, tracking: TrackingProcess | None = None) -> Path:
     """Ingest ``params.data`` into ``out_dir`` (default ``data.processed_dir/<name>``); return that folder."""
     cfg = params.data
     out_dir = Path(out_dir) if out_dir is not None else cfg.output_dir
@@ -57,6 +57,7 @@ def run_ingest(params: Params, out_dir: Path | None = None) -> Path:
         manifest = write_processed(ds, out_dir, extra={"ingest": settings})
     with start_run(
         params.tracking,
+        process=tracking,
         run_name=f"ingest-{cfg.name}",
         stage="ingest",
         dataset_hash=manifest["content_hash"],

@@ -43,7 +43,7 @@ from imagegen.profiling import phase
 from imagegen.provenance import DIGEST_KEY
 from imagegen.sampling import make_sampler, resolve_settings
 from imagegen.timings import RUN_FILE
-from imagegen.tracking import start_run
+from imagegen.tracking import TrackingProcess, start_run
 from imagegen.training.collapse import KLWatch, sample_health, sample_problems
 from imagegen.training.distributed import follower_outputs, initialize_multihost, is_writer
 from imagegen.training.families import build_family, family_spec
@@ -123,6 +123,7 @@ def run_train(
     out_dir: Path | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    tracking: TrackingProcess | None = None,
 ) -> Path:
     """Train ``family_name`` on the processed dataset; write the model folder and return its path."""
     if initialize_multihost() and not is_writer():  # JAX_* variables: process 0 writes, the others train
@@ -137,9 +138,11 @@ def run_train(
     family_cfg = getattr(params, family_name)
     dataset = ProcessedDataset.open(data_dir)
     train_count = int(dataset.manifest["counts"].get("train", 0))
-    if cfg.batch_size > train_count:  # every batch would repeat images; refused before a network is built
+    batch_size = family_cfg.effective_batch_size(cfg)
+    if batch_size > train_count:  # every batch would repeat images; refused before a network is built
+        key = f"{family_name}.batch_size" if family_cfg.batch_size else "train.batch_size"
         raise ConfigError(
-            f"train.batch_size = {cfg.batch_size}: larger than the training split of {data_dir} "
+            f"{key} = {batch_size}: larger than the training split of {data_dir} "
             f"({train_count} images); expected at most {train_count}"
         )
 
@@ -152,7 +155,7 @@ def run_train(
         family = build_family(
             family_name, params, dataset.image_shape, dataset.num_classes, dataset=dataset, trained=trained
         )
-    stream = BatchStream(dataset.split("train"), cfg.batch_size, params.seed)
+    stream = BatchStream(dataset.split("train"), batch_size, params.seed)
     # One sampler (one compiled predictor) for every grid and the collapse check: a fresh one per grid would
     # recompile the diffusion network each time (seconds with XLA on CPU).
     sample = make_sampler(family, resolve_settings(params.sample))
@@ -170,6 +173,7 @@ def run_train(
         run_params.update({f"{section}.{k}": v for k, v in getattr(params, section).model_dump(mode="json").items()})
     with start_run(
         params.tracking,
+        process=tracking,
         run_name=f"train-{family_name}",
         stage=f"train_{family_name}",
         dataset_hash=dataset.content_hash,

@@ -12,12 +12,16 @@ from imagegen.data.processed import ProcessedDataset
 from imagegen.evaluation.features import save_extractor, train_classifier
 from imagegen.fileio import write_json
 from imagegen.outputs import check_output
-from imagegen.tracking import start_run
+from imagegen.tracking import TrackingProcess, start_run
 from imagegen.training.seeding import seed_everything
 
 
 def run_train_features(
-    params: Params, data_dir: Path | None = None, out_dir: Path | None = None, verbose: int = 0
+    params: Params,
+    data_dir: Path | None = None,
+    out_dir: Path | None = None,
+    verbose: int = 0,
+    tracking: TrackingProcess | None = None,
 ) -> Path:
     """Train the classifier on the train split, measure it on the test split, save it; return its folder."""
     cfg = params.evaluate
@@ -29,6 +33,7 @@ def run_train_features(
     seed_everything(params.seed)
     with start_run(
         params.tracking,
+        process=tracking,
         run_name="train-features",
         stage="train_features",
         dataset_hash=dataset.content_hash,

@@ -5,6 +5,7 @@ installed (a GPU box with Keras and JAX only) as long as tracking is disabled th
 """
 
 from imagegen.tracking.context import PARENT_RUN_ENV, RUN_TAGS_ENV, git_commit, provenance_tags
+from imagegen.tracking.process import ProcessRun, TrackingProcess
 from imagegen.tracking.runs import (
     NullRun,
     Run,
@@ -22,7 +23,9 @@ __all__ = [
     "PARENT_RUN_ENV",
     "RUN_TAGS_ENV",
     "NullRun",
+    "ProcessRun",
     "Run",
+    "TrackingProcess",
     "TrackingStoreError",
     "check_store",
     "default_tracking_uri",

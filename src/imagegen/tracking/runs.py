@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from imagegen.tracking.context import (
 )
 from imagegen.tracking.dataset import log_dataset_input
 from imagegen.tracking.store import SWITCH_OFF, TrackingStoreError, check_store
+
+if TYPE_CHECKING:
+    from imagegen.tracking.process import ProcessRun, TrackingProcess
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -243,34 +246,24 @@ def _run_experiment(client: Any, cfg: TrackingConfig, uri: str, parent: str | No
         ) from None
 
 
-@contextlib.contextmanager
-def start_run(
+def begin_run(
+    client: Any,
+    uri: str,
     cfg: TrackingConfig,
     run_name: str,
     *,
     stage: str,
+    parent: str | None,
+    env_tags: Mapping[str, str],
     dataset_hash: str | None = None,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
-    parent_run_id: str | None = None,
     dataset_dir: Path | None = None,
     dataset_context: str = "training",
-) -> Iterator[Run | NullRun]:
-    """Open a run (or a :class:`NullRun` when tracking is disabled); it ends FAILED if the body
-    raises.
-
-    The store is checked first (an unreachable server or a broken SQLite file is one line naming it,
-    before any work). A run is a child of ``parent_run_id``, else of
-    ``$IMAGEGEN_MLFLOW_PARENT_RUN_ID``; it carries ``$IMAGEGEN_RUN_TAGS``, ``git.commit`` and
-    ``dvc.lock_md5``; given ``dataset_dir`` (a processed dataset folder), its manifest is logged as
-    the run's dataset input."""
-    if not cfg.enabled:
-        yield NullRun()
-        return
-    env_tags = run_tags_from_env()
-    with phase("mlflow.open_store", "tracking"):  # imports mlflow
-        client, uri = open_store(cfg)
-    parent = parent_run_id or parent_run_id_from_env()
+) -> Run:
+    """Create a run in the store of ``client`` with every tag :func:`start_run` promises, its params and its
+    dataset input; where the client lives (this process or :mod:`imagegen.tracking.process`) is the caller's
+    choice."""
     all_tags = {"imagegen.stage": stage, "mlflow.runName": run_name, **provenance_tags()}
     all_tags.update(env_tags)
     if dataset_hash:
@@ -288,11 +281,66 @@ def start_run(
             run.log_params({"data.content_hash": dataset_hash})
         if dataset_dir is not None:
             log_dataset_input(client, run.run_id, Path(dataset_dir), dataset_context)
+    return run
+
+
+@contextlib.contextmanager
+def start_run(
+    cfg: TrackingConfig,
+    run_name: str,
+    *,
+    stage: str,
+    dataset_hash: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    dataset_dir: Path | None = None,
+    dataset_context: str = "training",
+    process: TrackingProcess | None = None,
+) -> Iterator[Run | NullRun | ProcessRun]:
+    """Open a run (or a :class:`NullRun` when tracking is disabled); it ends FAILED if the body
+    raises.
+
+    The store is checked first (an unreachable server or a broken SQLite file is one line naming it,
+    before any work). A run is a child of ``parent_run_id``, else of
+    ``$IMAGEGEN_MLFLOW_PARENT_RUN_ID``; it carries ``$IMAGEGEN_RUN_TAGS``, ``git.commit`` and
+    ``dvc.lock_md5``; given ``dataset_dir`` (a processed dataset folder), its manifest is logged as
+    the run's dataset input. Given ``process`` (started by the CLI before TensorFlow's import), the run is
+    logged from that child process, whose mlflow import has overlapped the stage's start; otherwise from
+    this process."""
+    if not cfg.enabled:
+        yield NullRun()
+        return
+    env_tags = run_tags_from_env()
+    parent = parent_run_id or parent_run_id_from_env()
+    opened = {
+        "stage": stage,
+        "parent": parent,
+        "env_tags": env_tags,
+        "dataset_hash": dataset_hash,
+        "params": dict(params) if params else None,
+        "tags": dict(tags) if tags else None,
+        "dataset_dir": Path(dataset_dir).resolve() if dataset_dir is not None else None,
+        "dataset_context": dataset_context,
+    }
+    run: Run | ProcessRun
+    if process is not None:
+        with phase("mlflow.open_store", "tracking"):  # waits for the child's mlflow import, if still running
+            run = process.begin_run(run_name, **opened)
+        end: Callable[[str], None] = run.end
+    else:
+        with phase("mlflow.open_store", "tracking"):  # imports mlflow
+            client, uri = open_store(cfg)
+        run = begin_run(client, uri, cfg, run_name, **opened)
+
+        def end(status: str) -> None:
+            with store_errors(uri):
+                client.set_terminated(run.run_id, status=status)
+
     try:
         yield run
     except BaseException:
         with contextlib.suppress(Exception):  # the store may be what failed
-            client.set_terminated(run.run_id, status="FAILED")
+            end("FAILED")
         raise
-    with store_errors(uri):
-        client.set_terminated(run.run_id, status="FINISHED")
+    end("FINISHED")

@@ -107,8 +107,8 @@ def resolve_devices(requested: str | int, batch_size: int, backend: str) -> int:
         raise ConfigError(
             f"train.batch_size = {batch_size} does not divide over {total} devices "
             f"(train.devices = {requested!r} x {jax.process_count()} process(es)): "
-            f"use a batch size that is a multiple of {total} (distill.batch_size when it is set for "
-            "a distillation), or set train.devices"
+            f"use a batch size that is a multiple of {total} (<family>.batch_size when it is set for the family, "
+            "distill.batch_size for a distillation), or set train.devices"
         )
     return n
 

@@ -74,7 +74,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
             Phase("generator", ("generator",), g_loss, adam()),
         ],
         noise=noise,
-        spec={"dcgan": cfg.model_dump(mode="json")},
+        spec={"dcgan": cfg.as_spec()},
     )
 
 

@@ -112,7 +112,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int, d
         noise=noise,
         ema={"unet_ema": "unet"},
         ema_decay=cfg.ema_decay,
-        spec={"ddpm": cfg.model_dump(mode="json")},
+        spec={"ddpm": cfg.as_spec()},
         batch_separable=SPEC.batch_separable,
     )
 

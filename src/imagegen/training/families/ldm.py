@@ -152,7 +152,7 @@ def build(
         noise=inner.noise,
         ema=inner.ema,
         ema_decay=inner.ema_decay,
-        spec={"ldm": cfg.model_dump(mode="json"), "vae": vae_cfg.model_dump(mode="json"), "latent_grid": list(grid)},
+        spec={"ldm": cfg.as_spec(), "vae": vae_cfg.as_spec(), "latent_grid": list(grid)},
         batch_separable=inner.batch_separable,  # the DDPM loss on latents of the frozen encoder (inference mode)
     )
 

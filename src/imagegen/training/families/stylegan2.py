@@ -186,7 +186,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
         noise=noise,
         ema={"generator_ema": "generator"},
         ema_decay=cfg.ema_decay,
-        spec={"stylegan2": cfg.model_dump(mode="json")},
+        spec={"stylegan2": cfg.as_spec()},
         host_state=host_state,
         adapt=adapt if cfg.augment else None,
     )

@@ -62,7 +62,7 @@ def build(params: Params, image_shape: tuple[int, int, int], num_classes: int) -
         networks={"encoder": encoder, "decoder": decoder},
         phases=[Phase("vae", ("encoder", "decoder"), loss, keras.optimizers.Adam(cfg.learning_rate))],
         noise=noise,
-        spec={"vae": cfg.model_dump(mode="json")},
+        spec={"vae": cfg.as_spec()},
         views={"decoder_logits": ("decoder", decoder_logits(decoder))},
     )
 
