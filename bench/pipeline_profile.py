@@ -7,7 +7,10 @@ and imports, XLA/graph compilation, the work (steps, samples, conversions), I/O 
 ``--clone`` clones this repository (its committed HEAD) into a new folder and runs one plain ``dvc repro`` there,
 so it takes as long as ``dvc repro`` itself; ``--repeat N`` does that N times, each in a fresh clone
 (``FOLDER/run1`` ...), one after the other, and reports every run's wall time and their median (the stage table
-is the median run's). Before each run the machine is checked for idleness (load average, busy processes), and
+is the median run's). ``--baseline REV`` also reproduces a clone at that commit (``FOLDER/baseline1`` ...) in
+every round, first in odd rounds and second in even ones, so the speed of the machine, which drifts by several
+percent within an hour on shared hosts, weighs on both alike; it reports both medians and their ratio with the
+range of the per-round ratios. Before each run the machine is checked for idleness (load average, busy processes), and
 during it the CPU the rest of the machine used is measured (``/proc/stat`` minus this run's process tree).
 ``--stage`` runs ``dvc repro --single-item --force STAGE`` for each
 stage given, in an existing project (whose stages upstream are already built). Either way every ``imagegen``
@@ -185,6 +188,30 @@ def profile_once(commands: list[list[str]], project: Path, names: list[str]) -> 
     }
 
 
+def run_order(repeat: int, baseline: bool) -> list[tuple[str, int]]:
+    """``(side, round)`` in the order they run: with a baseline, each round runs both sides, the baseline first in
+    odd rounds and second in even ones (ABBA...), so a steady drift of the machine's speed cancels."""
+    if not baseline:
+        return [("current", i) for i in range(repeat)]
+    order: list[tuple[str, int]] = []
+    for i in range(repeat):
+        pair = [("baseline", i), ("current", i)]
+        order += pair if i % 2 == 0 else pair[::-1]
+    return order
+
+
+def compare(current: list[float], baseline: list[float]) -> dict[str, Any]:
+    """Current against baseline wall times of the same rounds: medians, their ratio, the per-round ratios' range."""
+    ratios = [c / b for c, b in zip(current, baseline, strict=True)]
+    return {
+        "median_wall_s": statistics.median(current),
+        "baseline_median_wall_s": statistics.median(baseline),
+        "ratio_of_medians": statistics.median(current) / statistics.median(baseline),
+        "round_ratios": ratios,
+        "round_ratio_range": [min(ratios), max(ratios)],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     where = ap.add_mutually_exclusive_group(required=True)
@@ -194,13 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", action="append", default=[], help="with --project: re-run this stage (repeatable)")
     ap.add_argument("--source", default=str(ROOT), help="repository to clone (default: this one)")
     ap.add_argument("--out", type=Path, help="write the profile as JSON here")
+    ap.add_argument("--baseline", help="with --clone: also reproduce this commit of --source, interleaved")
     args = ap.parse_args(argv)
+    if args.baseline is not None and args.clone is None:
+        ap.error("--baseline goes with --clone")
 
     if args.clone is not None:
         if args.clone.exists() and any(args.clone.iterdir()):
             ap.error(f"--clone {args.clone}: exists and is not empty; give a new folder")
         commands = [["dvc", "repro"]]
-        projects = [args.clone] if args.repeat == 1 else [args.clone / f"run{i + 1}" for i in range(args.repeat)]
+        alone = args.repeat == 1 and args.baseline is None
+        projects = [args.clone] if alone else [args.clone / f"run{i + 1}" for i in range(args.repeat)]
     else:
         if not args.stage:
             ap.error("--project needs at least one --stage NAME")
@@ -214,20 +245,36 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--stage {unknown}: not in {projects[0] / 'dvc.yaml'} ({', '.join(names)})")
 
     load_before = os.getloadavg()
-    runs = []
-    for i, project in enumerate(projects):
+    runs: list[dict[str, Any]] = []
+    base_runs: list[dict[str, Any]] = []
+    order = run_order(len(projects), args.baseline is not None)
+    for n, (side, i) in enumerate(order):
+        project = projects[i] if side == "current" else args.clone / f"baseline{i + 1}"
         if args.clone is not None:
             subprocess.run(["git", "clone", "--quiet", args.source, str(project)], check=True)
+            if side == "baseline":
+                subprocess.run(["git", "-C", str(project), "checkout", "--quiet", args.baseline], check=True)
         project = project.resolve()
-        print(f"\nrun {i + 1}/{len(projects)} in {project}", flush=True)
-        runs.append(profile_once(commands, project, stage_names(project)))
-        if runs[-1]["exit_status"] != 0:
+        print(f"\nrun {n + 1}/{len(order)} ({side}, round {i + 1}) in {project}", flush=True)
+        record = profile_once(commands, project, stage_names(project))
+        (runs if side == "current" else base_runs).append(record)
+        if record["exit_status"] != 0:
             break
     walls = [r["wall_s"] for r in runs]
     median_run = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
     if len(runs) > 1:
         print(f"\nwall of each run: {', '.join(f'{w:.1f}' for w in walls)} s; median {statistics.median(walls):.1f} s")
-    status = max(r["exit_status"] for r in runs)
+    versus: dict[str, Any] | None = None
+    if base_runs and len(base_runs) == len(runs):
+        base_walls = [r["wall_s"] for r in base_runs]
+        versus = compare(walls, base_walls)
+        low, high = versus["round_ratio_range"]
+        print(
+            f"baseline {args.baseline}: {', '.join(f'{w:.1f}' for w in base_walls)} s; median "
+            f"{versus['baseline_median_wall_s']:.1f} s; current / baseline {versus['ratio_of_medians']:.3f} "
+            f"(rounds {low:.3f}-{high:.3f})"
+        )
+    status = max(r["exit_status"] for r in [*runs, *base_runs])
     if args.out is not None:
         report = {
             "project": median_run["project"],
@@ -243,6 +290,15 @@ def main(argv: list[str] | None = None) -> int:
             "run_walls_s": walls,
             "median_wall_s": statistics.median(walls),
         }
+        if base_runs:
+            base_median = sorted(base_runs, key=lambda r: r["wall_s"])[(len(base_runs) - 1) // 2]
+            report["baseline"] = {
+                "rev": args.baseline,
+                "stages": base_median["stages"],
+                "runs": [{k: v for k, v in r.items() if k != "stages"} for r in base_runs],
+                "run_walls_s": [r["wall_s"] for r in base_runs],
+                **(versus or {}),
+            }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")

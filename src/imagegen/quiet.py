@@ -85,8 +85,10 @@ def verbose_in_effect() -> bool:
     return verbose_requested(_state["verbose"])
 
 
-def configure(verbose: bool, emit: Callable[[str], None]) -> None:
-    """Silence third-party start-up noise unless ``verbose``; route imagegen's own warnings to ``emit``."""
+def configure(verbose: bool, emit: Callable[[str], None], *, native_stderr: bool = True) -> None:
+    """Silence third-party start-up noise unless ``verbose``; route imagegen's own warnings to ``emit``.
+    ``native_stderr=False`` leaves file descriptor 2 unfiltered, for a process that loads no native library that
+    writes there (the tracking process) and so need not pass its lines through a thread."""
     _state["verbose"] = verbose
     if not verbose:
         for key, value in _QUIET_ENV.items():
@@ -97,7 +99,8 @@ def configure(verbose: bool, emit: Callable[[str], None]) -> None:
             for name in _CHATTY_LOGGERS:
                 logging.getLogger(name).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", module=_NOISY_WARNING_MODULES)
-        filter_native_stderr()
+        if native_stderr:
+            filter_native_stderr()
         try:  # absl's Python logging, if installed (TensorFlow depends on it)
             from absl import logging as absl_logging
 
