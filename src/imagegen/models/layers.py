@@ -195,8 +195,11 @@ class AttentionBlock(layers.Layer):
         qkv = self.qkv(self.norm(x))
         qkv = ops.reshape(qkv, (-1, height * width, 3 * channels))
         q, k, v = ops.split(qkv, 3, axis=-1)
-        logits = ops.einsum("bic,bjc->bij", ops.cast(q, "float32"), ops.cast(k, "float32"))
-        weights = ops.softmax(logits * (1.0 / math.sqrt(channels)), axis=-1)
+        # Scaled before the product: the queries hold C values per position, the logits one per pair of positions
+        # (256 on a 16x16 map against C = 32-64), so the multiply touches a fraction of the values.
+        q = ops.cast(q, "float32") * (1.0 / math.sqrt(channels))
+        logits = ops.einsum("bic,bjc->bij", q, ops.cast(k, "float32"))
+        weights = ops.softmax(logits, axis=-1)
         h = ops.einsum("bij,bjc->bic", ops.cast(weights, v.dtype), v)
         h = ops.reshape(h, (-1, height, width, channels))
         return x + self.proj(h)
@@ -310,8 +313,8 @@ class CrossAttentionBlock(layers.Layer):
         k, v = ops.split(self.kv(context), 2, axis=-1)
         k = ops.reshape(k, (-1, length, self.heads, head_dim))
         v = ops.reshape(v, (-1, length, self.heads, head_dim))
-        logits = ops.einsum("bihc,bjhc->bhij", ops.cast(q, "float32"), ops.cast(k, "float32"))
-        logits = logits * (1.0 / math.sqrt(head_dim))
+        q = ops.cast(q, "float32") * (1.0 / math.sqrt(head_dim))  # scaled before the product, as self-attention's
+        logits = ops.einsum("bihc,bjhc->bhij", q, ops.cast(k, "float32"))
         bias = (1.0 - ops.cast(mask, "float32")) * -1e9
         logits = logits + ops.expand_dims(ops.expand_dims(bias, 1), 1)
         weights = ops.softmax(logits, axis=-1)
