@@ -93,6 +93,24 @@ DESCRIPTIONS: dict[str, str] = {
         "exports converting their TFLite variants side by side in worker processes (`export.conversion_workers: "
         "auto`) and without the converter's metadata (stages: the median run)."
     ),
+    "pipeline_profile_xeon_interleaved_with_baseline_tracking_process_ldm_batch.json": (
+        "Clean-clone `dvc repro` runs of this code (MLflow in a child process that exits without teardown, the LDM "
+        "on 500 steps of 256 latents, attention scaling its queries, 10 latency repeats per export artifact) "
+        "interleaved with runs of the code before it (`--baseline 287486d`), three rounds on a 2-core Xeon with "
+        "AVX-512 and AMX, idle before each run. The machine was about 8% slower than for "
+        "`pipeline_profile_xeon_three_clean_clones_bf16_strided_convolutions.json`, whose code is the baseline "
+        "(413.9 s median here against 381.5 s there), so the ratio is the figure to read (stages: the median run)."
+    ),
+    "pipeline_profile_xeon_three_clean_clones_tracking_process.json": (
+        "Three clean-clone `dvc repro` runs one after another on a 2-core Xeon with AVX-512 and AMX, idle before "
+        "each, with MLflow in a child process (before it exited without the interpreter's teardown: the 'other' "
+        "column's 0.5 s per stage) and the LDM on 500 steps of 256 latents. The MLflow column fell from 20.4 to "
+        "6.3 s and the LDM's training from 51.8 to 39.8 s against "
+        "`pipeline_profile_xeon_three_clean_clones_bf16_strided_convolutions.json`, but the machine was slower than "
+        "there: the DDPM's unchanged train steps took 68.4 s instead of 63.6. The third run was disturbed (its "
+        "distillation 82 s, 13 s of it outside every phase), which is why the next profile interleaves a baseline "
+        "(stages: the median run)."
+    ),
     "pipeline_profile_xeon_three_clean_clones_bf16_strided_convolutions.json": (
         "Three clean-clone `dvc repro` runs one after another on an idle 2-core Xeon with AVX-512 and AMX, with the "
         "DCGAN and the VAE training with bfloat16 convolutions, strided and transposed ones computed from bfloat16 "
@@ -324,6 +342,23 @@ def profile_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
         )
     elif runs:
         lines.append(f"The rest of the machine used {fmt(runs[0].get('other_cores'))} cores on average during the run.")
+    base = data.get("baseline")
+    if base:
+        low, high = base.get("round_ratio_range") or (None, None)
+        lines += [
+            "",
+            f"Interleaved with commit `{base.get('rev')}` (one clean clone of each per round, in alternating order): "
+            + ", ".join(f"{fmt(w)} s" for w in base.get("run_walls_s") or [])
+            + f"; median {fmt(base.get('baseline_median_wall_s'))} s. This run / that one: "
+            f"{fmt(base.get('ratio_of_medians'))} (ratio of medians; per round {fmt(low)}-{fmt(high)}).",
+            "",
+        ]
+        base_stages = base.get("stages") or {}
+        names = [n for n in stages if n in base_stages]
+        lines += table(
+            ["stage", f"wall at {base.get('rev')} (median run)", "wall here (median run)"],
+            [[n, base_stages[n].get("wall"), stages[n].get("wall")] for n in names],
+        )
     if data.get("skipped"):
         lines.append(f"Skipped: {fmt(data['skipped'])}.")
     return facts, lines
