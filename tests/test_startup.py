@@ -1,5 +1,5 @@
-"""Process start-up (imagegen.startup): TensorFlow/Keras do not import scikit-learn, pandas or JAX for nothing,
-and everything else still can; TensorFlow runs its oneDNN kernels on every x86 CPU unless told otherwise."""
+"""Process start-up (imagegen.startup): TensorFlow/Keras do not import scikit-learn, pandas, JAX or matplotlib for
+nothing, and everything else still can; TensorFlow runs its oneDNN kernels on every x86 CPU unless told otherwise."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def run_python(code: str, drop: tuple[str, ...] = (), **env: str) -> subprocess.
     )
 
 
-def test_keras_on_tensorflow_starts_without_sklearn_pandas_or_jax_and_they_still_import_elsewhere() -> None:
+def test_keras_on_tensorflow_starts_without_sklearn_pandas_jax_or_matplotlib_and_they_still_import_elsewhere() -> None:
     proc = run_python(
         """
         import sys
@@ -35,10 +35,10 @@ def test_keras_on_tensorflow_starts_without_sklearn_pandas_or_jax_and_they_still
         assert startup.install()
         import keras, numpy as np
         import tensorflow as tf
-        print(sorted(m for m in ("sklearn", "pandas", "jax") if m in sys.modules))
+        print(sorted(m for m in ("sklearn", "pandas", "jax", "matplotlib") if m in sys.modules))
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         print(model.predict(np.ones((4, 3), "float32"), verbose=0).shape)
-        import pandas, sklearn.datasets, jax  # imagegen's own imports (and MLflow's) are not hidden
+        import pandas, sklearn.datasets, jax, matplotlib  # imagegen's own imports (and MLflow's) are not hidden
         print(len(sklearn.datasets.load_digits().images), pandas.DataFrame({"a": [1]}).shape)
         """
     )
