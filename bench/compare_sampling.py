@@ -8,7 +8,9 @@ depend on the weights. Each configuration draws ``--n`` images with ``--steps`` 
 - ``ours-graph``: the sampler ``imagegen sample`` and ``imagegen evaluate`` use (``imagegen.sampling``: the
   host-side DDIM loop over the compiled TensorFlow predictor, rows in side-by-side shards on a CPU);
 - ``ours-savedmodel``: the exported SavedModel (``imagegen export``: the DDIM loop unrolled in one graph),
-  called through its ``serving_default`` signature;
+  called through its ``serving_default`` signature in a process with TensorFlow's own thread defaults, as a
+  service loading the export runs it (the ``imagegen`` command's one intra-op thread per row shard would leave
+  this unsharded graph one core);
 - ``ref-MODE:THREADS``: ``UNet2DModel`` under ``torch.inference_mode`` with ``DDIMScheduler.step``, eager or
   ``torch.compile`` (inductor), optionally channels_last, on 1 or 2 threads.
 
@@ -170,7 +172,10 @@ def start_workers(ours: list[str], references: list[str], log_dir: Path) -> dict
     for kind in ours:
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        startup.set_tensorflow_defaults(env)  # the kernels the `imagegen` command samples on
+        if kind == "graph":
+            startup.set_tensorflow_defaults(env)  # the kernels and threads the `imagegen` command samples on
+        else:  # a serving process: oneDNN as imagegen sets it, the threads TensorFlow picks (all cores)
+            env.update({k: v for k, v in startup.TENSORFLOW_DEFAULTS.items() if k not in env})
         workers[f"ours-{kind}"] = Worker(f"ours-{kind}", [sys.executable, script, "--worker", kind], env, log_dir)
     for ref in references:
         workers[f"ref-{ref}"] = reference_worker(script, ref, log_dir)
