@@ -96,6 +96,26 @@ def test_attention_block_keeps_the_shape() -> None:
     assert tuple(AttentionBlock(groups=4)(x).shape) == (2, 8, 8, 8)
 
 
+def test_attention_block_is_softmax_attention_through_its_qkv_and_proj_weights() -> None:
+    # The block reads its Dense weights directly (q, k, v from slices of the qkv kernel): a numpy reference of
+    # x + proj(softmax(q k^T / sqrt(C)) v), with q, k, v the thirds of qkv(norm(x)), pins which slice is which.
+    block = AttentionBlock(groups=4)
+    x = images(2, 4, 8)
+    block.build(x.shape)
+    generator = rng()
+    for layer in (block.qkv, block.proj):
+        layer.set_weights([generator.standard_normal(w.shape).astype("float32") * 0.3 for w in layer.get_weights()])
+    out = ops.convert_to_numpy(block(x))
+    rows = ops.convert_to_numpy(block.norm(x)).reshape(2, 16, 8)
+    q, k, v = np.split(rows @ block.qkv.get_weights()[0] + block.qkv.get_weights()[1], 3, axis=-1)
+    logits = q @ k.transpose(0, 2, 1) / np.sqrt(8)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    kernel, bias = block.proj.get_weights()
+    expected = x + ((weights @ v) @ kernel + bias).reshape(2, 4, 4, 8)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_layers_rebuild_from_their_config() -> None:
     for layer in (
         SinusoidalEmbedding(6, max_period=100.0),

@@ -2,10 +2,11 @@
 
 MACs are counted by :func:`count_macs` from the shapes seen in one eager forward pass of a single example:
 Conv2D (out_h * out_w * k_h * k_w * in_c / groups * out_c), Conv2DTranspose (in_h * in_w * k_h * k_w * in_c *
-out_c), Dense (positions * in * units) and the two matrix products of our spatial self-attention
-(2 * (h*w)^2 * c). Normalisation, activations, additions and the softmax are left out: they are a few percent
-of these networks' arithmetic. FLOPs are about 2 x MACs. A diffusion model's cost per image is its cost per
-network call times the sampling steps (times two with classifier-free guidance at a scale other than 0 or 1).
+out_c), Dense (positions * in * units) and our spatial self-attention (its two matrix products over pairs of
+positions, 2 * (h*w)^2 * c, and its four C x C projections per position). Normalisation, activations, additions
+and the softmax are left out: they are a few percent of these networks' arithmetic. FLOPs are about 2 x MACs. A
+diffusion model's cost per image is its cost per network call times the sampling steps (times two with
+classifier-free guidance at a scale other than 0 or 1).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def _declared(family: Family) -> tuple[FamilySpec, Mapping[str, Any]]:
 
 
 def _layer_macs(layer: keras.layers.Layer, in_shape: tuple, out_shape: tuple) -> int:
-    if isinstance(layer, AttentionBlock):
-        _, h, w, c = in_shape
-        return 2 * (h * w) ** 2 * c
+    if isinstance(layer, AttentionBlock):  # its q/k/v and output projections (4 C x C per position) and the
+        _, h, w, c = in_shape  # two products over pairs of positions; it multiplies by its Dense weights itself
+        return h * w * 4 * c * c + 2 * (h * w) ** 2 * c
     if isinstance(layer, keras.layers.Conv2DTranspose):
         kh, kw = layer.kernel_size
         return int(np.prod(in_shape[1:-1])) * kh * kw * in_shape[-1] * layer.filters
