@@ -31,6 +31,12 @@ SOURCES = (("reports/bench", ("*.json", "*.csv")), ("reports/profile", ("*.json"
 
 # What each recorded file measured beyond what its content says: the code state and the machine.
 DESCRIPTIONS: dict[str, str] = {
+    "compare_sampling_ddim50_16x16_serving_threads_xeon.json": (
+        "The 16x16 cell again, another day, after attention began scaling its queries rather than its logits "
+        "(the projections not yet computed on rows), with the exported SavedModel run on TensorFlow's own thread "
+        "defaults as a serving process runs it (in `compare_sampling_ddim50_xeon.json` it ran on the `imagegen` "
+        "command's one intra-op thread per row shard, so on one core), on an idle Xeon with AVX-512 and AMX."
+    ),
     "pipeline_profile_sharded_xeon.json": (
         "A clean clone's `dvc repro` with CPU batches computed as row shards side by side "
         "(`imagegen.training.branches`), on an idle Xeon with AVX-512 and AMX."
