@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from imagegen.config import ANCESTRAL_SAMPLER
-from imagegen.models.layers import AttentionBlock
+from imagegen.models.layers import AttentionBlock, CrossAttentionBlock
 from imagegen.sampler_settings import SamplerSettings
 from imagegen.sampling import SampleFn
 from imagegen.training.families import family_spec
@@ -35,9 +35,16 @@ def _declared(family: Family) -> tuple[FamilySpec, Mapping[str, Any]]:
 
 
 def _layer_macs(layer: keras.layers.Layer, in_shape: tuple, out_shape: tuple) -> int:
-    if isinstance(layer, AttentionBlock):  # its q/k/v and output projections (4 C x C per position) and the
-        _, h, w, c = in_shape  # two products over pairs of positions; it multiplies by its Dense weights itself
+    # The attention blocks multiply by their Dense layers' weights themselves (imagegen.models.layers.project_rows),
+    # so their projections are counted here: self-attention's q/k/v and output (4 C x C per position) and its two
+    # products over pairs of positions; cross-attention's query and output (2 C x C per position; its keys and
+    # values come from calling its Dense layer on the caption tokens, counted as a Dense).
+    if isinstance(layer, AttentionBlock):
+        _, h, w, c = in_shape
         return h * w * 4 * c * c + 2 * (h * w) ** 2 * c
+    if isinstance(layer, CrossAttentionBlock):
+        _, h, w, c = in_shape
+        return h * w * 2 * c * c
     if isinstance(layer, keras.layers.Conv2DTranspose):
         kh, kw = layer.kernel_size
         return int(np.prod(in_shape[1:-1])) * kh * kw * in_shape[-1] * layer.filters
@@ -50,7 +57,7 @@ def _layer_macs(layer: keras.layers.Layer, in_shape: tuple, out_shape: tuple) ->
 
 
 def _counted_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    kinds = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.Dense, AttentionBlock)
+    kinds = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.Dense, AttentionBlock, CrossAttentionBlock)
     return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, kinds)]
 
 
@@ -64,7 +71,8 @@ def _recording(layers: list[keras.layers.Layer]) -> Iterator[list[int]]:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             out = original(layer, *args, **kwargs)
-            counts.append(_layer_macs(layer, tuple(args[0].shape), tuple(out.shape)))
+            first = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]  # cross-attention: [x, ...]
+            counts.append(_layer_macs(layer, tuple(first.shape), tuple(out.shape)))
             return out
 
         return call

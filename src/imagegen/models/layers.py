@@ -167,6 +167,17 @@ class ResBlock(layers.Layer):
         }
 
 
+def project_rows(rows: Any, dense: layers.Layer, start: int, width: int) -> Any:
+    """Output units ``start:start + width`` of the built ``dense`` layer applied to ``rows`` (N, C_in): the
+    matrix product with that slice of its kernel plus its bias, in the rows' dtype.
+
+    The attention blocks call their projections this way, on the (B*H*W, C) rows of a feature map, instead of
+    calling the ``Dense`` layers on the 4-D map: on a 2-D input TensorFlow fuses the product with its bias add,
+    and a slice of the kernel replaces splitting the activations of a joint q/k/v product."""
+    kernel = ops.cast(dense.kernel[:, start : start + width], rows.dtype)
+    return ops.matmul(rows, kernel) + ops.cast(dense.bias[start : start + width], rows.dtype)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class AttentionBlock(layers.Layer):
     """Single-head spatial self-attention with a residual connection, (B, H, W, C) -> same shape.
@@ -196,15 +207,11 @@ class AttentionBlock(layers.Layer):
         self.proj.build(input_shape)
         self.built = True
 
-    def _project(self, rows: Any, layer: layers.Layer, start: int, width: int) -> Any:
-        kernel = ops.cast(layer.kernel[:, start : start + width], self.compute_dtype)
-        return ops.matmul(rows, kernel) + ops.cast(layer.bias[start : start + width], self.compute_dtype)
-
     def call(self, x: Any) -> Any:
         _, height, width, channels = x.shape
         rows = ops.cast(ops.reshape(self.norm(x), (-1, channels)), self.compute_dtype)
         q, k, v = (
-            ops.reshape(self._project(rows, self.qkv, i * channels, channels), (-1, height * width, channels))
+            ops.reshape(project_rows(rows, self.qkv, i * channels, channels), (-1, height * width, channels))
             for i in range(3)
         )
         # Scaled before the product: the queries hold C values per position, the logits one per pair of positions
@@ -213,7 +220,7 @@ class AttentionBlock(layers.Layer):
         logits = ops.einsum("bic,bjc->bij", q, ops.cast(k, "float32"))
         weights = ops.softmax(logits, axis=-1)
         h = ops.einsum("bij,bjc->bic", ops.cast(weights, v.dtype), v)
-        h = self._project(ops.reshape(h, (-1, channels)), self.proj, 0, channels)
+        h = project_rows(ops.reshape(h, (-1, channels)), self.proj, 0, channels)
         return x + ops.reshape(h, (-1, height, width, channels))
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -290,7 +297,8 @@ class CrossAttentionBlock(layers.Layer):
     Called on ``[x, context, mask]``: x (B, H, W, C), context (B, L, D) from the text encoder, mask (B, L)
     1.0 for real tokens and 0.0 for padding. Padded tokens get a large negative logit (finite, so the
     all-pad null caption gives a uniform average rather than NaN). Logits and softmax in float32. The
-    output projection starts at zero, so the block starts as the identity.
+    output projection starts at zero, so the block starts as the identity. The queries and the output are
+    projected on the image's rows (:func:`project_rows`), the keys and values by calling ``kv`` on the context.
     """
 
     def __init__(self, groups: int = 8, heads: int = 4, **kwargs: Any) -> None:
@@ -321,7 +329,8 @@ class CrossAttentionBlock(layers.Layer):
         _, height, width, channels = x.shape
         length = context.shape[1]
         head_dim = channels // self.heads
-        q = ops.reshape(self.q(self.norm(x)), (-1, height * width, self.heads, head_dim))
+        rows = ops.cast(ops.reshape(self.norm(x), (-1, channels)), self.compute_dtype)
+        q = ops.reshape(project_rows(rows, self.q, 0, channels), (-1, height * width, self.heads, head_dim))
         k, v = ops.split(self.kv(context), 2, axis=-1)
         k = ops.reshape(k, (-1, length, self.heads, head_dim))
         v = ops.reshape(v, (-1, length, self.heads, head_dim))
@@ -331,7 +340,7 @@ class CrossAttentionBlock(layers.Layer):
         logits = logits + ops.expand_dims(ops.expand_dims(bias, 1), 1)
         weights = ops.softmax(logits, axis=-1)
         h = ops.einsum("bhij,bjhc->bihc", ops.cast(weights, v.dtype), v)
-        h = self._project(ops.reshape(h, (-1, channels)), self.proj, 0, channels)
+        h = project_rows(ops.reshape(h, (-1, channels)), self.proj, 0, channels)
         return x + ops.reshape(h, (-1, height, width, channels))
 
     def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
