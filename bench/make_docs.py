@@ -31,6 +31,14 @@ SOURCES = (("reports/bench", ("*.json", "*.csv")), ("reports/profile", ("*.json"
 
 # What each recorded file measured beyond what its content says: the code state and the machine.
 DESCRIPTIONS: dict[str, str] = {
+    "pipeline_profile_xeon_interleaved_with_baseline_attention_rows_no_matplotlib.json": (
+        "Clean-clone `dvc repro` runs of this code (everything in "
+        "`pipeline_profile_xeon_interleaved_with_baseline_tracking_process_ldm_batch.json`, plus attention "
+        "projections on rows and no matplotlib in the stage start-up) interleaved with runs of the same baseline "
+        "as there (`--baseline 287486d`), three rounds on a 2-core Xeon with AVX-512 and AMX, idle before each "
+        "run, another day (the baseline's median 410.2 s here against 413.9 s there; the third round ran on a "
+        "faster machine than the first two): read the ratio (stages: the median run)."
+    ),
     "compare_sampling_ddim50_16x16_serving_threads_xeon.json": (
         "The 16x16 cell again, another day, after attention began scaling its queries rather than its logits "
         "(the projections not yet computed on rows), with the exported SavedModel run on TensorFlow's own thread "
