@@ -21,12 +21,11 @@ it the number of shards that follows from it: set it to the core count to run un
 
 ``import keras`` on the TensorFlow backend also imports, because they happen to be installed, scikit-learn
 (Keras' scikit-learn wrappers), pandas (Keras' DataFrame adapter), JAX (TFLite's JAX converter) and
-``matplotlib.pyplot`` (Keras' image-gallery plots; about 0.3 s of every stage's start on a 2-core Xeon): a
-large share of the TensorFlow start-up of every stage process, for code paths imagegen never takes (it feeds
-Keras numpy arrays, writes its grids with Pillow and converts SavedModels to TFLite).
-:class:`HideFromBackend` answers those imports *made from inside* ``keras`` or ``tensorflow`` with
-``ModuleNotFoundError``, which both libraries catch as "not installed". Everyone else still imports them:
-imagegen's own code (scikit-learn's digits), MLflow (pandas).
+``matplotlib.pyplot`` (Keras' image-gallery plots): a large share of the TensorFlow start-up of every stage
+process, for code paths imagegen never takes (it feeds Keras numpy arrays, writes its grids with Pillow and
+converts SavedModels to TFLite). :class:`HideFromBackend` answers those imports *made from inside* ``keras`` or
+``tensorflow`` with ``ModuleNotFoundError``, which both libraries catch as "not installed". Everyone else still
+imports them: imagegen's own code (scikit-learn's digits), MLflow (pandas).
 
 Only the console script installs it (:func:`install`), and only when Keras runs on TensorFlow: on JAX, JAX is
 the backend itself.

@@ -185,10 +185,8 @@ class AttentionBlock(layers.Layer):
     The attention logits and softmax are taken in float32 so that bf16 training stays stable.
 
     The projections keep Keras ``Dense`` weights (``qkv``: C -> 3C, ``proj``: C -> C, so saved models load as
-    before) but are computed here on the (B*H*W, C) rows, q, k and v each from its slice of the ``qkv`` kernel.
-    On a 2-D input TensorFlow fuses each matrix product with its bias add; on the 4-D map it did not, and
-    splitting the (B, H*W, 3C) product copied every activation once more: together 11% of a 16x16 U-Net call
-    of the sampling benchmark on a 2-core Xeon (the whole call about 4% faster).
+    before) but are computed on the (B*H*W, C) rows by :func:`project_rows`, q, k and v each from its slice of
+    the ``qkv`` kernel.
     """
 
     def __init__(self, groups: int = 8, **kwargs: Any) -> None:
