@@ -31,6 +31,11 @@ SOURCES = (("reports/bench", ("*.json", "*.csv")), ("reports/profile", ("*.json"
 
 # What each recorded file measured beyond what its content says: the code state and the machine.
 DESCRIPTIONS: dict[str, str] = {
+    "compare_sampling_ddim50_16x16_attention_rows_xeon.json": (
+        "The 16x16 cell of `compare_sampling_ddim50_16x16_serving_threads_xeon.json` again, the same day, after "
+        "the attention blocks began computing their projections on rows (fused product and bias, no split of the "
+        "activations), on an idle Xeon with AVX-512 and AMX."
+    ),
     "pipeline_profile_xeon_interleaved_with_baseline_attention_rows_no_matplotlib.json": (
         "Clean-clone `dvc repro` runs of this code (everything in "
         "`pipeline_profile_xeon_interleaved_with_baseline_tracking_process_ldm_batch.json`, plus attention "
