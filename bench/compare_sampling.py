@@ -12,7 +12,12 @@ depend on the weights. Each configuration draws ``--n`` images with ``--steps`` 
   service loading the export runs it (the ``imagegen`` command's one intra-op thread per row shard would leave
   this unsharded graph one core);
 - ``ref-MODE:THREADS``: ``UNet2DModel`` under ``torch.inference_mode`` with ``DDIMScheduler.step``, eager or
-  ``torch.compile`` (inductor), optionally channels_last, on 1 or 2 threads.
+  ``torch.compile`` (inductor), optionally channels_last or under bfloat16 autocast (``-bf16``), on 1 or 2 threads.
+
+``--ours-cpu-math bf16`` runs ours with oneDNN's bfloat16 math for float32 convolutions and matmuls
+(``TF_SET_ONEDNN_FPMATH_MODE=BF16``, what ``train.cpu_math=bf16`` asks for in training); the JSON records which
+math ours ran (``request.ours_cpu_math``). Compare it with the ``-bf16`` references: both sides then round their
+products to bfloat16.
 
 Each configuration runs in its own worker; the cells are measured in ``--rounds`` interleaved rounds with the
 machine's other activity recorded during every measurement (:mod:`interleaved`), and summarized as median and
@@ -21,6 +26,7 @@ min-max images/s, and ours (each of the two) / the fastest reference as a ratio 
     python bench/compare_sampling.py                       # 16x16 and 32x32, n=256, DDIM-50, 5 rounds
     python bench/compare_sampling.py --quick               # smoke run: 16x16, n=8, 2 steps, eager reference
     python bench/compare_sampling.py --out reports/bench/compare_sampling_xeon.json
+    python bench/compare_sampling.py --ours-cpu-math bf16 --references compile:2 eager-bf16:2 compile-bf16:2
 
 Needs the benchmark extra (``pip install -e ".[bench]"``, a CPU build of torch) and a C++ compiler for
 ``torch.compile``. Run it on an otherwise idle machine: it checks and says so.
@@ -166,11 +172,15 @@ def worker_main(kind: str, mode: str, threads: int) -> None:
     serve(SamplingWorker(kind, mode).handle, {"ready": kind})
 
 
-def start_workers(ours: list[str], references: list[str], log_dir: Path) -> dict[str, Worker]:
+def start_workers(ours: list[str], references: list[str], log_dir: Path, cpu_math: str) -> dict[str, Worker]:
+    """The workers, ready; ours compute with ``cpu_math`` (``bf16``: oneDNN's bfloat16 math, else float32)."""
     script = str(Path(__file__).resolve())
     workers = {}
     for kind in ours:
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        env.pop(startup.CPU_MATH_ENV, None)
+        if cpu_math == "bf16":
+            env[startup.CPU_MATH_ENV] = "BF16"
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if kind == "graph":
             startup.set_tensorflow_defaults(env)  # the kernels and threads the `imagegen` command samples on
@@ -199,6 +209,12 @@ def main() -> None:
         help=f"reference MODE:THREADS configurations, MODE in {', '.join(REFERENCE_MODES)} "
         f"(default {' '.join(DEFAULT_REFERENCES)})",
     )
+    ap.add_argument(
+        "--ours-cpu-math",
+        choices=("float32", "bf16"),
+        default="float32",
+        help="ours: float32 convolutions in float32 (default) or in oneDNN's bfloat16 math",
+    )
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell (default 5)")
     ap.add_argument("--out", type=Path, default=None, help="also write the cells as JSON here")
     ap.add_argument("--wait-idle", type=float, default=None, help="seconds to wait for an idle machine (default 180)")
@@ -217,20 +233,21 @@ def main() -> None:
         "n": args.n or (8 if args.quick else 256),
         "steps": args.steps or (2 if args.quick else 50),
         "overrides": args.overrides,
+        "ours_cpu_math": args.ours_cpu_math,
     }
     t0 = time.perf_counter()
     start = settled_state(args.wait_idle if args.wait_idle is not None else (0 if args.quick else 180))
     print(describe_state(f"before (after waiting {start['waited_s']:.0f} s for idle)", start), flush=True)
     cells = []
     with tempfile.TemporaryDirectory(prefix="compare_sampling_") as logs:
-        workers = start_workers(args.ours, references, Path(logs))
+        workers = start_workers(args.ours, references, Path(logs), args.ours_cpu_math)
         try:
             for size in sizes:
                 print(f"{size}x{size} n={request['n']} DDIM-{request['steps']}: preparing", flush=True)
                 res = run_rounds(workers, {"image_size": size, **request}, rounds)
                 refs = [n for n in workers if n.startswith("ref-")]
                 cell = {
-                    "config": f"{size}x{size}x1 n{request['n']} ddim{request['steps']}",
+                    "config": f"{size}x{size}x1 n{request['n']} ddim{request['steps']} ours {args.ours_cpu_math}",
                     "image_size": size,
                     "results": res,
                 }

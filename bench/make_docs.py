@@ -31,6 +31,13 @@ SOURCES = (("reports/bench", ("*.json", "*.csv")), ("reports/profile", ("*.json"
 
 # What each recorded file measured beyond what its content says: the code state and the machine.
 DESCRIPTIONS: dict[str, str] = {
+    "compare_sampling_ddim50_bf16_math_both_sides_xeon.json": (
+        "Both sizes with bfloat16 products on both sides: ours with oneDNN's bfloat16 math for its float32 "
+        "convolutions and matmuls (`--ours-cpu-math bf16`; activations and elementwise ops stay float32), the "
+        "reference in float32 (`compile:2`, the fastest float32 configuration) and under bfloat16 CPU autocast "
+        "(eager and compiled), at the code of `compare_sampling_ddim50_16x16_attention_rows_xeon.json`, another "
+        "day, on an idle Xeon with AVX-512 and AMX."
+    ),
     "compare_sampling_ddim50_16x16_attention_rows_xeon.json": (
         "The 16x16 cell of `compare_sampling_ddim50_16x16_serving_threads_xeon.json` again, the same day, after "
         "the attention blocks began computing their projections on rows (fused product and bias, no split of the "

@@ -107,6 +107,8 @@ def test_quick_sampling_run_compares_our_sampler_and_savedmodel_with_the_ddim_lo
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for ours in ("ours-graph", "ours-savedmodel"):
         assert re.search(rf"{ours} / ref-eager:2: \d+\.\d\d \(range", proc.stdout), proc.stdout
-    (cell,) = json.loads(out.read_text())["cells"]
+    report = json.loads(out.read_text())
+    assert report["request"]["ours_cpu_math"] == "float32"  # the math ours ran is part of the record
+    (cell,) = report["cells"]
     assert set(cell["results"]) == {"ours-graph", "ours-savedmodel", "ref-eager:2"}
     assert all(r["rate"] > 0 for res in cell["results"].values() for r in res["rounds"])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from imagegen.config import load_params
 from imagegen.data.processed import ProcessedDataset
 from imagegen.errors import DataError
 from imagegen.evaluation.features import load_extractor
+from imagegen.evaluation.quality import embedding_numerics, real_features
 from imagegen.stages.evaluate import run_evaluate
 from imagegen.stages.ingest import run_ingest
 from imagegen.stages.train_features import run_train_features
@@ -72,6 +76,64 @@ def test_real_held_out_images_score_like_the_floor(setup, tmp_path, monkeypatch)
     assert {"class_histogram.csv", "grid.png", "report.md"} <= {p.name for p in out.iterdir()}
     assert "real-vs-real floor" in (out / "report.md").read_text()
     assert any((tmp_path / "cache" / "eval-features").iterdir())  # real features cached for next time
+
+
+# Real-image features embedded by a process whose convolutions run in bfloat16 math (as `imagegen distill`'s do):
+# prints the numerics it embedded with.
+BF16_EMBEDDING = """
+import sys
+from imagegen import startup
+startup.set_tensorflow_defaults()
+with startup.cpu_math_requested("bf16"):
+    from imagegen.data.processed import ProcessedDataset
+    from imagegen.evaluation.features import load_extractor
+    from imagegen.evaluation.quality import embedding_numerics, real_features
+    extractor = load_extractor(sys.argv[1])
+    real_features(extractor, ProcessedDataset.open(sys.argv[2]), 10000, 0, 256)
+print(embedding_numerics(256))
+"""
+
+
+def test_cached_real_features_are_those_this_process_would_compute_whichever_process_cached_first(
+    setup, tmp_path, monkeypatch
+) -> None:
+    params, data, features, _ = setup
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IMAGEGEN_CACHE_DIR", str(cache))
+    env = {**os.environ, "IMAGEGEN_CACHE_DIR": str(cache)}
+    env.pop("TF_SET_ONEDNN_FPMATH_MODE", None)
+    first = subprocess.run(
+        [sys.executable, "-c", BF16_EMBEDDING, str(features), str(data)], env=env, capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    theirs = first.stdout.strip().splitlines()[-1]
+
+    extractor = load_extractor(features)
+    dataset = ProcessedDataset.open(data)
+    ours = real_features(extractor, dataset, 10000, 0, 256)
+    again = real_features(extractor, dataset, 10000, 0, 256)  # read back from this process's own entry
+    split = dataset.split("test")
+    idx = np.sort(np.random.default_rng(0).permutation(split.images.shape[0]))
+    fresh = extractor.embed(np.asarray(split.images[idx]), 256)
+    for got in (ours, again):
+        np.testing.assert_array_equal(got[0], fresh[0])
+        np.testing.assert_array_equal(got[1], fresh[1])
+    # One entry per numerics: where this CPU has bfloat16 math, the bfloat16 process's entry is its own.
+    entries = list((cache / "eval-features").iterdir())
+    assert len(entries) == (1 if theirs == embedding_numerics(256) else 2), (theirs, embedding_numerics(256))
+    # Another batch size is other kernels, so another entry too.
+    real_features(extractor, dataset, 10000, 0, 64)
+    assert len(list((cache / "eval-features").iterdir())) == len(entries) + 1
+
+
+def test_embedding_numerics_name_the_library_the_device_the_cpu_math_and_the_batch() -> None:
+    import keras
+
+    numerics = embedding_numerics(128)
+    backend, rest = numerics.split("|", 1)
+    assert backend.startswith(keras.backend.backend() + "-")
+    assert f"keras-{keras.__version__}" in rest and rest.endswith("|batch128")
+    assert rest.split("|")[1:3] in (["cpu", "float32"], ["cpu", "bf16"], ["gpu", "device"])
 
 
 def test_a_collapsed_generator_is_caught(setup, tmp_path, monkeypatch) -> None:

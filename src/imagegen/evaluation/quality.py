@@ -25,6 +25,39 @@ from imagegen.profiling import phase
 log = logging.getLogger(__name__)
 
 
+def embedding_numerics(batch_size: int) -> str:
+    """What decides an embedding's bits besides the weights and the images, as one string: the Keras backend and
+    the version of its library, the device, the CPU convolution math in effect and the batch size.
+
+    The same images through the same weights give other float bits under another library version, on a GPU, in
+    batches of another size (other kernels), and in a process whose convolutions run in bfloat16 math (a training
+    or distillation process, ``train.cpu_math``): the measurement a cache entry holds must be the one this process
+    would have computed."""
+    import keras
+
+    from imagegen.training.precision import accelerator, cpu_math_in_effect
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as library
+    elif backend == "jax":
+        import jax as library
+    else:
+        import keras as library
+    device = accelerator()
+    math = cpu_math_in_effect() if device == "cpu" else "device"
+    return f"{backend}-{library.__version__}|keras-{keras.__version__}|{device}|{math}|batch{int(batch_size)}"
+
+
+def real_features_cache(dataset_hash: str, fingerprint: str, n: int, seed: int, numerics: str) -> Path:
+    """The cache file of the real-image features of ``n`` test images drawn with ``seed`` from the dataset of
+    content hash ``dataset_hash``, embedded by the feature extractor ``fingerprint`` with ``numerics``
+    (:func:`embedding_numerics`)."""
+    key_text = f"{dataset_hash}|{fingerprint}|{n}|{seed}|{numerics}"
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+    return cache_root() / "eval-features" / f"{key}.npz"
+
+
 @phase("evaluate.real_features", "work")
 def real_features(
     extractor: FeatureExtractor,
@@ -33,14 +66,17 @@ def real_features(
     seed: int,
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, probs and labels of (a seeded subset of) the test split, cached per dataset content
-    hash and feature-extractor weights (outside any DVC output), so repeated evaluations embed them
-    once. A cache entry that cannot be read back whole is recomputed (with a warning) and rewritten."""
+    """Features, probs and labels of (a seeded subset of) the test split, cached (outside any DVC output) so
+    repeated evaluations embed them once.
+
+    The cache is keyed by everything that decides the features' bits (:func:`real_features_cache`): the dataset's
+    content, the extractor's weights, the subset, and the numerics of the process (:func:`embedding_numerics`).
+    A distillation process, whose convolutions run in bfloat16 math, and an ``imagegen evaluate`` process in
+    float32 therefore each read features computed as they would compute them, whichever ran first on the machine.
+    A cache entry that cannot be read back whole is recomputed (with a warning) and rewritten."""
     split = dataset.split("test")
     n = min(max_real, split.images.shape[0])
-    key_text = f"{dataset.content_hash}|{extractor.fingerprint}|{n}|{seed}"
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
-    cache = cache_root() / "eval-features" / f"{key}.npz"
+    cache = real_features_cache(dataset.content_hash, extractor.fingerprint, n, seed, embedding_numerics(batch_size))
     cached = read_cached_features(cache, n)
     if cached is not None:
         return cached
