@@ -165,6 +165,12 @@ DESCRIPTIONS: dict[str, str] = {
         "where the stages the change leaves alone (the DCGAN, VAE, LDM and feature training, the DCGAN and VAE "
         "exports) took 4% longer in total than there (stages: the median run)."
     ),
+    "compare_reference_train_attention_rows_xeon.json": (
+        "The default benchmark (every reference configuration: eager and compiled, 1 and 2 threads, channels_last, "
+        "bfloat16 autocast) at the code of `compare_sampling_ddim50_16x16_attention_rows_xeon.json` (attention "
+        "projections on rows; ours with bfloat16 convolutions as `imagegen train` runs them), another day, on an "
+        "idle Xeon with AVX-512 and AMX (compare ratios within a report, not rates across reports)."
+    ),
     "compare_reference_train_cpu_math_xeon.json": (
         "imagegen's trainer as `imagegen train ddpm` runs it on a CPU with AMX (`train.cpu_math: auto`: oneDNN "
         "computes the float32 convolutions in bfloat16, tensors stay float32) against the reference in float32 "
