@@ -138,10 +138,12 @@ def test_bad_input_a_stage_on_a_store_mlflow_refuses_is_one_line_from_the_cli(tm
 
 def _script(tmp_path: Path, body: str) -> subprocess.Popen[str]:
     """``body`` in a fresh Python process (its own session: signals sent to it reach no one else), which prints
-    the tracking child's pid first."""
+    the tracking child's pid first. SIGINT raises KeyboardInterrupt there as it does in a terminal, even when the
+    tests run as a background job, whose processes inherit SIGINT ignored."""
     code = textwrap.dedent(
         f"""
         import os, signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
         from imagegen.config import TrackingConfig
         from imagegen.tracking import TrackingProcess, start_run
         cfg = TrackingConfig(uri="sqlite:///{tmp_path / "m.db"}")
