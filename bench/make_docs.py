@@ -43,6 +43,14 @@ DESCRIPTIONS: dict[str, str] = {
         "the attention blocks began computing their projections on rows (fused product and bias, no split of the "
         "activations), on an idle Xeon with AVX-512 and AMX."
     ),
+    "pipeline_profile_xeon_interleaved_with_baseline_group_norm_silu_ldm_400_steps.json": (
+        "Clean-clone `dvc repro` runs of this code (everything in "
+        "`pipeline_profile_xeon_interleaved_with_baseline_attention_rows_no_matplotlib.json`, plus GroupNorm+SiLU "
+        "with a hand-written gradient and the LDM at 400 steps) interleaved with runs of that code "
+        "(`--baseline 6778007`), three rounds on a 2-core Xeon with AVX-512 and AMX, idle before each run. The "
+        "machine slowed during the hour (the baseline took 377.8, 409.2 and 432.7 s in rounds 1-3, its "
+        "unchanged stages slowing alike): read the ratio (stages: the median run)."
+    ),
     "pipeline_profile_xeon_interleaved_with_baseline_attention_rows_no_matplotlib.json": (
         "Clean-clone `dvc repro` runs of this code (everything in "
         "`pipeline_profile_xeon_interleaved_with_baseline_tracking_process_ldm_batch.json`, plus attention "
