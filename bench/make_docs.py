@@ -48,8 +48,10 @@ DESCRIPTIONS: dict[str, str] = {
         "`pipeline_profile_xeon_interleaved_with_baseline_attention_rows_no_matplotlib.json`, plus GroupNorm+SiLU "
         "with a hand-written gradient and the LDM at 400 steps) interleaved with runs of that code "
         "(`--baseline 6778007`), three rounds on a 2-core Xeon with AVX-512 and AMX, idle before each run. The "
-        "machine slowed during the hour (the baseline took 377.8, 409.2 and 432.7 s in rounds 1-3, its "
-        "unchanged stages slowing alike): read the ratio (stages: the median run)."
+        "machine's speed varied during the hour: the baseline took 377.8, 409.2 and 432.7 s, its third round "
+        "270.9 s in the stages the change touches (train_ddpm, train_ldm, distill, export@ddpm_student, "
+        "export@ldm) against 225.5 and 243.0 s in the others. Those stages took a median 229.8 s here against "
+        "243.0 s in the baseline's runs (-5.4%), the other stages 164.7 against 160.4 s (stages: the median run)."
     ),
     "pipeline_profile_xeon_interleaved_with_baseline_attention_rows_no_matplotlib.json": (
         "Clean-clone `dvc repro` runs of this code (everything in "
