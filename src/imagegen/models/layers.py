@@ -71,7 +71,7 @@ class SinusoidalEmbedding(layers.Layer):
 
 
 def _group_moments(x: Any, groups: int) -> tuple[Any, Any]:
-    """Mean and inverse standard deviation of each (image, group) of float32 x (B, ..., C), each as (B, C).
+    """E[x] and E[x^2] of each (image, group) of float32 x (B, ..., C), each as (B, C).
 
     One contiguous NHWC reduction gives E[x] and E[x^2] per (image, channel); the groups are averaged on that
     small (B, C) tensor and broadcast back to its channels."""
@@ -113,8 +113,8 @@ def group_norm(x: Any, gamma: Any, beta: Any, *, groups: int, epsilon: float, si
     the spatial axes per (image, channel), ``dx = a * dz + k1 * x + k0`` with per-(image, group) ``k1``, ``k0``
     computed on (B, C) tensors, ``dgamma = sum_b rstd * (S2 - mean * S1)`` and ``dbeta = sum_b S1``; SiLU's
     ``dz = dy * sig * (1 + z - y)`` reuses the forward's sigmoid and output. The full-size passes of the
-    backward fall from about 15 to 11, which matters because these element-wise passes, not the convolutions,
-    are where a small U-Net's CPU train step spends a third of its time."""
+    backward fall from about 15 to 11: on a CPU, a small U-Net's train step spends much of its time in such
+    element-wise passes (``docs/design.md``, where the train step's time goes)."""
     rank = len(x.shape)
     spatial = tuple(range(1, rank - 1))
     count = 1
