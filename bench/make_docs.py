@@ -43,6 +43,12 @@ DESCRIPTIONS: dict[str, str] = {
         "the attention blocks began computing their projections on rows (fused product and bias, no split of the "
         "activations), on an idle Xeon with AVX-512 and AMX."
     ),
+    "compare_reference_train_group_norm_silu_xeon.json": (
+        "Batch 64 at both sizes with GroupNorm+SiLU's hand-written gradient, against the two references that were "
+        "fastest in `compare_reference_train_attention_rows_xeon.json` (bfloat16-autocast `torch.compile` overall, "
+        "eager channels_last in float32), on an idle Xeon with AVX-512 and AMX (another day: compare ratios, not "
+        "rates across reports)."
+    ),
     "pipeline_profile_xeon_interleaved_with_baseline_group_norm_silu_ldm_400_steps.json": (
         "Clean-clone `dvc repro` runs of this code (everything in "
         "`pipeline_profile_xeon_interleaved_with_baseline_attention_rows_no_matplotlib.json`, plus GroupNorm+SiLU "
