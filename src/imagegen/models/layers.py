@@ -117,10 +117,7 @@ def group_norm(x: Any, gamma: Any, beta: Any, *, groups: int, epsilon: float, si
     element-wise passes (``docs/design.md``, where the train step's time goes)."""
     rank = len(x.shape)
     spatial = tuple(range(1, rank - 1))
-    count = 1
-    for axis in spatial:
-        count *= int(x.shape[axis])
-    count *= int(x.shape[-1]) // groups  # elements per (image, group)
+    count = math.prod(int(x.shape[axis]) for axis in spatial) * (int(x.shape[-1]) // groups)  # per (image, group)
 
     @ops.custom_gradient
     def forward(x: Any, gamma: Any, beta: Any) -> Any:
@@ -128,7 +125,8 @@ def group_norm(x: Any, gamma: Any, beta: Any, *, groups: int, epsilon: float, si
         rstd = ops.rsqrt(ops.maximum(mean_sq - ops.square(mean), 0.0) + epsilon)
         a = rstd * gamma
         b = beta - mean * a
-        z = x * _per_image_channel(a, rank) + _per_image_channel(b, rank)
+        a_map = _per_image_channel(a, rank)
+        z = x * a_map + _per_image_channel(b, rank)
         if silu:
             sig = ops.sigmoid(z)
             y = z * sig
@@ -145,7 +143,7 @@ def group_norm(x: Any, gamma: Any, beta: Any, *, groups: int, epsilon: float, si
             q = _sum_over_groups(gamma * s1, groups)
             k1 = -(rstd * rstd * rstd) * p / count
             k0 = -k1 * mean - rstd * q / count
-            dx = dz * _per_image_channel(a, rank) + (x * _per_image_channel(k1, rank) + _per_image_channel(k0, rank))
+            dx = dz * a_map + (x * _per_image_channel(k1, rank) + _per_image_channel(k0, rank))
             return dx, ops.sum(rstd * centred, axis=0), ops.sum(s1, axis=0)
 
         return y, grad
