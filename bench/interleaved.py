@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -86,8 +87,51 @@ def busy_processes(window_s: float = 1.0, exclude: Iterable[int] = (), threshold
     return sorted(busy, key=lambda b: -b["cores"])
 
 
+MATH_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+"""The CPU flags that decide which math kernels run: a figure from a CPU with AMX tiles (bfloat16 convolutions,
+``train.cpu_math``) says nothing about one without, whatever the two are called."""
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """The CPU described by the text of Linux's ``/proc/cpuinfo`` (its first processor): model name, vendor, the
+    :data:`MATH_FLAGS` it has, and whether it runs under a hypervisor."""
+    fields: dict[str, str] = {}
+    for line in text.strip().split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name") or platform.processor() or platform.machine() or "unknown",
+        "vendor": fields.get("vendor_id"),
+        "flags": [f for f in MATH_FLAGS if f in flags],
+        "virtual_machine": "hypervisor" in flags,
+    }
+
+
+def cpu_description() -> dict[str, Any]:
+    """This machine's CPU (:func:`parse_cpuinfo`); off Linux, the model as ``platform`` knows it."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return {"model": platform.processor() or platform.machine() or "unknown", "vendor": None, "flags": []}
+
+
+def describe_cpu(cpu: Mapping[str, Any] | None) -> str:
+    """E.g. ``AMD EPYC (AVX-512, AVX512_BF16, no AMX; virtual machine)``."""
+    if not cpu:
+        return "CPU not recorded"
+    flags = set(cpu.get("flags") or [])
+    isa = ["AVX-512" if "avx512f" in flags else "no AVX-512"]
+    isa += [name.upper() for name in ("avx512_bf16", "avx512_fp16") if name in flags]
+    isa.append("AMX" if "amx_bf16" in flags else "no AMX")
+    vm = "; virtual machine" if cpu.get("virtual_machine") else ""
+    return f"{cpu.get('model')} ({', '.join(isa)}{vm})"
+
+
 def machine_state(exclude: Iterable[int] = (), after_work: bool = False) -> dict:
-    """Load averages, usable cores and busy processes now; ``idle`` says whether this is a fair start.
+    """Load averages, usable cores and busy processes now, and the CPU (:func:`cpu_description`); ``idle`` says
+    whether this is a fair start.
 
     ``after_work``: taken right after the benchmark, whose own workers still weigh in the load average (it
     decays over minutes), so only other busy processes count against ``idle``."""
@@ -99,6 +143,7 @@ def machine_state(exclude: Iterable[int] = (), after_work: bool = False) -> dict
         "busy_processes": busy,
         "idle": (after_work or load[0] <= IDLE_LOAD) and not busy,
         "load_includes_benchmark": after_work,
+        "cpu": cpu_description(),
     }
 
 
@@ -119,7 +164,8 @@ def describe_state(label: str, state: Mapping[str, Any]) -> str:
     verdict = "idle" if state["idle"] else "NOT IDLE: figures are not comparable with an idle machine's"
     own = " (this benchmark's own)" if state.get("load_includes_benchmark") else ""
     return (
-        f"{label}: load average (1, 5, 15 min) {tuple(state['load_average'])}{own}, {state['cores']} cores, "
+        f"{label}: {describe_cpu(state.get('cpu'))}, load average (1, 5, 15 min) {tuple(state['load_average'])}{own}, "
+        f"{state['cores']} cores, "
         f"busy processes: {busy} -> {verdict}"
     )
 

@@ -26,6 +26,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleaved import describe_cpu  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (("reports/bench", ("*.json", "*.csv")), ("reports/profile", ("*.json",)))
 
@@ -387,7 +390,7 @@ def kind_of(path: Path, data: Any) -> str:
 def profile_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     facts = [
         f"command `{' '.join(data.get('command') or [])}`, exit status {fmt(data.get('exit_status'))}",
-        f"{fmt(data.get('cpu_count'))} CPUs",
+        f"{fmt(data.get('cpu_count'))} CPUs" + (f": {describe_cpu(data['cpu'])}" if data.get("cpu") else ""),
         f"load average before {fmt(data.get('load_average_before'))}, after {fmt(data.get('load_average_after'))}",
     ]
     stages = data["stages"]
@@ -491,8 +494,9 @@ def machine_facts(state: dict[str, Any] | None, when: str) -> str:
     if not state:
         return f"machine {when}: not recorded"
     busy = ", ".join(f"{b['name']} {fmt(b['cores'])} cores" for b in state.get("busy_processes") or []) or "none"
+    cpu = f"{describe_cpu(state['cpu'])}, " if state.get("cpu") else ""
     return (
-        f"{when}: load average {fmt(state.get('load_average'))}, {fmt(state.get('cores'))} cores, busy processes "
+        f"{when}: {cpu}load average {fmt(state.get('load_average'))}, {fmt(state.get('cores'))} cores, busy processes "
         f"{busy} ({'idle' if state.get('idle') else 'not idle'})"
     )
 
@@ -548,7 +552,7 @@ def step_profile_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     facts = [
         f"{fmt(data.get('size'))}x{fmt(data.get('size'))}, batch {fmt(data.get('batch'))}, "
         f"{fmt(data.get('steps'))} traced steps",
-        f"{fmt(data.get('cpu_count'))} cores",
+        f"{fmt(data.get('cpu_count'))} cores" + (f": {describe_cpu(data['cpu'])}" if data.get("cpu") else ""),
         f"load average before {fmt(data.get('load_average_before'))}, after {fmt(data.get('load_average_after'))}",
     ]
     header = ["", *(r["side"] for r in results)]

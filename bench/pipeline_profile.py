@@ -41,7 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interleaved import _cpu_times, describe_state, machine_state, settled_state  # noqa: E402
+from interleaved import _cpu_times, cpu_description, describe_state, machine_state, settled_state  # noqa: E402
 
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 SKIP_LINE = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_description(),
             "stages": median_run["stages"],
             "skipped": median_run["skipped"],
             "runs": [{k: v for k, v in r.items() if k != "stages"} for r in runs],

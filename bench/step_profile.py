@@ -263,6 +263,9 @@ def main() -> None:
     print_table(results)
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} cores)")
     if args.out:
+        sys.path.insert(0, str(HERE))
+        from interleaved import cpu_description
+
         report = {
             "benchmark": "train_step_profile",
             "argv": sys.argv[1:],
@@ -270,6 +273,7 @@ def main() -> None:
             "batch": args.batch,
             "steps": args.steps,
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_description(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "results": results,

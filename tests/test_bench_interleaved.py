@@ -74,3 +74,35 @@ def test_machine_state_names_a_busy_process() -> None:
     assert spin.pid in [b["pid"] for b in state["busy_processes"]]
     assert not state["idle"]
     assert "NOT IDLE" in interleaved.describe_state("before", state)
+
+
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8 hypervisor
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8 hypervisor
+"""
+EPYC = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni
+"""
+
+
+def test_a_report_tells_a_cpu_with_amx_from_one_without_whatever_their_names() -> None:
+    xeon, epyc = interleaved.parse_cpuinfo(XEON), interleaved.parse_cpuinfo(EPYC)
+    assert xeon["model"].startswith("Intel(R) Xeon(R)") and xeon["vendor"] == "GenuineIntel"
+    assert {"amx_bf16", "avx512_bf16"} <= set(xeon["flags"]) and xeon["virtual_machine"]
+    assert "amx_bf16" not in epyc["flags"] and "avx512_bf16" in epyc["flags"] and not epyc["virtual_machine"]
+    assert interleaved.describe_cpu(xeon).endswith("(AVX-512, AVX512_BF16, AVX512_FP16, AMX; virtual machine)")
+    assert interleaved.describe_cpu(epyc) == "AMD EPYC (AVX-512, AVX512_BF16, no AMX)"
+
+
+def test_the_machine_state_a_benchmark_records_names_this_cpu() -> None:
+    state = interleaved.machine_state()
+    assert state["cpu"] == interleaved.cpu_description()
+    assert interleaved.describe_cpu(state["cpu"]) in interleaved.describe_state("before", state)
