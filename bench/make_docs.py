@@ -84,6 +84,14 @@ DESCRIPTIONS: dict[str, str] = {
         "The same `dvc repro` on the same Xeon with whole batches on every intra-op thread (no row shards): "
         "the comparison for `pipeline_profile_sharded_xeon.json`."
     ),
+    "pipeline_profile_epyc_zen4_one_clean_clone.json": (
+        "A clean clone's `dvc repro` of the code with the float16 parity bound of 16 levels, on an idle 2-core AMD "
+        "EPYC (Zen 4: AVX-512 and AVX512_BF16, no AMX; a virtual machine), where every convolution trains in "
+        "float32. Every stage runs, the evaluations and registrations too: the models' bits differ from those the "
+        "committed `dvc.lock` records (trained with bfloat16 convolutions on a Xeon with AMX). A clean clone of the "
+        "code before, with the bound at 8, stopped at `export@ldm` on the same machine (float16 max error 10 "
+        "levels) after 586.6 s."
+    ),
     "pipeline_profile_unsharded_epyc_avx512.json": (
         "A clean clone's `dvc repro` with whole batches (no row shards), the start-up import hook and exit "
         "`gc.freeze`, and one compiled step for all progressive-distillation rounds, on an idle AMD EPYC with AVX-512."
