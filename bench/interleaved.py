@@ -114,7 +114,8 @@ def cpu_description() -> dict[str, Any]:
     try:
         return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        return {"model": platform.processor() or platform.machine() or "unknown", "vendor": None, "flags": []}
+        model = platform.processor() or platform.machine() or "unknown"
+        return {"model": model, "vendor": None, "flags": [], "virtual_machine": None}
 
 
 def describe_cpu(cpu: Mapping[str, Any] | None) -> str:
