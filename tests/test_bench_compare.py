@@ -74,12 +74,14 @@ def test_quick_run_prints_medians_and_ranges_and_writes_json(compare, tmp_path) 
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    before = r"^before \(after waiting \d+ s for idle\): load average \(1, 5, 15 min\)"
+    # The machine as measured: its CPU (which decides the math kernels), then its load.
+    before = r"^before \(after waiting \d+ s for idle\): .+ \((no )?AVX-512.*AMX.*\), load average \(1, 5, 15 min\)"
     assert re.search(before, proc.stdout, re.MULTILINE), proc.stdout
     assert re.search(r"^\s+configuration\s+median\s+min\s+max\s+disturbed rounds", proc.stdout, re.MULTILINE)
     assert re.search(r"ours-tf / ref-eager:2: \d+\.\d\d \(range \d+\.\d\d-\d+\.\d\d\)", proc.stdout)
     assert "parameters equal: True" in proc.stdout
     data = json.loads(out.read_text())
+    assert data["machine_before"]["cpu"]["model"]
     (cell,) = data["cells"]
     assert {r["prepare"]["parameters"] for r in cell["results"].values()} == {1_075_361}
     for name in ("ours-tf", "ours-jax", "ref-eager:2"):
