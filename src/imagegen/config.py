@@ -187,7 +187,8 @@ class TrainConfig(Section):
     cpu_math: Literal["auto", "float32", "bf16"] = Field(
         default="auto",
         description="Float32 convolutions on a CPU (TensorFlow, oneDNN): bf16 computes them in bfloat16 on CPUs "
-        "with AMX or AVX512_BF16 (float32 in and out, as TF32 on GPUs); float32 keeps full precision; auto: the "
+        "with AMX (float32 in and out, as TF32 on GPUs; a CPU with AVX512_BF16 but no AMX, such as AMD's Zen 4, "
+        "computes float32 anyway, and model.json's cpu_math says so); float32 keeps full precision; auto: the "
         "family's own choice (FamilySpec.cpu_bf16_math). Applies to `imagegen train` and `imagegen distill`.",
     )
     jit_compile: Literal["auto"] | bool = Field(

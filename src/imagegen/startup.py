@@ -98,8 +98,8 @@ def cpu_math_requested(mode: str, environ: MutableMapping[str, str] | None = Non
     ``imagegen train`` and ``imagegen distill`` commands wrap their stage in it) and a later block changes
     nothing. On leaving, the switch is removed again: the processes the caller starts afterwards (``dvc repro``
     from a test, an export) compute in float32 as before. A ``TF_SET_ONEDNN_FPMATH_MODE`` the environment already
-    sets is the user's choice and kept. ``float32`` asks nothing: it is oneDNN's default. CPUs without bfloat16
-    instructions ignore the request (:func:`imagegen.training.precision.cpu_math_in_effect` tells).
+    sets is the user's choice and kept. ``float32`` asks nothing: it is oneDNN's default. CPUs without AMX ignore
+    the request, AVX512_BF16 ones included (:func:`imagegen.training.precision.cpu_math_in_effect` tells).
     """
     env = os.environ if environ is None else environ
     asked = mode == "bf16" and CPU_MATH_ENV not in env

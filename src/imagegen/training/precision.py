@@ -72,9 +72,9 @@ def cpu_math_in_effect() -> str:
     """``"bf16"`` when this process's convolutions round float32 inputs to bfloat16, else ``"float32"``.
 
     Measured, not inferred from settings: a one-pixel convolution of 1 + 2**-9 (exact in float32, 1.0 in
-    bfloat16) by a kernel of ones over 8 channels, divided by 8. So it is true of the machine (a CPU without
-    bfloat16 support ignores the request) and of the order things happened (a request after the first
-    convolution is ignored too)."""
+    bfloat16) by a kernel of ones over 8 channels, divided by 8. So it is true of the machine (a CPU without AMX
+    ignores the request, AVX512_BF16 or not: AMD's Zen 4 computes float32) and of the order things happened (a
+    request after the first convolution is ignored too)."""
     x = keras.ops.full((1, 1, 1, 8), 1.0 + 2.0**-9, dtype="float32")
     kernel = keras.ops.full((1, 1, 8, 1), 1.0 / 8.0, dtype="float32")
     value = float(keras.ops.convert_to_numpy(keras.ops.conv(x, kernel, padding="same"))[0, 0, 0, 0])
