@@ -34,6 +34,32 @@ SOURCES = (("reports/bench", ("*.json", "*.csv")), ("reports/profile", ("*.json"
 
 # What each recorded file measured beyond what its content says: the code state and the machine.
 DESCRIPTIONS: dict[str, str] = {
+    "compare_sampling_ddim50_16x16_epyc_zen4.json": (
+        "The 16x16 cell on an idle 2-core AMD EPYC (Zen 4: AVX-512 and AVX512_BF16, no AMX; a virtual machine), at "
+        "the sampling code of `pipeline_profile_epyc_zen4_one_clean_clone.json`: ours in float32 against the "
+        "reference in float32 and under bfloat16 autocast. Without AMX, TensorFlow 2.20's oneDNN ignores the "
+        "bfloat16 math mode, so ours has no bfloat16 products on this CPU (`--ours-cpu-math bf16` would compute "
+        "float32); PyTorch's bfloat16 kernels use the CPU's AVX512_BF16 instructions. Ours leads every float32 "
+        "reference (1.19x `compile:2`) and trails the compiled bfloat16 one."
+    ),
+    "compare_reference_train_epyc_zen4.json": (
+        "Batch 64 at both sizes on an idle 2-core AMD EPYC (Zen 4: AVX-512 and AVX512_BF16, no AMX; a virtual "
+        "machine), the same day as `compare_sampling_ddim50_16x16_epyc_zen4.json`, against the compiled references "
+        "in bfloat16 and float32 and eager channels_last: ours trains in float32 here (`train.cpu_math: auto` finds "
+        "no bfloat16 math on this CPU) and leads both float32 references (1.29x at 16x16, 1.24x at 32x32 over the "
+        "faster of them), level with compiled bfloat16 PyTorch."
+    ),
+    "sample_step_profile_ddpm_16x16_b256_epyc_zen4.json": (
+        "One sampling step (a U-Net evaluation of 256 images at 16x16) of ours in float32 beside the reference under "
+        "bfloat16 autocast, eager and compiled, on the machine of `compare_sampling_ddim50_16x16_epyc_zen4.json`, "
+        "the same day. Ours' kernel time is summed over its two row shards' threads (wall 276 ms), the reference's "
+        "is the calling thread's: its bfloat16 convolutions (oneDNN's `jit_bf16:avx512_core_bf16`) take half the "
+        "wall time ours' float32 ones do, and its compiled graph fuses GroupNorm into generated kernels (`other`)."
+    ),
+    "compare_sampling_ddim50_32x32_epyc_zen4.json": (
+        "The 32x32 cell of `compare_sampling_ddim50_16x16_epyc_zen4.json`, the same day and machine: ours leads "
+        "every float32 reference (1.31x `compile:2`) and trails the compiled bfloat16 one."
+    ),
     "compare_sampling_ddim50_bf16_math_both_sides_xeon.json": (
         "Both sizes with bfloat16 products on both sides: ours with oneDNN's bfloat16 math for its float32 "
         "convolutions and matmuls (`--ours-cpu-math bf16`; activations and elementwise ops stay float32), the "
@@ -325,7 +351,8 @@ KIND_TEXT = {
         "setting's effect on sample quality from the seed's."
     ),
     "step_profile": (
-        "`bench/step_profile.py`: where one DDPM train step of the benchmark U-Net spends its time, from each "
+        "`bench/step_profile.py`: where one DDPM train step (or, `sample_step_profile`, one sampling step: a U-Net "
+        "evaluation of the batch) of the benchmark U-Net spends its time, from each "
         "framework's own profiler: wall ms per step (timed without the profiler), kernel ms per step by category "
         "with its share, and ops per step. TensorFlow's kernel time is summed over its executor threads, which run "
         "ops side by side; PyTorch eager's is the calling thread's: compare shares and wall times, not raw kernel "
@@ -384,7 +411,7 @@ def kind_of(path: Path, data: Any) -> str:
         return "profile"
     if isinstance(data, dict) and data.get("benchmark") in ("train_step", "ddim_sampling"):
         return data["benchmark"]
-    if isinstance(data, dict) and data.get("benchmark") == "train_step_profile":
+    if isinstance(data, dict) and data.get("benchmark") in ("train_step_profile", "sample_step_profile"):
         return "step_profile"
     rows = data.get("rows") if isinstance(data, dict) else None
     if isinstance(rows, list) and rows and isinstance(rows[0], dict):

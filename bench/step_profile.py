@@ -7,6 +7,10 @@ profiler (TensorFlow: ``tf.profiler`` XPlane; PyTorch: ``torch.profiler``). Per 
 by category (convolution, matmul, normalization, elementwise, reduction, data movement, optimizer, other), the
 op count, and the largest op types.
 
+``--what sample`` profiles a sampling step instead: one U-Net evaluation of the whole batch, as a DDIM step of
+``compare_sampling.py`` makes it (ours: the compiled predictor ``imagegen sample`` uses, rows in side-by-side
+shards; the reference: the module under ``torch.inference_mode``).
+
 The two profiles count differently, and the report says which: TensorFlow runs a step's ops on its inter-op
 threads side by side, one intra-op thread each (``imagegen.startup``), so its kernel time is summed over the
 threads (with each thread's busy time beside it); PyTorch eager runs the ops one after another on the calling
@@ -19,6 +23,7 @@ Each side runs in its own process. Examples::
     python bench/step_profile.py                                   # 32x32, batch 64, ours vs eager-bf16:2
     python bench/step_profile.py --size 16 --references eager:2 eager-bf16:2 \\
         --out reports/bench/step_profile_ddpm_xeon.json
+    python bench/step_profile.py --what sample --size 16 --batch 256 --references compile-bf16:2
 
 Needs the benchmark extra (``pip install -e ".[bench]"``). Run it on an otherwise idle machine.
 """
@@ -119,21 +124,58 @@ def _wall_ms(step: Callable[[], Any], steps: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ ours
-def profile_ours(size: int, batch: int, steps: int, warmup: int, overrides: list[str]) -> dict[str, Any]:
-    """imagegen's DDPM train step on the benchmark U-Net, traced with tf.profiler."""
-    sys.path.insert(0, str(HERE))
+def ours_train_step(size: int, batch: int, overrides: list[str]) -> tuple[Callable[[], None], dict[str, Any]]:
+    """imagegen's DDPM train step on the benchmark U-Net (waiting for its metrics, as the trainer does)."""
     import numpy as np
-    import tensorflow as tf
     from compare_reference import OURS
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
     from train_throughput import prepare
 
     p = prepare("ddpm", batch, size, 1, OURS + overrides)
 
     def step() -> None:
-        for value in p.step().values():  # wait for the step, as the trainer does
+        for value in p.step().values():
             float(np.asarray(value))
 
+    return step, {"cpu_math": p.cpu_math, "dtype_policy": p.policy}
+
+
+def ours_sample_step(size: int, batch: int, overrides: list[str]) -> tuple[Callable[[], None], dict[str, Any]]:
+    """One evaluation of the benchmark U-Net's denoiser on ``batch`` noisy images through the compiled predictor
+    ``imagegen sample`` uses (a DDIM step's network call)."""
+    import keras
+    import numpy as np
+    from compare_reference import OURS, TIMESTEPS
+
+    from imagegen.config import load_params
+    from imagegen.training.families import build_family, family_spec
+    from imagegen.training.precision import cpu_math_in_effect
+    from imagegen.training.predict import compiled_predictor
+
+    keras.utils.set_random_seed(0)
+    family = build_family("ddpm", load_params(None, OURS + overrides), (size, size, 1), 10)
+    network = family.networks[family_spec("ddpm").denoiser[0]]
+    predict = compiled_predictor(network)
+    rng = np.random.default_rng(0)
+    inputs = [
+        rng.standard_normal((batch, size, size, 1)).astype("float32"),
+        rng.integers(0, TIMESTEPS, batch).astype(network.inputs[1].dtype),
+        *(np.zeros((batch, *x.shape[1:]), x.dtype) for x in network.inputs[2:]),
+    ]
+
+    def step() -> None:
+        np.asarray(keras.tree.flatten(predict(*inputs))[0])
+
+    return step, {"cpu_math": cpu_math_in_effect(), "dtype_policy": keras.config.dtype_policy().name}
+
+
+def profile_ours(size: int, batch: int, steps: int, warmup: int, overrides: list[str], what: str) -> dict[str, Any]:
+    """imagegen's DDPM train step (``what="train"``) or sampling step (``"sample"``) on the benchmark U-Net,
+    traced with tf.profiler."""
+    sys.path.insert(0, str(HERE))
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    step, state = (ours_train_step if what == "train" else ours_sample_step)(size, batch, overrides)
     for _ in range(warmup):
         step()
     wall = _wall_ms(step, steps)
@@ -169,8 +211,7 @@ def profile_ours(size: int, batch: int, steps: int, warmup: int, overrides: list
     return {
         "side": "ours",
         "framework": f"tensorflow {tf.__version__}",
-        "cpu_math": p.cpu_math,
-        "dtype_policy": p.policy,
+        **state,
         "wall_ms_per_step": round(wall, 3),
         "kernel_time": "summed over the executor threads",
         "thread_busy_ms_per_step": busy,
@@ -179,14 +220,35 @@ def profile_ours(size: int, batch: int, steps: int, warmup: int, overrides: list
 
 
 # ------------------------------------------------------------------------------------------------ reference
-def profile_reference(size: int, batch: int, steps: int, warmup: int, mode: str, threads: int) -> dict[str, Any]:
-    """The reference step of ``compare_reference.py`` in ``mode`` on ``threads`` threads, traced with torch.profiler."""
+def reference_sample_step(size: int, batch: int, mode: str) -> Callable[[], Any]:
+    """One evaluation of the reference U-Net in ``mode`` on ``batch`` noisy images, as a DDIM step of
+    ``compare_sampling.py`` makes it."""
+    import torch
+    from compare_reference import TIMESTEPS, reference_network
+
+    reference = reference_network(size, mode, train=False)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, size, size, generator=generator).contiguous(memory_format=reference.layout)
+    t = torch.randint(0, TIMESTEPS, (batch,), generator=generator)
+
+    def step() -> Any:
+        with torch.inference_mode(), reference.autocast():
+            return reference.net(x, t).sample.float()
+
+    return step
+
+
+def profile_reference(
+    size: int, batch: int, steps: int, warmup: int, mode: str, threads: int, what: str
+) -> dict[str, Any]:
+    """The reference train step of ``compare_reference.py`` (``what="train"``) or sampling step (``"sample"``) in
+    ``mode`` on ``threads`` threads, traced with torch.profiler."""
     sys.path.insert(0, str(HERE))
     import torch
     from compare_reference import reference_step
 
     torch.set_num_threads(threads)
-    step, _, _ = reference_step(size, batch, mode)
+    step = reference_step(size, batch, mode)[0] if what == "train" else reference_sample_step(size, batch, mode)
     for _ in range(warmup):
         step()
     wall = _wall_ms(step, steps)
@@ -232,6 +294,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--what", choices=("train", "sample"), default="train", help="the step profiled")
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10, help="traced steps (and steps timed without the profiler)")
@@ -247,19 +310,20 @@ def main() -> None:
             from imagegen import startup
 
             startup.set_tensorflow_defaults()  # the kernels and threads `imagegen train` uses
-            result = profile_ours(args.size, args.batch, args.steps, args.warmup, args.overrides)
+            result = profile_ours(args.size, args.batch, args.steps, args.warmup, args.overrides, args.what)
         else:
             mode, threads = kind.split(":")
-            result = profile_reference(args.size, args.batch, args.steps, args.warmup, mode, int(threads))
+            result = profile_reference(args.size, args.batch, args.steps, args.warmup, mode, int(threads), args.what)
         print(json.dumps(result))
         return
-    common = ["--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps)]
+    common = ["--what", args.what, "--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps)]
     common += ["--warmup", str(args.warmup), *(f"-S{o}" for o in args.overrides)]
     load_before = os.getloadavg()
     results = [run_worker(["ours", *common])]
     results += [run_worker([ref, *common]) for ref in args.references]
     load_after = os.getloadavg()
-    print(f"DDPM train step, benchmark U-Net, {args.size}x{args.size}, batch {args.batch}, {args.steps} traced steps")
+    what = "train step" if args.what == "train" else "sampling step (one U-Net evaluation)"
+    print(f"DDPM {what}, benchmark U-Net, {args.size}x{args.size}, batch {args.batch}, {args.steps} traced steps")
     print_table(results)
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} cores)")
     if args.out:
@@ -267,7 +331,7 @@ def main() -> None:
         from interleaved import cpu_description
 
         report = {
-            "benchmark": "train_step_profile",
+            "benchmark": f"{args.what}_step_profile",
             "argv": sys.argv[1:],
             "size": args.size,
             "batch": args.batch,

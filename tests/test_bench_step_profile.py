@@ -1,5 +1,6 @@
 """bench/step_profile.py: a train step's kernels are sorted by what they compute, on both sides, and the
-one-command profile prints its table and writes its JSON."""
+one-command profile prints its table and writes its JSON; a sampling step profiles the predictor imagegen samples
+with."""
 
 from __future__ import annotations
 
@@ -92,3 +93,16 @@ def test_quick_profile_prints_both_sides_and_writes_json(tmp_path: Path) -> None
         assert side["categories"]["convolution"]["ms_per_step"] > 0
         total = sum(c["ms_per_step"] for c in side["categories"].values())
         assert total == pytest.approx(side["kernel_ms_per_step"], rel=0.01)
+
+
+def test_a_sampling_step_profile_traces_the_predictor_without_training_kernels() -> None:
+    args = ["--worker", "ours", "--what", "sample", "--size", "16", "--batch", "4", "--steps", "2", "--warmup", "1"]
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ours["side"] == "ours" and ours["cpu_math"] in ("float32", "bf16")
+    assert ours["wall_ms_per_step"] > 0 and ours["ops_per_step"] > 0
+    assert ours["categories"]["convolution"]["ms_per_step"] > 0
+    assert ours["categories"]["matmul"]["ms_per_step"] > 0  # the attention block at side 16
+    assert ours["categories"]["optimizer"]["ms_per_step"] == 0
+    assert not any("Backprop" in op or "Apply" in op for op, _ in ours["top_ops"])
