@@ -407,6 +407,53 @@ def promote_cmd(
         raise typer.Exit(code=3)
 
 
+@app.command("compare")
+@user_errors
+def compare_cmd(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    format_: Annotated[str, typer.Option("--format", help="table | markdown | json")] = "table",
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="exit 3 when a report was made from other weights than its model folder holds"),
+    ] = False,
+) -> None:
+    """The pipeline's models side by side: evaluation, export and registration, and whether each report was
+    made from the weights now in the model folder.
+
+    One row per model of evaluate.models and export.ship, read from the files the stages wrote (no MLflow, no
+    TensorFlow); the weights digest is computed afresh from each folder's weight files.
+    """
+    from imagegen.comparison import COLUMNS, as_markdown, as_records, model_rows, table_cells
+
+    if format_ not in ("table", "markdown", "json"):
+        raise ImagegenError(f"--format {format_!r}: expected table, markdown or json")
+    rows = model_rows(_load(params, set_, tracks=False))
+    if format_ == "json":
+        sys.stdout.write(json.dumps(as_records(rows), indent=2, sort_keys=True) + "\n")
+    elif format_ == "markdown":
+        sys.stdout.write(as_markdown(rows))
+    else:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="imagegen models", title_justify="left")
+        for column in COLUMNS:  # names and figures never wrap; the provenance phrase folds
+            table.add_column(column, no_wrap=column != COLUMNS[-1], overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in table_cells(row)))
+        # piped or logged, the table keeps its natural width rather than the 80 columns rich assumes
+        (console if console.is_terminal else Console(width=240)).print(table)
+    stale = [f"{row.name}: {', '.join(row.stale)}" for row in rows if row.stale]
+    if check and stale:
+        err_console.print(
+            f"[bold yellow]stale:[/] {escape('; '.join(stale))} (made from other weights); dvc repro remakes them",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=3)
+
+
 def freeze_heap_at_exit() -> None:
     """Move every live object out of the garbage collector's reach before the interpreter shuts down.
 

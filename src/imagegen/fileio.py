@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from imagegen.errors import DataError
 from imagegen.outputs import check_output, write_marker
 
 
@@ -151,6 +152,20 @@ def write_bytes(dest: Path | str, data: bytes) -> Path:
 
 def write_text(dest: Path | str, text: str) -> Path:
     return write_bytes(dest, text.encode())
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (None when there is no such file), or one line naming the file when it is
+    not the ``what`` it should be."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not JSON ({exc}); expected the {what}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, the {what}")
+    return data
 
 
 def write_json(dest: Path | str, obj: Any) -> Path:

@@ -14,26 +14,20 @@ again at ``promote``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from imagegen.artifact import read_model_meta
 from imagegen.config import Params
 from imagegen.errors import DataError, ImagegenError
-from imagegen.fileio import write_json
+from imagegen.fileio import read_json_object, write_json
 from imagegen.outputs import check_output_file, json_with_keys
 from imagegen.provenance import DIGEST_KEY, recorded_digest, require_same_weights
 
 
 def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
+    data = read_json_object(path, what)
+    if data is None:
         raise DataError(f"{path}: no {what} here")
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not JSON ({exc}); expected the {what}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, the {what}")
     return data
 
 
