@@ -16,16 +16,10 @@ from typer.testing import CliRunner
 
 from imagegen.cli import app
 from imagegen.provenance import short
+from tests.tiny_pipeline import TINY_VAE_PIPELINE, run_vae_stages
 
 TINY = [
-    "data.image_size=8",
-    "vae.steps=3",
-    "vae.base_filters=4",
-    "train.batch_size=16",
-    "train.jit_compile=false",
-    "evaluate.n_samples=24",
-    "evaluate.feature_epochs=1",
-    "export.tflite_variants=[float32]",
+    *TINY_VAE_PIPELINE,
     "tracking.enabled=false",
     "evaluate.models={vae: models/vae, ddpm: models/ddpm}",
     "export.ship={vae: models/vae}",
@@ -47,18 +41,7 @@ def compare_json(*also: str) -> dict[str, dict[str, Any]]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project whose VAE was trained, evaluated and exported where the pipeline puts them; no DDPM yet."""
     root = tmp_path_factory.mktemp("compare")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("IMAGEGEN_CACHE_DIR", str(root / "cache"))
-        for args in (
-            ["ingest"],
-            ["train", "vae"],
-            ["train-features"],
-            ["evaluate", "--model", "models/vae", "--out", "reports/evaluate_vae"],
-            ["export", "--model", "models/vae", "--out", "exports/vae", "--report", "reports/export_vae"],
-        ):
-            result = imagegen(*args)
-            assert result.exit_code == 0, (args, result.output)
+    run_vae_stages(root, imagegen, "reports/evaluate_vae", ["--out", "exports/vae", "--report", "reports/export_vae"])
     return root
 
 

@@ -8,6 +8,7 @@ export must no longer register it, nor can a version whose tags disagree be prom
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -17,17 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from imagegen.cli import app
+from tests.tiny_pipeline import TINY_VAE_PIPELINE, run_vae_stages
 
-TINY = [
-    "data.image_size=8",
-    "vae.steps=3",
-    "vae.base_filters=4",
-    "train.batch_size=16",
-    "train.jit_compile=false",
-    "evaluate.n_samples=24",
-    "evaluate.feature_epochs=1",
-    "export.tflite_variants=[float32]",
-]
+TINY = TINY_VAE_PIPELINE
 
 
 def imagegen(root: Path, *args: str, tracking: bool = False, also: tuple[str, ...] = ()) -> Any:
@@ -44,20 +37,9 @@ def digest_of(model_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with a trained, evaluated and exported tiny VAE (``models/vae``, ``reports/eval``,
-    ``exports/vae``) and the earlier weights kept aside in ``earlier/`` with their evaluation and export."""
+    ``exports/vae``)."""
     root = tmp_path_factory.mktemp("provenance")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("IMAGEGEN_CACHE_DIR", str(root / "cache"))
-        for args in (
-            ["ingest"],
-            ["train", "vae"],
-            ["train-features"],
-            ["evaluate", "--model", "models/vae", "--out", "reports/eval"],
-            ["export", "--model", "models/vae", "--out", "exports/vae"],
-        ):
-            result = imagegen(root, *args)
-            assert result.exit_code == 0, (args, result.output)
+    run_vae_stages(root, functools.partial(imagegen, root), "reports/eval", ["--out", "exports/vae"])
     return root
 
 
