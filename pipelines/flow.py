@@ -9,7 +9,8 @@ over the tracked ``params.yaml``. Prefect adds what DVC lacks: schedules, worker
 (``prefect.yaml``), logs and artifacts.
 
 The flow then decides the promotion of every shipped model (``export.ship``) and publishes artifacts:
-evaluation metrics beside their floor, the export table, the promotion decisions, links to the MLflow runs.
+evaluation metrics beside their floor, the export table, the workspace's models side by side with whether each
+report names the weights in its folder (``imagegen compare``), the promotion decisions, links to the MLflow runs.
 Last, with a git remote configured (``pipeline.publish`` or the ``publish`` parameter), it publishes the run
 as a DVC experiment with its outputs (:mod:`pipelines.publish`) and says so in the ``imagegen-publish``
 artifact.
@@ -373,6 +374,10 @@ def _report(
         texts["evaluation.md"] = summaries.evaluation_table(evaluations) + f"\n\nfrom the {where}"
     if exports:
         texts["export.md"] = summaries.export_table(exports) + f"\n\nfrom the {where}"
+    if rev is None:  # the workspace's models (an experiment's weights are not in the workspace)
+        from imagegen.comparison import as_markdown, model_rows
+
+        texts["models.md"] = "## Models side by side\n\n" + as_markdown(model_rows(params, root))
     if decisions:
         links = {
             n: parent.model_version_url(d["registered"], d["version"]) if parent else None for n, d in decisions.items()

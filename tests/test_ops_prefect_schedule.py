@@ -152,6 +152,7 @@ def test_scheduled_run_fires_a_second_run_waits_and_dvc_is_clean(tmp_path: Path)
             "imagegen-export",
             "imagegen-promotion",
             "imagegen-mlflow-runs",
+            "imagegen-models",
         ):
             assert key in listing["artifact ls"], listing["artifact ls"]
         wall = dt.datetime.fromisoformat(first["end_time"]) - dt.datetime.fromisoformat(first["start_time"])

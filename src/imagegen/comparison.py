@@ -87,16 +87,17 @@ def _digest_of_folder(folder: Path) -> tuple[str | None, str | None]:
     return str(meta["family"]), weights_digest(folder, meta["weights"])
 
 
-def model_rows(cfg: Params) -> list[ModelRow]:
+def model_rows(cfg: Params, root: Path | str = ".") -> list[ModelRow]:
     """One row per model of ``evaluate.models`` and then ``export.ship``, read from ``train.reports_dir`` as
-    ``dvc.yaml``'s evaluate, export and register stages write it."""
-    reports = cfg.train.reports_dir
+    ``dvc.yaml``'s evaluate, export and register stages write it; relative paths are taken from ``root`` (the
+    project folder)."""
+    reports = Path(root) / cfg.train.reports_dir
     folders: dict[str, Path] = {**cfg.evaluate.models}
     for name, folder in cfg.export.ship.items():
         folders.setdefault(name, folder)
     rows = []
     for name, folder in folders.items():
-        family, digest = _digest_of_folder(Path(folder))
+        family, digest = _digest_of_folder(Path(root) / folder)
         evaluation = read_json_object(reports / f"evaluate_{name}" / "metrics.json", "metrics of `imagegen evaluate`")
         export = read_json_object(reports / f"export_{name}" / "metrics.json", "metrics of `imagegen export`")
         registration = read_json_object(reports / f"register_{name}.json", "record of `imagegen register`")
