@@ -112,6 +112,18 @@ def reference_parameters(size: int, channels: int = 1) -> int:
     return sum(p.numel() for p in build_reference(size, channels).parameters())
 
 
+def ours_family(size: int, overrides: list[str]) -> Any:
+    """imagegen's DDPM family on the benchmark U-Net (``OURS`` plus ``overrides``), built from seed 0 as every
+    benchmark measuring ours builds it."""
+    import keras
+
+    from imagegen.config import load_params
+    from imagegen.training.families import build_family
+
+    keras.utils.set_random_seed(0)
+    return build_family("ddpm", load_params(None, OURS + overrides), (size, size, 1), 10)
+
+
 def ours_parameters(size: int, channels: int = 1) -> int:
     from imagegen.config import load_params
     from imagegen.models.unet import build_unet

@@ -49,9 +49,9 @@ from imagegen import startup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_reference import (  # noqa: E402
-    OURS,
     REFERENCE_MODES,
     TIMESTEPS,
+    ours_family,
     reference_network,
     reference_spec,
     reference_worker,
@@ -76,14 +76,11 @@ def ours_sampler(kind: str, size: int, n: int, steps: int, overrides: list[str],
     """One DDIM draw of ``n`` images by imagegen's sampler (``graph``) or its exported SavedModel."""
     import keras
 
-    from imagegen.config import load_params
     from imagegen.sampler_settings import SamplerSettings
     from imagegen.sampling import make_sampler
-    from imagegen.training.families import build_family
 
     keras.backend.clear_session()
-    keras.utils.set_random_seed(0)
-    family = build_family("ddpm", load_params(None, OURS + overrides), (size, size, 1), 10)
+    family = ours_family(size, overrides)
     if kind == "graph":
         sample = make_sampler(family, SamplerSettings(sampler="ddim", steps=steps, eta=0.0, clip_x0=True))
         return lambda: sample(n, np.random.default_rng(0))

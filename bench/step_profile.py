@@ -144,15 +144,13 @@ def ours_sample_step(size: int, batch: int, overrides: list[str]) -> tuple[Calla
     ``imagegen sample`` uses (a DDIM step's network call)."""
     import keras
     import numpy as np
-    from compare_reference import OURS, TIMESTEPS
+    from compare_reference import TIMESTEPS, ours_family
 
-    from imagegen.config import load_params
-    from imagegen.training.families import build_family, family_spec
+    from imagegen.training.families import family_spec
     from imagegen.training.precision import cpu_math_in_effect
     from imagegen.training.predict import compiled_predictor
 
-    keras.utils.set_random_seed(0)
-    family = build_family("ddpm", load_params(None, OURS + overrides), (size, size, 1), 10)
+    family = ours_family(size, overrides)
     network = family.networks[family_spec("ddpm").denoiser[0]]
     predict = compiled_predictor(network)
     rng = np.random.default_rng(0)

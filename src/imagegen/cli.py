@@ -444,8 +444,8 @@ def compare_cmd(
             table.add_row(*(escape(cell) for cell in table_cells(row)))
         # piped or logged, the table keeps its natural width rather than the 80 columns rich assumes
         (console if console.is_terminal else Console(width=240)).print(table)
-    stale = [f"{row.name}: {', '.join(row.stale)}" for row in rows if row.stale]
-    if check and stale:
+    stale = [f"{row.name}: {', '.join(row.stale)}" for row in rows if row.stale] if check else []
+    if stale:
         err_console.print(
             f"[bold yellow]stale:[/] {escape('; '.join(stale))} (made from other weights); dvc repro remakes them",
             highlight=False,

@@ -40,7 +40,7 @@ class ModelRow:
     version: str | None
 
     def report(self, kind: str) -> dict[str, Any] | None:
-        return {"evaluation": self.evaluation, "export": self.export, "registration": self.registration}[kind]
+        return getattr(self, kind)  # one of REPORTS: a field of the same name
 
     def made_from(self, kind: str) -> str | None:
         """``current`` when the report names the folder's weights, ``other weights`` when it names others, ``no
